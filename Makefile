@@ -1,0 +1,42 @@
+# flexeval: `make demo` and `make test` each work alone on a fresh machine (they depend on setup).
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export HF_HUB_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+
+DEMO := demo
+MODEL ?= senfu/llava-v1.5-7b-flexattn
+DATA_ROOT ?= data
+OUT ?= results
+
+.PHONY: setup demo test eval-all lint clean
+
+setup: $(STAMP)
+
+# torch first: the pinned CPU wheel on this disk; an unpinned torch would pull a multi-GB CUDA build.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+demo: setup
+	$(BIN)/flexeval model make-tiny --out $(DEMO)/tiny-model --seed 0
+	$(BIN)/flexeval data make-sample --bench vstar --out $(DEMO)/data/vstar
+	$(BIN)/flexeval run --bench vstar --model $(DEMO)/tiny-model --data-dir $(DEMO)/data/vstar --out $(DEMO)/results
+
+test: setup
+	$(BIN)/python -m pytest
+
+eval-all: setup
+	$(BIN)/flexeval run --bench all --model $(MODEL) --data-dir $(DATA_ROOT) --out $(OUT)
+	$(BIN)/flexeval report $(OUT)
+
+lint: setup
+	$(BIN)/ruff check flexeval benchmarks model tests
+
+clean:
+	rm -rf $(DEMO) .pytest_cache
