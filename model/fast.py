@@ -1,0 +1,165 @@
+"""The batched FlexAttention forward used by the runner (spec sections 3-7, fast path).
+
+One pass over the layers serves every mode: the caller says which rows of the call use high-res
+keys (the last `n_hd_rows`: 1 in generation, all rows in a likelihood suffix call) and which keys
+each row may see (`visible`, so prefix caches and several options per sample share one call).
+Rows that don't use high-res go through SDPA; high-res rows are computed explicitly (one row of
+scores each, never an O(seq^2) matrix), with high-res keys/values projected only for the tokens
+some row of the sample selected.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from .llama import LlavaLM, apply_rope, repeat_kv
+from .selection import all_selection, attention_selection, center_selection, random_selection
+
+
+@dataclass
+class HDState:
+    """Per-call high-res context (no state survives a call)."""
+
+    feats: torch.Tensor  # [B, N, D] raw projector outputs of the stitched high-res grid
+    cos: torch.Tensor  # [B, N, head_dim] interpolated RoPE of the high-res keys
+    sin: torch.Tensor
+    img_cols: torch.Tensor  # [B, 576] key-axis index of each low-res image token
+    pad_cells: torch.Tensor  # [B, 24, 24] low-res cells that cover padding
+    select_layer: int  # S: makes the first selection; layers > S use high-res keys
+    selection: str  # attention | random | center | all
+    threshold: float
+    hd_grid: int
+    sample_keys: list[str] = field(default_factory=list)  # for the seeded random ablation
+    random_ratio: float = 0.1
+    seed: int = 0
+
+
+class KVCache:
+    """Static per-layer key/value buffers [B, Hkv, capacity, d]; high-res keys never enter it."""
+
+    def __init__(self, num_layers: int, b: int, kv_heads: int, head_dim: int, capacity: int, dtype, device):
+        shape = (b, kv_heads, capacity, head_dim)
+        self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+        self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+        self.length = 0
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
+        end = self.length + k.shape[2]
+        self.k[layer][:, :, self.length:end] = k
+        self.v[layer][:, :, self.length:end] = v
+        return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
+
+    def advance(self, n: int) -> None:
+        self.length += n
+
+
+@dataclass
+class Trace:
+    """Optional per-call record of selections: layer -> [B, R] selected token counts."""
+
+    selected: dict = field(default_factory=dict)
+    masks: dict = field(default_factory=dict)
+    keep_masks: bool = False
+
+
+def forward(lm: LlavaLM, embeds: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: KVCache,
+            visible: torch.Tensor, hd: HDState | None, n_hd_rows: int, row_positions: torch.Tensor,
+            trace: Trace | None = None) -> torch.Tensor:
+    """Run all layers on the call's new tokens; returns the final-normed hidden states [B, T, D].
+
+    visible: [B, T, cache.length + T] bool, which keys each new row may attend to.
+    """
+    x = embeds
+    b, t, _ = x.shape
+    sel = None
+    for i, layer in enumerate(lm.model.layers):
+        attn = layer.self_attn
+        h = layer.input_layernorm(x)
+        q = attn.q_proj(h).view(b, t, attn.num_heads, attn.head_dim).transpose(1, 2)
+        k = attn.k_proj(h).view(b, t, attn.num_kv_heads, attn.head_dim).transpose(1, 2)
+        v = attn.v_proj(h).view(b, t, attn.num_kv_heads, attn.head_dim).transpose(1, 2)
+        q, k = apply_rope(q, cos[:, None], sin[:, None]), apply_rope(k, cos[:, None], sin[:, None])
+        keys, values = cache.update(i, k, v)
+        out, sel = _attention(i, attn, q, keys, values, visible, hd, n_hd_rows, sel, row_positions, trace)
+        x = x + attn.o_proj(out.transpose(1, 2).reshape(b, t, -1))
+        x = x + layer.mlp(layer.post_attention_layernorm(x))
+    cache.advance(t)
+    return lm.model.norm(x)
+
+
+def _attention(i, attn, q, keys, values, visible, hd, n_hd_rows, prev_sel, row_positions, trace):
+    b, h, t, d = q.shape
+    n_rep = attn.num_heads // attn.num_kv_heads
+    keys, values = repeat_kv(keys, n_rep), repeat_kv(values, n_rep)
+    use_hd = hd is not None and n_hd_rows > 0 and i >= hd.select_layer
+    out = None
+    if not use_hd or n_hd_rows < t:
+        out = F.scaled_dot_product_attention(q, keys, values, attn_mask=visible[:, None])
+        if not use_hd:
+            return out, None
+    r = n_hd_rows
+    q_hd_rows = q[:, :, t - r:]
+    scale = 1.0 / math.sqrt(d)
+    scores = (q_hd_rows.float() @ keys.float().transpose(-1, -2)) * scale
+    scores = scores.masked_fill(~visible[:, None, t - r:], float("-inf"))
+    probs_lowres = torch.softmax(scores, dim=-1)  # the low-res-only softmax: selection reads this
+    new_sel = _select(i, probs_lowres, hd, row_positions, q.dtype, trace)
+    if i > hd.select_layer and prev_sel is not None and bool(prev_sel.any()):
+        k_hd, v_hd, row_mask = _project_selected(attn, hd, prev_sel, n_rep)
+        s_hd = (q_hd_rows.float() @ k_hd.float().transpose(-1, -2)) * scale
+        s_hd = s_hd.masked_fill(~row_mask[:, None], float("-inf"))
+        probs = torch.softmax(torch.cat([scores, s_hd], dim=-1), dim=-1).to(q.dtype)  # one softmax over the union
+        n_keys = keys.shape[2]
+        out_hd = probs[..., :n_keys] @ values + probs[..., n_keys:] @ v_hd
+    else:
+        out_hd = probs_lowres.to(q.dtype) @ values
+    out = out_hd if out is None else torch.cat([out[:, :, : t - r], out_hd], dim=2)
+    return out, new_sel
+
+
+def _select(i, probs_lowres, hd: HDState, row_positions, dtype, trace):
+    b, h, r, _ = probs_lowres.shape
+    n_img = hd.img_cols.shape[1]
+    if hd.selection == "attention":
+        cols = hd.img_cols[:, None, None, :].expand(b, h, r, n_img)
+        img = probs_lowres.gather(-1, cols).to(dtype).sum(1)  # summed over heads, in the model dtype
+        sel = attention_selection(img, hd.pad_cells, hd.threshold, hd.hd_grid)
+    elif hd.selection == "random":
+        sel = random_selection(hd.sample_keys, i, row_positions, hd.random_ratio, hd.seed, hd.hd_grid,
+                               probs_lowres.device)
+    elif hd.selection == "center":
+        sel = center_selection(b, r, hd.hd_grid, probs_lowres.device)
+    elif hd.selection == "all":
+        sel = all_selection(b, r, hd.hd_grid, probs_lowres.device)
+    else:
+        raise ValueError(f"unknown selection {hd.selection!r}")
+    if trace is not None:
+        trace.selected[i] = sel.sum(-1)
+        if trace.keep_masks:
+            trace.masks[i] = sel
+    return sel
+
+
+def _project_selected(attn, hd: HDState, sel: torch.Tensor, n_rep: int):
+    """High-res keys/values for the tokens any row of a sample selected (others are never computed).
+
+    Returns k, v: [B, H, M, d] and row_mask [B, R, M] (which of the M tokens each row selected).
+    """
+    b, r, n = sel.shape
+    union = sel.any(1)
+    counts = union.sum(1)
+    m = int(counts.max())
+    order = torch.argsort((~union).to(torch.int8), dim=1, stable=True)[:, :m]  # selected first, in index order
+    valid = torch.arange(m, device=sel.device)[None] < counts[:, None]
+    row_mask = sel.gather(2, order[:, None, :].expand(b, r, m)) & valid[:, None]
+    feats = hd.feats.gather(1, order[..., None].expand(b, m, hd.feats.shape[-1]))
+    cos = hd.cos.gather(1, order[..., None].expand(b, m, hd.cos.shape[-1]))[:, None]
+    sin = hd.sin.gather(1, order[..., None].expand(b, m, hd.sin.shape[-1]))[:, None]
+    k = attn.k_proj_hd(feats).view(b, m, attn.num_kv_heads, attn.head_dim).transpose(1, 2)
+    v = attn.v_proj_hd(feats).view(b, m, attn.num_kv_heads, attn.head_dim).transpose(1, 2)
+    k = apply_rope(k, cos, sin)
+    return repeat_kv(k, n_rep), repeat_kv(v, n_rep), row_mask

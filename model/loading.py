@@ -1,0 +1,272 @@
+"""Loading checkpoints: the FlexAttention release, original LLaVA-1.5, and llava-hf (spec section 1).
+
+`load_pretrained(path_or_hub_id)` takes a local folder or a hub id (downloaded when a network
+exists). Config values this implementation does not support are errors, never ignored.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+import torch
+
+from flexeval.errors import FlexEvalError
+
+from .config import FlexConfig, RunOptions
+from .flex_llava import FlexLlava
+from .llama import LlavaLM
+from .tokenizer import LlavaTokenizer
+from .vision import VisionTower
+
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
+          "half": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+# `extra` keys of the release config; warmup only blends low/high-res during training (a = 1 at eval).
+KNOWN_EXTRA = {"zoom_ratio", "highres_size", "lowres_size", "threshold", "warmup"}
+
+
+def resolve_dtype(dtype, device: str) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype in (None, "auto"):  # the release runs fp16 (as trained and evaluated); CPUs get fp32
+        return torch.float16 if str(device).startswith("cuda") else torch.float32
+    if dtype not in DTYPES:
+        raise FlexEvalError(f"unknown dtype '{dtype}'; choose float32, bfloat16 or float16")
+    return DTYPES[dtype]
+
+
+def resolve_device(device: str) -> str:
+    if device in (None, "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise FlexEvalError(f"device '{device}' requested but CUDA is not available; use --device cpu")
+    return device
+
+
+def local_folder(path_or_id: str, patterns=("*.json", "*.safetensors", "*.model", "*.bin")) -> Path:
+    p = Path(path_or_id).expanduser()
+    if p.is_dir():
+        return p
+    if p.exists() or path_or_id.startswith((".", "/")) or path_or_id.count("/") != 1:
+        raise FlexEvalError(f"model folder {path_or_id} not found; give a checkpoint folder or a hub id like "
+                            "senfu/llava-v1.5-7b-flexattn")
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(repo_id=path_or_id, allow_patterns=list(patterns)))
+    except Exception as e:
+        raise FlexEvalError(
+            f"cannot get {path_or_id} from the hub ({type(e).__name__}: {e}); offline, download it elsewhere "
+            f"(huggingface-cli download {path_or_id}) and pass its folder with --model"
+        ) from e
+
+
+def read_state_dict(folder: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    files = sorted(folder.glob("*.safetensors"))
+    if files:
+        sd = {}
+        for f in files:
+            sd.update(load_file(str(f)))
+        return sd
+    bins = sorted(folder.glob("pytorch_model*.bin"))
+    if not bins:
+        raise FlexEvalError(f"no weights in {folder} (expected *.safetensors or pytorch_model*.bin)")
+    sd = {}
+    for f in bins:
+        sd.update(torch.load(str(f), map_location="cpu", weights_only=True))
+    return sd
+
+
+def _unsupported(folder: Path, key: str, value, fix: str) -> FlexEvalError:
+    return FlexEvalError(f"{folder / 'config.json'}: {key} = {value!r} is not supported by flexeval; {fix}")
+
+
+def parse_config(folder: Path, raw: dict) -> FlexConfig:
+    """FlexConfig from a config.json of any of the three formats; unsupported values raise."""
+    archs = raw.get("architectures") or []
+    if "LlavaForConditionalGeneration" in archs or "text_config" in raw:
+        return _parse_llava_hf(folder, raw)
+    text = raw
+    checks = {
+        "mm_use_im_start_end": (False, "LLaVA-1.5 checkpoints use no image start/end tokens"),
+        "mm_use_im_patch_token": (False, "LLaVA-1.5 checkpoints use no image patch token"),
+        "image_aspect_ratio": ("pad", "only LLaVA-1.5's pad-to-square is implemented"),
+        "mm_vision_select_feature": ("patch", "only 'patch' (CLS dropped) is implemented"),
+        "mm_patch_merge_type": ("flat", "only 'flat' (LLaVA-1.5) is implemented"),
+    }
+    for key, (want, fix) in checks.items():
+        if key in raw and raw[key] not in (want, None):
+            raise _unsupported(folder, key, raw[key], fix)
+    cfg = _llama_fields(folder, text)
+    cfg.mm_hidden_size = int(raw.get("mm_hidden_size", 1024))
+    cfg.projector_type = raw.get("mm_projector_type", "linear")
+    if cfg.projector_type not in ("linear", "mlp2x_gelu"):
+        raise _unsupported(folder, "mm_projector_type", cfg.projector_type, "use linear or mlp2x_gelu")
+    cfg.vision_tower = raw.get("mm_vision_tower") or raw.get("vision_tower") or cfg.vision_tower
+    cfg.vision_select_layer = int(raw.get("mm_vision_select_layer", -2))
+    extra = raw.get("extra") or {}
+    unknown = set(extra) - KNOWN_EXTRA
+    if unknown:
+        raise _unsupported(folder, "extra", sorted(unknown), f"known keys are {sorted(KNOWN_EXTRA)}")
+    if "zoom_ratio" in extra:
+        cfg.has_hd, cfg.format = True, "release"
+        cfg.zoom_ratio = int(extra["zoom_ratio"])
+        cfg.lowres_size = int(extra.get("lowres_size", 336))
+        cfg.highres_size = int(extra.get("highres_size", cfg.lowres_size * cfg.zoom_ratio))
+        cfg.threshold = float(int(extra.get("threshold", 64)))  # the release's default when absent is 64
+        if cfg.highres_size != cfg.lowres_size * cfg.zoom_ratio:
+            raise _unsupported(folder, "extra.highres_size", cfg.highres_size, "it must be lowres_size * zoom_ratio")
+    else:
+        cfg.format = "llava"
+    return cfg
+
+
+def _llama_fields(folder: Path, text: dict) -> FlexConfig:
+    if text.get("hidden_act", "silu") != "silu":
+        raise _unsupported(folder, "hidden_act", text["hidden_act"], "LLaMA uses silu")
+    if text.get("rope_scaling"):
+        raise _unsupported(folder, "rope_scaling", text["rope_scaling"], "RoPE scaling is not implemented")
+    if text.get("attention_bias") or text.get("mlp_bias"):
+        raise _unsupported(folder, "attention_bias/mlp_bias", True, "LLaMA-1/2 layers have no biases")
+    if text.get("tie_word_embeddings"):
+        raise _unsupported(folder, "tie_word_embeddings", True, "LLaVA-1.5 has a separate lm_head")
+    heads = int(text.get("num_attention_heads", 32))
+    return FlexConfig(
+        hidden_size=int(text.get("hidden_size", 4096)), num_layers=int(text.get("num_hidden_layers", 32)),
+        num_heads=heads, num_kv_heads=int(text.get("num_key_value_heads") or heads),
+        intermediate_size=int(text.get("intermediate_size", 11008)), vocab_size=int(text.get("vocab_size", 32000)),
+        rms_norm_eps=float(text.get("rms_norm_eps", 1e-5)), rope_theta=float(text.get("rope_theta", 10000.0)),
+        bos_token_id=int(text.get("bos_token_id", 1) or 1), eos_token_id=int(text.get("eos_token_id", 2) or 2),
+    )
+
+
+def _parse_llava_hf(folder: Path, raw: dict) -> FlexConfig:
+    text = dict(raw.get("text_config") or {})
+    strategy = raw.get("vision_feature_select_strategy", "default")
+    if strategy != "default":
+        raise _unsupported(folder, "vision_feature_select_strategy", strategy, "only 'default' (CLS dropped)")
+    if raw.get("projector_hidden_act", "gelu") != "gelu":
+        raise _unsupported(folder, "projector_hidden_act", raw["projector_hidden_act"], "LLaVA-1.5 uses gelu")
+    layer = raw.get("vision_feature_layer", -2)
+    if not isinstance(layer, int):
+        raise _unsupported(folder, "vision_feature_layer", layer, "a single layer index is supported")
+    cfg = _llama_fields(folder, text)
+    cfg.format = "llava-hf"
+    vision = raw.get("vision_config") or {}
+    cfg.mm_hidden_size = int(vision.get("hidden_size", 1024))
+    cfg.projector_type = "mlp2x_gelu"
+    cfg.vision_select_layer = layer
+    cfg.vision_tower = "<embedded>"
+    return cfg
+
+
+_HF_RULES = [
+    (r"^(model\.)?language_model\.model\.", "model."),
+    (r"^(model\.)?language_model\.lm_head\.", "lm_head."),
+    (r"^model\.language_model\.", "model."),
+    (r"^(model\.)?multi_modal_projector\.linear_1\.", "model.mm_projector.0."),
+    (r"^(model\.)?multi_modal_projector\.linear_2\.", "model.mm_projector.2."),
+]
+
+
+def split_llava_hf(sd: dict) -> tuple[dict, dict]:
+    """llava-hf names (old `language_model.model.*` or new `model.language_model.*`) -> (ours, CLIP's)."""
+    lm, vision = {}, {}
+    for k, v in sd.items():
+        m = re.match(r"^(model\.)?vision_tower\.(.*)$", k)
+        if m:
+            vision[m.group(2)] = v
+            continue
+        for pat, rep in _HF_RULES:
+            if re.match(pat, k):
+                lm[re.sub(pat, rep, k)] = v
+                break
+        else:
+            lm[k] = v
+    return lm, vision
+
+
+def _fit_clip_keys(clip, sd: dict) -> dict:
+    """Match `vision_model.`-prefixed or flat CLIP key names to this transformers version's module."""
+    own = set(clip.state_dict())
+    prefixed = any(k.startswith("vision_model.") for k in own)
+    out = {}
+    for k, v in sd.items():
+        flat = k[len("vision_model."):] if k.startswith("vision_model.") else k
+        out["vision_model." + flat if prefixed else flat] = v
+    return out
+
+
+def load_clip(cfg: FlexConfig, folder: Path, embedded: dict | None, raw: dict):
+    from transformers import CLIPVisionConfig, CLIPVisionModel
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    if embedded is not None:
+        clip = CLIPVisionModel(CLIPVisionConfig(**(raw.get("vision_config") or {})))
+        missing, unexpected = clip.load_state_dict(_fit_clip_keys(clip, embedded), strict=False)
+        if missing:
+            raise FlexEvalError(f"{folder}: vision tower weights missing: {missing[:5]}")
+        return clip
+    name = cfg.vision_tower
+    candidates = [Path(name), folder / name, folder / Path(name).name]
+    path = next((c for c in candidates if (c / "config.json").is_file()), None)
+    if path is not None:
+        return _load_clip_folder(CLIPVisionModel, CLIPVisionConfig, path)
+    return _load_clip_folder(CLIPVisionModel, CLIPVisionConfig, local_folder(name))
+
+
+def _load_clip_folder(model_cls, config_cls, path: Path):
+    config = config_cls.from_pretrained(str(path))  # takes a CLIPModel config's vision part as well
+    clip = model_cls(config)
+    sd = {}
+    for k, v in read_state_dict(path).items():
+        if k.startswith("text_model.") or k in ("logit_scale",) or k.startswith(("visual_projection", "text_projection")):
+            continue
+        sd[k] = v
+    missing, _ = clip.load_state_dict(_fit_clip_keys(clip, sd), strict=False)
+    if missing:
+        raise FlexEvalError(f"{path}: CLIP weights missing: {missing[:5]}; is mm_vision_tower a CLIP ViT checkpoint?")
+    return clip
+
+
+def load_pretrained(path_or_id: str | os.PathLike, dtype="auto", device: str = "auto",
+                    options: RunOptions | None = None) -> FlexLlava:
+    """Load a checkpoint folder or hub id into a FlexLlava ready for inference."""
+    device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, device)
+    folder = local_folder(str(path_or_id))
+    cfg_path = folder / "config.json"
+    if not cfg_path.is_file():
+        raise FlexEvalError(f"{cfg_path} not found; a checkpoint folder holds config.json, weights and tokenizer.model")
+    try:
+        raw = json.loads(cfg_path.read_text())
+    except json.JSONDecodeError as e:
+        raise FlexEvalError(f"{cfg_path} is not valid JSON ({e})") from e
+    cfg = parse_config(folder, raw)
+    sd = read_state_dict(folder)
+    embedded = None
+    if cfg.format == "llava-hf":
+        sd, embedded = split_llava_hf(sd)
+    lm = LlavaLM(cfg)
+    # A release checkpoint may carry unused tensors (e.g. rotary inv_freq); everything we need must be there.
+    sd = {k: v for k, v in sd.items() if not k.endswith("rotary_emb.inv_freq")}
+    missing, unexpected = lm.load_state_dict(sd, strict=False)
+    unexpected = [k for k in unexpected if not k.startswith("model.vision_tower")]
+    if missing or unexpected:
+        raise FlexEvalError(f"{folder}: weights do not match the {cfg.format} format: missing {missing[:5]}, "
+                            f"unexpected {unexpected[:5]}")
+    clip = load_clip(cfg, folder, embedded, raw)
+    vision = VisionTower(clip, cfg.vision_select_layer)
+    tok = LlavaTokenizer(folder / "tokenizer.model")
+    lm.to(device=device, dtype=torch_dtype).eval()
+    vision.to(device=device, dtype=torch_dtype).eval()
+    if options is None:
+        options = RunOptions(selection="attention" if cfg.has_hd else "none")
+    model = FlexLlava(lm, vision, tok, cfg, options, device=device, dtype=torch_dtype)
+    model.source = str(path_or_id)
+    return model
