@@ -47,6 +47,7 @@ def run(
     tag: Optional[str] = typer.Option(None, "--tag", help="model tag used as the results folder name"),
     seed: int = typer.Option(0, "--seed", help="seed for the random selection ablation"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars, log lines only"),
+    max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", help="override the benchmark's generation length"),
 ) -> None:
     """Evaluate a model on a benchmark; writes predictions.jsonl, accuracy.csv and run.json."""
     from flexeval.runner import RunConfig, run_benchmarks
@@ -55,7 +56,8 @@ def run(
         cfg = RunConfig(bench=bench, model=model, data_dir=data_dir, out=out, limit=limit,
                         batch_size=batch_size, protocol=protocol, dtype=dtype, device=device,
                         selection=selection, threshold=threshold, first_layer=first_layer, zoom=zoom,
-                        split=split, workers=workers, tag=tag, seed=seed, quiet=quiet)
+                        split=split, workers=workers, tag=tag, seed=seed, quiet=quiet,
+                        max_new_tokens=max_new_tokens)
         run_benchmarks(cfg)
     except FlexEvalError as e:
         _fail(e)

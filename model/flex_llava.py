@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from .config import FlexConfig, RunOptions
 from .fast import HDState, KVCache, Trace, forward
-from .image import ProcessedImage, lowres_view, padding_patches, preprocess, split_crops, stitch_crops
+from .image import Preprocessor, ProcessedImage, lowres_view, padding_patches, preprocess, split_crops, stitch_crops
 from .llama import LlavaLM, hd_rope, rope_cos_sin
 from .tokenizer import IMAGE_TOKEN_ID, LlavaTokenizer
 from .vision import VisionTower
@@ -57,8 +57,13 @@ class FlexLlava:
         self.image_size = self.resolved["highres_size"] if cfg.has_hd else cfg.lowres_size
 
     # ---- images ----
+    @property
+    def preprocessor(self) -> Preprocessor:
+        """The CPU half of the image path, picklable for data workers."""
+        return Preprocessor(self.image_size)
+
     def preprocess(self, image, mode: str = "pad") -> ProcessedImage:
-        """CPU work for the data workers: PIL image -> normalised tensor at the model's input size."""
+        """PIL image -> normalised tensor at the model's input size."""
         return preprocess(image, self.image_size, mode)
 
     @torch.no_grad()

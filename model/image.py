@@ -95,3 +95,13 @@ def padding_patches(orig_size: tuple[int, int], grid: int = 24) -> tuple[str, in
     margin = abs(w - h) // 2
     n = int(margin / max(w, h) * grid)
     return ("rows" if w > h else "cols"), n
+
+
+@dataclass(frozen=True)
+class Preprocessor:
+    """Picklable image preprocessing for DataLoader workers (no model inside)."""
+
+    size: int
+
+    def __call__(self, img: Image.Image, mode: str = "pad") -> ProcessedImage:
+        return preprocess(img, self.size, mode)
