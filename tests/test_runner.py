@@ -1,0 +1,165 @@
+"""The runner end to end on the tiny model: V* numbers, resume, fingerprints, batch invariance, all."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from flexeval.benchmarks import get_benchmark
+from flexeval.cli import app
+from flexeval.model import load_pretrained, reference
+from flexeval.model.tiny import make_tiny_model
+from flexeval.runner import RunConfig, run_benchmarks
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    root = tmp_path_factory.mktemp("runner")
+    model_dir = make_tiny_model(root / "tiny", seed=0)
+    data = get_benchmark("vstar").make_sample(root / "vstar", n=3, seed=1)
+    return root, model_dir, data
+
+
+def _run(env, out, **kw):
+    root, model_dir, data = env
+    cfg = RunConfig(bench="vstar", model=str(model_dir), data_dir=data, out=out, workers=0, quiet=True,
+                    batch_size=kw.pop("batch_size", "4"), **kw)
+    return run_benchmarks(cfg)[0]
+
+
+def _lines(path: Path) -> list[dict]:
+    return [json.loads(x) for x in path.read_text().splitlines()]
+
+
+def test_vstar_scores_are_the_reference_mean_nll_argmin(env, tmp_path):
+    root, model_dir, data = env
+    run = _run(env, tmp_path / "out")
+    bench_dir = tmp_path / "out" / "tiny" / "vstar"
+    preds = _lines(bench_dir / "predictions.jsonl")
+    assert [p["id"] for p in preds] == [f"direct_attributes/sa_{i}" for i in (1, 2, 3)] + \
+        [f"relative_position/sa_{i}" for i in (4, 5, 6)]
+    model = load_pretrained(model_dir, dtype="float32", device="cpu")
+    bench = get_benchmark("vstar")
+    samples = {s.id: s for s in bench.load(data)}
+    for p in preds[:2] + preds[-1:]:  # independent: the literal reference, one option at a time
+        s = samples[p["id"]]
+        req = bench.request(s, "paper")
+        from flexeval.benchmarks.base import open_image
+
+        img = model.preprocess(open_image(s.image))
+        ref = [reference.option_nll(model, req.prompt, img, o)[0] for o in s.options]
+        np.testing.assert_allclose(p["option_nll"], ref, rtol=1e-4)
+        assert p["prediction"] == s.options[int(np.argmin(ref))]
+        assert p["score"] == float(p["prediction"] == s.options[0])
+    # accuracy.csv from the predictions, by hand
+    rows = (bench_dir / "accuracy.csv").read_text().splitlines()
+    assert rows[0] == "benchmark,subset,n,correct,accuracy"
+    by = {}
+    for p in preds:
+        by.setdefault(p["subset"], []).append(p["prediction"] == p["options"][0])
+    overall = sum(sum(v) for v in by.values())
+    assert rows[-1].split(",")[:4] == ["vstar", "overall", "6", str(overall)]
+    assert float(rows[-1].split(",")[4]) == pytest.approx(100 * overall / 6, abs=1e-3)
+    assert run["model"]["kind"] == "flexattention" and run["data"]["counts"]["loaded"]["overall"] == 6
+
+
+def test_resume_after_a_crash_gives_the_uninterrupted_files(env, tmp_path, monkeypatch):
+    _run(env, tmp_path / "full", batch_size="2")
+    full = (tmp_path / "full" / "tiny" / "vstar" / "predictions.jsonl").read_bytes()
+
+    from flexeval.model.flex_llava import FlexLlava
+
+    real = FlexLlava.score_options
+    calls = {"n": 0}
+
+    def crashing(self, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt  # killed during the second batch
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(FlexLlava, "score_options", crashing)
+    with pytest.raises(KeyboardInterrupt):
+        _run(env, tmp_path / "crash", batch_size="2")
+    shard = next((tmp_path / "crash" / "tiny" / "vstar" / "shards").glob("*.jsonl"))
+    assert len(shard.read_text().splitlines()) == 2  # the first batch survived, fsync'ed
+    with open(shard, "ab") as f:
+        f.write(b'{"key": "torn')  # and a torn write at the moment of the kill
+    monkeypatch.setattr(FlexLlava, "score_options", real)
+    run = _run(env, tmp_path / "crash", batch_size="2")
+    assert run["timing"]["reused"] == 2 and run["timing"]["ran"] == 4
+    assert (tmp_path / "crash" / "tiny" / "vstar" / "predictions.jsonl").read_bytes() == full
+    again = _run(env, tmp_path / "crash", batch_size="2")  # nothing left to do, same bytes
+    assert again["timing"]["ran"] == 0
+    assert (tmp_path / "crash" / "tiny" / "vstar" / "predictions.jsonl").read_bytes() == full
+
+
+def test_changed_configuration_or_data_never_reuses_predictions(env, tmp_path):
+    root, model_dir, data = env
+    out = tmp_path / "out"
+    _run(env, out, tag="t")
+    assert _run(env, out, tag="t", protocol="official")["timing"]["ran"] == 6
+    assert _run(env, out, tag="t", selection="center")["timing"]["ran"] == 6
+    assert _run(env, out, tag="t", threshold=30.0)["timing"]["ran"] == 6
+    assert _run(env, out, tag="t")["timing"]["ran"] == 0  # the original config is still there
+    # same id, new content: only that item is recomputed
+    item = Path(data) / "direct_attributes" / "sa_2.json"
+    original = item.read_text()
+    try:
+        obj = json.loads(original)
+        obj["options"] = obj["options"][::-1]
+        item.write_text(json.dumps(obj))
+        assert _run(env, out, tag="t")["timing"]["ran"] == 1
+    finally:
+        item.write_text(original)
+
+
+def test_batch_size_does_not_change_per_sample_results(env, tmp_path):
+    _run(env, tmp_path / "a", batch_size="1")
+    _run(env, tmp_path / "b", batch_size="5")
+    a = _lines(tmp_path / "a" / "tiny" / "vstar" / "predictions.jsonl")
+    b = _lines(tmp_path / "b" / "tiny" / "vstar" / "predictions.jsonl")
+    assert [x["prediction"] for x in a] == [x["prediction"] for x in b]
+    for x, y in zip(a, b):
+        np.testing.assert_allclose(x["option_nll"], y["option_nll"], rtol=1e-5)
+        assert x["hd_selected_ratio"] == pytest.approx(y["hd_selected_ratio"], abs=1e-9)
+
+
+def test_generation_batch_invariance_and_all_benchmarks(env, tmp_path):
+    root, model_dir, _ = env
+    data = tmp_path / "data"
+    cli = CliRunner()
+    r = cli.invoke(app, ["data", "make-sample", "--bench", "all", "--out", str(data), "--n", "2"])
+    assert r.exit_code == 0, r.output
+    outs = {}
+    for bs in ("1", "3"):
+        cfg = RunConfig(bench="all", model=str(model_dir), data_dir=data, out=tmp_path / f"res{bs}", workers=1,
+                        quiet=True, batch_size=bs, max_new_tokens=5)
+        run_benchmarks(cfg)
+        outs[bs] = {b: _lines(tmp_path / f"res{bs}" / "tiny" / b / "predictions.jsonl")
+                    for b in ("magnifierbench", "textvqa", "rsvqa_hrben")}
+    for b, recs in outs["1"].items():
+        assert [x["generated_ids"] for x in recs] == [x["generated_ids"] for x in outs["3"][b]], b
+    summary = (tmp_path / "res1" / "summary.csv").read_text().splitlines()
+    assert summary[0] == "model,benchmark,subset,n,correct,accuracy"
+    benches = {line.split(",")[1] for line in summary[1:]}
+    assert benches == {"vstar", "magnifierbench", "textvqa", "rsvqa_hrben"}
+    md = (tmp_path / "res1" / "summary.md").read_text()
+    assert "paper: FlexAttention-7B" in md and "| tiny " in md
+
+
+def test_cli_errors_are_clear(env, tmp_path):
+    root, model_dir, _ = env
+    cli = CliRunner()
+    r = cli.invoke(app, ["run", "--bench", "vstar", "--model", str(model_dir), "--data-dir", str(tmp_path / "nope")])
+    assert r.exit_code == 1
+    assert "direct_attributes/" in r.output and "flexeval data fetch" in r.output
+    r = cli.invoke(app, ["run", "--bench", "nosuch", "--model", str(model_dir)])
+    assert r.exit_code == 1 and "unknown benchmark" in r.output
+    r = cli.invoke(app, ["run", "--bench", "vstar", "--model", str(model_dir), "--data-dir", str(env[2]),
+                         "--batch-size", "zero", "--out", str(tmp_path / "o")])
+    assert r.exit_code == 1 and "--batch-size" in r.output
