@@ -141,6 +141,17 @@ def make_tiny(out: Path = typer.Option(..., "--out"), seed: int = typer.Option(0
     typer.echo(f"tiny model written to {path}")
 
 
+@model_app.command("speed")
+def speed(size: str = typer.Option("7b", "--size", help="7b (LLaVA-1.5-7B shape) | tiny"),
+          device: str = typer.Option("cuda", "--device"), dtype: str = typer.Option("float16", "--dtype"),
+          batch: int = typer.Option(8, "--batch"), new_tokens: int = typer.Option(8, "--new-tokens"),
+          repeat: int = typer.Option(5, "--repeat"), out: Optional[Path] = typer.Option(None, "--out")) -> None:
+    """Benchmark: fast path vs the literal reference on random weights (figures, ratios, a correctness check)."""
+    from flexeval.model.speed import format_speed, run_speed
+
+    typer.echo(format_speed(run_speed(size, device, dtype, batch, new_tokens, repeat, out)))
+
+
 @data_app.command("make-sample")
 def make_sample(bench: str = typer.Option(..., "--bench", "-b", help="a benchmark or 'all'"),
                 out: Path = typer.Option(..., "--out"),

@@ -153,7 +153,7 @@ def _project_selected(attn, hd: HDState, sel: torch.Tensor, n_rep: int):
     union = sel.any(1)
     counts = union.sum(1)
     m = int(counts.max())
-    order = torch.argsort((~union).to(torch.int8), dim=1, stable=True)[:, :m]  # selected first, in index order
+    order = torch.argsort((~union).to(torch.int32), dim=1, stable=True)[:, :m]  # selected first, in index order
     valid = torch.arange(m, device=sel.device)[None] < counts[:, None]
     row_mask = sel.gather(2, order[:, None, :].expand(b, r, m)) & valid[:, None]
     feats = hd.feats.gather(1, order[..., None].expand(b, m, hd.feats.shape[-1]))
