@@ -55,7 +55,9 @@ class LlavaTokenizer:
         return prompt_ids, suffix
 
     def decode(self, ids: list[int]) -> str:
-        ids = [i for i in ids if i >= 0 and i not in (self.bos_id, self.eos_id)]
+        # ids past the sentencepiece vocabulary (llava-hf's added <image>/<pad>) have no text
+        n = self.sp.vocab_size()
+        ids = [i for i in ids if 0 <= i < n and i not in (self.bos_id, self.eos_id)]
         return self.sp.decode(ids)
 
     def piece(self, i: int) -> str:
