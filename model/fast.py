@@ -103,14 +103,16 @@ def _attention(i, attn, q, keys, values, visible, hd, n_hd_rows, prev_sel, row_p
             return out, None
     r = n_hd_rows
     q_hd_rows = q[:, :, t - r:]
-    scale = 1.0 / math.sqrt(d)
-    scores = (q_hd_rows.float() @ keys.float().transpose(-1, -2)) * scale
+    # As the release: q.k in the model dtype divided by sqrt(d), softmax in float32. Only these
+    # [B, H, R, keys] scores are upcast, never the cache.
+    scores = ((q_hd_rows @ keys.transpose(-1, -2)) / math.sqrt(d)).float()
     scores = scores.masked_fill(~visible[:, None, t - r:], float("-inf"))
     probs_lowres = torch.softmax(scores, dim=-1)  # the low-res-only softmax: selection reads this
     new_sel = _select(i, probs_lowres, hd, row_positions, q.dtype, trace)
-    if i > hd.select_layer and prev_sel is not None and bool(prev_sel.any()):
-        k_hd, v_hd, row_mask = _project_selected(attn, hd, prev_sel, n_rep)
-        s_hd = (q_hd_rows.float() @ k_hd.float().transpose(-1, -2)) * scale
+    hd_kv = _project_selected(attn, hd, prev_sel, n_rep) if i > hd.select_layer and prev_sel is not None else None
+    if hd_kv is not None:
+        k_hd, v_hd, row_mask = hd_kv
+        s_hd = ((q_hd_rows @ k_hd.transpose(-1, -2)) / math.sqrt(d)).float()
         s_hd = s_hd.masked_fill(~row_mask[:, None], float("-inf"))
         probs = torch.softmax(torch.cat([scores, s_hd], dim=-1), dim=-1).to(q.dtype)  # one softmax over the union
         n_keys = keys.shape[2]
@@ -147,12 +149,15 @@ def _select(i, probs_lowres, hd: HDState, row_positions, dtype, trace):
 def _project_selected(attn, hd: HDState, sel: torch.Tensor, n_rep: int):
     """High-res keys/values for the tokens any row of a sample selected (others are never computed).
 
-    Returns k, v: [B, H, M, d] and row_mask [B, R, M] (which of the M tokens each row selected).
+    Returns k, v: [B, H, M, d] and row_mask [B, R, M] (which of the M tokens each row selected),
+    or None when no row selected anything.
     """
     b, r, n = sel.shape
     union = sel.any(1)
     counts = union.sum(1)
-    m = int(counts.max())
+    m = int(counts.max())  # the one host sync of a high-res layer
+    if m == 0:
+        return None
     order = torch.argsort((~union).to(torch.int32), dim=1, stable=True)[:, :m]  # selected first, in index order
     valid = torch.arange(m, device=sel.device)[None] < counts[:, None]
     row_mask = sel.gather(2, order[:, None, :].expand(b, r, m)) & valid[:, None]

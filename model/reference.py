@@ -113,7 +113,7 @@ def _forward(model: FlexLlava, embeds: torch.Tensor, positions: torch.Tensor, ca
         k_all, v_all = k.repeat_interleave(nh // nkv, 0), v.repeat_interleave(nh // nkv, 0)
         past = k_all.shape[1] - t
         causal = torch.ones(t, past + t, dtype=torch.bool, device=x.device).tril(past)
-        scores = (q.float() @ k_all.float().transpose(1, 2)) / math.sqrt(hdim)
+        scores = ((q @ k_all.transpose(1, 2)) / math.sqrt(hdim)).float()  # the release: dtype matmul, fp32 softmax
         scores = scores.masked_fill(~causal, float("-inf"))
         probs = torch.softmax(scores, -1)  # low-res-only attention of every row
         out = probs.to(model.dtype) @ v_all
@@ -122,7 +122,7 @@ def _forward(model: FlexLlava, embeds: torch.Tensor, positions: torch.Tensor, ca
             k_hd = _rotate(a.k_proj_hd(hd_feats).view(-1, nkv, hdim).transpose(0, 1), hd_cos, hd_sin)
             v_hd = a.v_proj_hd(hd_feats).view(-1, nkv, hdim).transpose(0, 1)
             k_hd, v_hd = k_hd.repeat_interleave(nh // nkv, 0), v_hd.repeat_interleave(nh // nkv, 0)
-            s_hd = (q.float() @ k_hd.float().transpose(1, 2)) / math.sqrt(hdim)
+            s_hd = ((q @ k_hd.transpose(1, 2)) / math.sqrt(hdim)).float()
             for j, row in enumerate(hd_rows):
                 union = torch.cat([scores[:, row], s_hd[:, row].masked_fill(~prev[j], float("-inf"))], -1)
                 p = torch.softmax(union, -1).to(model.dtype)
