@@ -43,7 +43,7 @@ def run(
     first_layer: Optional[int] = typer.Option(None, "--first-layer", help="first layer that uses high-res keys (release: 9)"),
     zoom: Optional[int] = typer.Option(None, "--zoom", help="zoom ratio 2|3|4 -> 672/1008/1344 px high-res view"),
     split: Optional[str] = typer.Option(None, "--split", help="RSVQA-HRBEN split: test_phili (default) | test"),
-    workers: int = typer.Option(2, "--workers", help="image decoding worker processes"),
+    workers: Optional[int] = typer.Option(None, "--workers", help="image decoding worker processes (default: cores - 1, at most 8)"),
     tag: Optional[str] = typer.Option(None, "--tag", help="model tag used as the results folder name"),
     seed: int = typer.Option(0, "--seed", help="seed for the random selection ablation"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars, log lines only"),

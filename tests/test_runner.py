@@ -163,3 +163,24 @@ def test_cli_errors_are_clear(env, tmp_path):
     r = cli.invoke(app, ["run", "--bench", "vstar", "--model", str(model_dir), "--data-dir", str(env[2]),
                          "--batch-size", "zero", "--out", str(tmp_path / "o")])
     assert r.exit_code == 1 and "--batch-size" in r.output
+
+
+def test_auto_batch_backs_off_on_out_of_memory_without_losing_work(env, tmp_path, monkeypatch):
+    _run(env, tmp_path / "ref", batch_size="1")
+    from flexeval.model.flex_llava import FlexLlava
+
+    real = FlexLlava.score_options
+    seen = []
+
+    def small_memory(self, prompts, *a, **k):
+        seen.append(len(prompts))
+        if len(prompts) > 2:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(self, prompts, *a, **k)
+
+    monkeypatch.setattr(FlexLlava, "score_options", small_memory)
+    run = _run(env, tmp_path / "oom", batch_size="auto")  # auto starts at 4 on the CPU
+    assert seen[0] == 4 and max(seen[1:]) <= 2 and run["timing"]["batch_size_final"] == 2
+    a = _lines(tmp_path / "ref" / "tiny" / "vstar" / "predictions.jsonl")
+    b = _lines(tmp_path / "oom" / "tiny" / "vstar" / "predictions.jsonl")
+    assert [x["id"] for x in a] == [x["id"] for x in b] and [x["prediction"] for x in a] == [x["prediction"] for x in b]
