@@ -38,7 +38,7 @@ def run(
     protocol: Optional[str] = typer.Option(None, "--protocol", help="paper (default) | official | ... per benchmark"),
     dtype: str = typer.Option("auto", "--dtype", help="auto (fp16 on CUDA, fp32 on CPU) | float16 | bfloat16 | float32"),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N"),
-    selection: str = typer.Option("attention", "--selection", help="attention | random | center | all | none"),
+    selection: Optional[str] = typer.Option(None, "--selection", help="attention | random | center | all | none (default: attention; none for plain LLaVA-1.5)"),
     threshold: Optional[float] = typer.Option(None, "--threshold", help="selection threshold out of 255 (release: 48)"),
     first_layer: Optional[int] = typer.Option(None, "--first-layer", help="first layer that uses high-res keys (release: 9)"),
     zoom: Optional[int] = typer.Option(None, "--zoom", help="zoom ratio 2|3|4 -> 672/1008/1344 px high-res view"),
@@ -109,7 +109,7 @@ def inspect(
     json_out: bool = typer.Option(False, "--json", help="print one JSON object"),
     dump_logits: Optional[Path] = typer.Option(None, "--dump-logits", help="safetensors file for prefill logits"),
     raw: bool = typer.Option(False, "--raw", help="use the prompt as is (no conversation template)"),
-    selection: str = typer.Option("attention", "--selection"),
+    selection: Optional[str] = typer.Option(None, "--selection", help="attention | random | center | all | none"),
 ) -> None:
     """A window into one sample: generated tokens, selections per layer, option NLLs, logits."""
     from flexeval.model.inspect import inspect_sample

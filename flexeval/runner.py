@@ -36,7 +36,7 @@ class RunConfig:
     protocol: str | None = None
     dtype: str = "auto"
     device: str = "auto"
-    selection: str = "attention"
+    selection: str | None = None
     threshold: float | None = None
     first_layer: int | None = None
     zoom: int | None = None

@@ -48,7 +48,7 @@ class FlexConfig:
 class RunOptions:
     """Inference knobs (the paper's ablations). None means: the checkpoint's value."""
 
-    selection: str = "attention"
+    selection: str | None = None  # None: attention for FlexAttention checkpoints, none for plain LLaVA
     threshold: float | None = None  # out of 255
     first_hd_layer: int | None = None  # first layer that uses high-res keys (release: 9 = S + 1)
     zoom: int | None = None  # 2 | 3 | 4 -> 672 / 1008 / 1344 px
@@ -57,6 +57,8 @@ class RunOptions:
     extra: dict = field(default_factory=dict)
 
     def validate(self, cfg: FlexConfig) -> None:
+        if self.selection is None:
+            self.selection = "attention" if cfg.has_hd else "none"
         if self.selection not in SELECTIONS:
             raise FlexEvalError(f"unknown selection '{self.selection}'; choose one of {', '.join(SELECTIONS)}")
         if not cfg.has_hd and self.selection != "none":

@@ -10,7 +10,7 @@ from flexeval.errors import FlexEvalError
 
 def inspect_sample(model: str, image: Path, prompt: str, options: list[str] | None = None,
                    max_new_tokens: int = 16, dtype: str = "float32", device: str = "cpu",
-                   dump_logits: Path | None = None, raw: bool = False, selection: str = "attention") -> dict:
+                   dump_logits: Path | None = None, raw: bool = False, selection: str | None = None) -> dict:
     from flexeval.benchmarks.base import open_image
 
     from .config import RunOptions
