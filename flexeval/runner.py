@@ -166,7 +166,7 @@ def _choice_records(model, batch, reqs):
     out = model.score_options(prompts, [im for _, im in batch], [list(r.options) for r in reqs],
                               append_eos=reqs[0].append_eos)
     recs = []
-    for (sample, _), r, res in zip(batch, reqs, out):
+    for r, res in zip(reqs, out):
         best = int(np.argmin(res.option_nll))  # first minimum: a tie goes to the lowest index
         recs.append({"prediction": r.options[best], "option_nll": res.option_nll,
                      "n_prompt_tokens": res.n_prompt_tokens, "hd_selected_ratio": res.hd_selected_ratio})

@@ -19,7 +19,15 @@ import torch.nn.functional as F
 
 from .config import FlexConfig, RunOptions
 from .fast import HDState, KVCache, Trace, forward
-from .image import Preprocessor, ProcessedImage, lowres_view, padding_patches, preprocess, split_crops, stitch_crops
+from .image import (
+    Preprocessor,
+    ProcessedImage,
+    lowres_view,
+    padding_patches,
+    preprocess,
+    split_crops,
+    stitch_crops,
+)
 from .llama import LlavaLM, hd_rope, rope_cos_sin
 from .tokenizer import IMAGE_TOKEN_ID, LlavaTokenizer
 from .vision import VisionTower

@@ -4,10 +4,10 @@ import io
 import json
 
 import pytest
-from flexeval.benchmarks import get_benchmark
-from flexeval.benchmarks.magnifierbench import MagnifierBench, parse_choice, strict_choice
 from PIL import Image
 
+from flexeval.benchmarks import get_benchmark
+from flexeval.benchmarks.magnifierbench import MagnifierBench, parse_choice, strict_choice
 from flexeval.errors import FlexEvalError
 
 SYSTEM = ("A chat between a curious human and an artificial intelligence assistant. "

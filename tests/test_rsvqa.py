@@ -3,11 +3,11 @@
 import json
 
 import pytest
+from PIL import Image
+
 from flexeval.benchmarks import get_benchmark
 from flexeval.benchmarks.base import Sample
 from flexeval.benchmarks.rsvqa import RSVQAHRBEN
-from PIL import Image
-
 from flexeval.errors import FlexEvalError
 
 bench = RSVQAHRBEN()

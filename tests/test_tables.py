@@ -6,8 +6,8 @@ import csv
 import json
 
 import pytest
-from flexeval.benchmarks import get_benchmark, list_benchmarks
 
+from flexeval.benchmarks import get_benchmark, list_benchmarks
 from flexeval.errors import FlexEvalError
 from flexeval.tables import list_benchmarks_table, rescore_tree, score_records, write_report
 

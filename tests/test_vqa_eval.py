@@ -1,6 +1,7 @@
 """EvalAI answer normaliser and soft VQA accuracy: values worked out by hand from the reference."""
 
 import pytest
+
 from flexeval.benchmarks.vqa_eval import CONTRACTIONS, normalize_answer, vqa_accuracy
 
 
