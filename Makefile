@@ -24,9 +24,9 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: setup
-	$(BIN)/flexeval model make-tiny --out $(DEMO)/tiny-model --seed 0
-	$(BIN)/flexeval data make-sample --bench vstar --out $(DEMO)/data/vstar
-	$(BIN)/flexeval run --bench vstar --model $(DEMO)/tiny-model --data-dir $(DEMO)/data/vstar --out $(DEMO)/results
+	$(BIN)/flexeval model make-tiny --out $(DEMO)/llava-tiny-flexattn --seed 0
+	$(BIN)/flexeval data make-sample --bench vstar --out $(DEMO)/data/vstar --n 6
+	$(BIN)/flexeval run --bench vstar --model $(DEMO)/llava-tiny-flexattn --data-dir $(DEMO)/data/vstar --out $(DEMO)/results
 
 test: setup
 	$(BIN)/python -m pytest

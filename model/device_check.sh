@@ -12,11 +12,11 @@ echo "== tiny model, float32, CUDA: fast vs reference =="
 flexeval model speed --size tiny --device cuda --dtype float32 --batch 5 --repeat 2 --out "$OUT/speed_tiny_fp32.json" 2>&1 | tail -4
 echo "== harness on CUDA (tiny model, float32) vs CPU predictions =="
 if [ -d demo/results ]; then
-  flexeval run --bench vstar --model demo/tiny-model --data-dir demo/data/vstar --out "$OUT/gpu" --device cuda \
+  flexeval run --bench vstar --model demo/llava-tiny-flexattn --data-dir demo/data/vstar --out "$OUT/gpu" --device cuda \
     --dtype float32 --batch-size 4 -q --tag cuda 2>&1 | tail -4
   python3 - "$OUT" <<'PY'
 import json, sys
-cpu = [json.loads(l) for l in open("demo/results/tiny-model/vstar/predictions.jsonl")]
+cpu = [json.loads(l) for l in open("demo/results/llava-tiny-flexattn/vstar/predictions.jsonl")]
 gpu = [json.loads(l) for l in open(sys.argv[1] + "/gpu/cuda/vstar/predictions.jsonl")]
 d = max(abs(a - b) / abs(a) for x, y in zip(cpu, gpu) for a, b in zip(x["option_nll"], y["option_nll"]))
 print("cpu vs cuda: same predictions", [x["prediction"] for x in cpu] == [y["prediction"] for y in gpu],

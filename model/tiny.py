@@ -77,6 +77,12 @@ def _clip(out: Path, seed: int) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     cfg.architectures = ["CLIPVisionModel"]
     cfg.to_json_file(str(folder / "config.json"))
+    # The image processor config of openai/clip-vit-large-patch14-336 (LLaVA's CLIPVisionTower loads it).
+    (folder / "preprocessor_config.json").write_text(json.dumps({
+        "crop_size": 336, "do_center_crop": True, "do_normalize": True, "do_resize": True,
+        "feature_extractor_type": "CLIPFeatureExtractor", "image_processor_type": "CLIPImageProcessor",
+        "image_mean": [0.48145466, 0.4578275, 0.40821073], "image_std": [0.26862954, 0.26130258, 0.27577711],
+        "resample": 3, "size": 336}, indent=2))
     # Key names as the openai CLIP checkpoints have them (`vision_model.`-prefixed): every
     # transformers version (and the release's 4.37) loads these.
     sd = {k if k.startswith("vision_model.") else "vision_model." + k: v.contiguous()
