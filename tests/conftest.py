@@ -1,0 +1,185 @@
+"""Shared, session-scoped fixtures for the model tests.
+
+Tiny checkpoints (model/tiny.py) are built ONCE per session, in every format, from the same seed;
+models are loaded once and variants with other run options share their weights (FlexLlava holds
+no state between calls). Everything runs float32 on the CPU unless a test says otherwise.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import random
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+SEED = 0
+
+
+# ---- checkpoints ----
+
+@pytest.fixture(scope="session")
+def release_dir(tmp_path_factory) -> Path:
+    from flexeval.model.tiny import make_tiny_model
+
+    return make_tiny_model(tmp_path_factory.mktemp("tiny-release"), seed=SEED, fmt="release")
+
+
+@pytest.fixture(scope="session")
+def llava_dir(tmp_path_factory) -> Path:
+    from flexeval.model.tiny import make_tiny_model
+
+    return make_tiny_model(tmp_path_factory.mktemp("tiny-llava"), seed=SEED, fmt="llava")
+
+
+@pytest.fixture(scope="session")
+def llava_hf_dir(tmp_path_factory) -> Path:
+    from flexeval.model.tiny import make_tiny_model
+
+    return make_tiny_model(tmp_path_factory.mktemp("tiny-llava-hf"), seed=SEED, fmt="llava-hf")
+
+
+@pytest.fixture(scope="session")
+def stripped_dir(release_dir, tmp_path_factory) -> Path:
+    """The release checkpoint's weights as an original-format LLaVA-1.5 checkpoint: k_proj_hd /
+    v_proj_hd and `extra` removed, everything else (LLM, projector, CLIP, tokenizer) the same bytes."""
+    from safetensors.torch import load_file, save_file
+
+    out = tmp_path_factory.mktemp("tiny-release-stripped")
+    sd = load_file(str(release_dir / "model.safetensors"))
+    save_file({k: v for k, v in sd.items() if "_proj_hd" not in k}, str(out / "model.safetensors"),
+              metadata={"format": "pt"})
+    cfg = json.loads((release_dir / "config.json").read_text())
+    del cfg["extra"]
+    (out / "config.json").write_text(json.dumps(cfg, indent=2))
+    shutil.copy(release_dir / "tokenizer.model", out / "tokenizer.model")
+    return out
+
+
+# ---- models (float32, CPU) ----
+
+def _load(path, **kw):
+    from flexeval.model import load_pretrained
+
+    return load_pretrained(path, dtype=kw.pop("dtype", "float32"), device="cpu", **kw)
+
+
+@pytest.fixture(scope="session")
+def release_model(release_dir):
+    """The release checkpoint with its default (attention) selection."""
+    return _load(release_dir)
+
+
+@pytest.fixture(scope="session")
+def llava_model(llava_dir):
+    return _load(llava_dir)
+
+
+@pytest.fixture(scope="session")
+def llava_hf_model(llava_hf_dir):
+    return _load(llava_hf_dir)
+
+
+@pytest.fixture(scope="session")
+def stripped_model(stripped_dir):
+    return _load(stripped_dir)
+
+
+@pytest.fixture(scope="session")
+def variant(release_model):
+    """variant(**RunOptions fields) -> a FlexLlava over the release weights with those options."""
+    from flexeval.model import FlexLlava, RunOptions
+
+    cache = {}
+
+    def make(**options):
+        key = tuple(sorted(options.items()))
+        if key not in cache:
+            m = release_model
+            cache[key] = FlexLlava(m.lm, m.vision, m.tokenizer, m.cfg, RunOptions(**options), device=m.device,
+                                   dtype=m.dtype)
+        return cache[key]
+
+    return make
+
+
+# ---- samples: mixed sizes / aspect ratios, prompts of different lengths, options ----
+
+@dataclass
+class Sample:
+    name: str
+    image: object  # PIL image
+    question: str
+    options: list
+
+    @property
+    def prompt(self) -> str:
+        from flexeval.conversation import SHORT_ANSWER_SUFFIX, llava_v1_prompt
+
+        return llava_v1_prompt(self.question + SHORT_ANSWER_SUFFIX)
+
+
+SAMPLE_SPECS = [
+    # name, (w, h), question, options
+    ("wide", (1600, 900), "What is the color of the cup?", ["red", "blue", "green", "yellow"]),
+    ("tall", (700, 1400), "Is the flag on the left or right side of the kite? Answer yes or no please",
+     ["yes", "no"]),
+    ("square", (1000, 1000), "What brand?", ["Nokia", "coca-cola", "Apple"]),
+    ("small", (320, 200), "How many bags are there in the picture?", ["two", "3"]),
+    ("very-wide", (2000, 700), "Where", ["left side of it", "right"]),
+]
+
+
+@pytest.fixture(scope="session")
+def samples() -> list[Sample]:
+    from flexeval.benchmarks.samples import draw_scene
+
+    rng = random.Random(SEED)
+    out = []
+    for name, (w, h), q, opts in SAMPLE_SPECS:
+        img, _ = draw_scene(rng, w, h, 3)
+        out.append(Sample(name, img, q, opts))
+    return out
+
+
+@pytest.fixture(scope="session")
+def release_images(release_model, samples):
+    """The samples preprocessed for the release checkpoint (padded, 1008 px)."""
+    return [release_model.preprocess(s.image) for s in samples]
+
+
+@pytest.fixture(scope="session")
+def baseline_images(llava_model, samples):
+    """The samples preprocessed for a plain LLaVA-1.5 checkpoint (padded, 336 px)."""
+    return [llava_model.preprocess(s.image) for s in samples]
+
+
+# ---- recording the fast path's selection masks ----
+
+@pytest.fixture(scope="session")
+def recorded_traces():
+    """with recorded_traces() as traces: ... -> every fast.Trace that flex_llava creates during the
+    block, in creation order, with keep_masks=True (layer -> [B, R, N] bool masks)."""
+    from dataclasses import dataclass as _dataclass
+
+    import flexeval.model.flex_llava as flex_llava
+    from flexeval.model.fast import Trace
+
+    @contextlib.contextmanager
+    def record():
+        created = []
+
+        @_dataclass
+        class RecordingTrace(Trace):
+            def __post_init__(self):
+                self.keep_masks = True
+                created.append(self)
+
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(flex_llava, "Trace", RecordingTrace)
+            yield created
+
+    return record
