@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from flexeval.errors import FlexEvalError
+
 from .config import FlexConfig, RunOptions
 from .fast import HDState, KVCache, Trace, forward
 from .image import (
@@ -104,6 +106,8 @@ class FlexLlava:
         img_start = []
         for i, ids in enumerate(ids_list):
             pad = t - lengths[i]
+            if IMAGE_TOKEN_ID not in ids:
+                raise FlexEvalError("a prompt has no <image>: FlexAttention LLaVA reads exactly one image per prompt")
             p = ids.index(IMAGE_TOKEN_ID)
             row = ids[:p] + [0] * n_img + ids[p + 1:]
             tok[i, pad:] = torch.tensor(row)

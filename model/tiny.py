@@ -159,7 +159,12 @@ def _tokenizer_files(out: Path) -> None:
 
 
 def _save_llava_hf(out: Path, cfg: FlexConfig, lm: LlavaLM, clip_dir: Path) -> Path:
-    """Save as transformers' own LlavaForConditionalGeneration (the llava-hf format)."""
+    """Save as transformers' own LlavaForConditionalGeneration (the llava-hf format).
+
+    The image placeholder id is <unk> (0), which the byte-fallback tokenizer never emits for text:
+    llava-hf itself adds a 32001st token instead, which would change the vocabulary size and so the
+    softmax, and the tiny llava / llava-hf pair is meant to compute exactly the same function.
+    """
     from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
 
     from .loading import _fit_clip_keys, read_state_dict
@@ -170,7 +175,7 @@ def _save_llava_hf(out: Path, cfg: FlexConfig, lm: LlavaLM, clip_dir: Path) -> P
                        max_position_embeddings=4096, tie_word_embeddings=False)
     vision = CLIPVisionConfig(**CLIP)
     config = LlavaConfig(text_config=text, vision_config=vision, vision_feature_layer=-2,
-                         vision_feature_select_strategy="default", image_token_index=cfg.vocab_size - 1,
+                         vision_feature_select_strategy="default", image_token_index=0,
                          projector_hidden_act="gelu", tie_word_embeddings=False)
     hf = LlavaForConditionalGeneration(config)
     ours = lm.state_dict()

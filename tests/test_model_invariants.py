@@ -31,8 +31,8 @@ def hf_llava(llava_hf_dir):
 def hf_logits(hf, ids: list[int], pixels: torch.Tensor) -> torch.Tensor:
     """Logits [T, V] of transformers' Llava for our prompt ids (with IMAGE_TOKEN_ID) and a [3, 336, 336] tensor.
 
-    The placeholder is the unk id 0: the tiny config's image_token_index (vocab_size - 1) is a real text
-    piece of the tiny tokenizer (see test_model_loading), so it cannot mark image positions here.
+    The placeholder is the unk id 0, the tiny config's image_token_index (never a text token; see
+    test_model_loading).
     """
     placeholder = 0
     assert placeholder not in ids

@@ -101,3 +101,11 @@ def test_decode_drops_specials_and_the_placeholder(tok):
 def test_missing_tokenizer_file(tmp_path):
     with pytest.raises(FlexEvalError, match="tokenizer.model"):
         LlavaTokenizer(tmp_path / "tokenizer.model")
+
+
+def test_prompt_without_image_is_a_clear_error(release_model):
+    from PIL import Image
+
+    img = release_model.preprocess(Image.new("RGB", (400, 300), (10, 20, 30)))
+    with pytest.raises(FlexEvalError, match="no <image>"):
+        release_model.generate(["USER: hello ASSISTANT:"], [img], 2)
