@@ -225,7 +225,8 @@ def test_unknown_dtype_is_an_error(release_dir):
 
 # ---- half precision on the CPU ----
 
-@pytest.mark.parametrize("which,dtype,tol", [("release", "float16", 0.05), ("llava", "bfloat16", 0.15)])
+# bf16 keeps 8 mantissa bits to fp16's 11: about 8x the rounding error through 12 peaky random layers
+@pytest.mark.parametrize("which,dtype,tol", [("release", "float16", 0.05), ("llava", "bfloat16", 0.5)])
 def test_half_precision_forward_on_cpu(request, which, dtype, tol, samples):
     path = request.getfixturevalue(f"{which}_dir")
     full = request.getfixturevalue(f"{which}_model")
