@@ -38,40 +38,6 @@ class HDState:
     seed: int = 0
 
 
-@dataclass
-class Selection:
-    """A layer's selection [B, R, N] plus what the next layer needs to gather it.
-
-    On CUDA the number of tokens to gather is copied to the host asynchronously when the selection
-    is made, and read one layer later: the host waits for the selection only, while the rest of the
-    layer (o_proj, MLP) is already queued, so the GPU never drains between layers.
-    """
-
-    mask: torch.Tensor
-    union: torch.Tensor  # [B, N]: selected by any row of the sample
-    counts: torch.Tensor  # [B]
-    _max_host: torch.Tensor | None = None
-    _ready: object = None
-
-    @classmethod
-    def of(cls, mask: torch.Tensor) -> Selection:
-        union = mask.any(1)
-        counts = union.sum(1)
-        sel = cls(mask, union, counts)
-        if mask.is_cuda:
-            sel._max_host = torch.empty((), dtype=counts.dtype, pin_memory=True)
-            sel._max_host.copy_(counts.max(), non_blocking=True)
-            sel._ready = torch.cuda.Event()
-            sel._ready.record()
-        return sel
-
-    def max_count(self) -> int:
-        if self._ready is not None:
-            self._ready.synchronize()
-            return int(self._max_host)
-        return int(self.counts.max())
-
-
 class KVCache:
     """Static per-layer key/value buffers [B, Hkv, capacity, d]; high-res keys never enter it."""
 
@@ -142,7 +108,7 @@ def _attention(i, attn, q, keys, values, visible, hd, n_hd_rows, prev_sel, row_p
     scores = ((q_hd_rows @ keys.transpose(-1, -2)) / math.sqrt(d)).float()
     scores = scores.masked_fill(~visible[:, None, t - r:], float("-inf"))
     probs_lowres = torch.softmax(scores, dim=-1)  # the low-res-only softmax: selection reads this
-    new_sel = Selection.of(_select(i, probs_lowres, hd, row_positions, q.dtype, trace))
+    new_sel = _select(i, probs_lowres, hd, row_positions, q.dtype, trace)
     hd_kv = _project_selected(attn, hd, prev_sel, n_rep) if i > hd.select_layer and prev_sel is not None else None
     if hd_kv is not None:
         k_hd, v_hd, row_mask = hd_kv
@@ -180,15 +146,16 @@ def _select(i, probs_lowres, hd: HDState, row_positions, dtype, trace):
     return sel
 
 
-def _project_selected(attn, hd: HDState, selection: Selection, n_rep: int):
+def _project_selected(attn, hd: HDState, sel: torch.Tensor, n_rep: int):
     """High-res keys/values for the tokens any row of a sample selected (others are never computed).
 
     Returns k, v: [B, H, M, d] and row_mask [B, R, M] (which of the M tokens each row selected),
     or None when no row selected anything.
     """
-    sel, union, counts = selection.mask, selection.union, selection.counts
     b, r, n = sel.shape
-    m = selection.max_count()  # the one host sync of a high-res layer
+    union = sel.any(1)
+    counts = union.sum(1)
+    m = int(counts.max())  # the one host sync of a high-res layer
     if m == 0:
         return None
     order = torch.argsort((~union).to(torch.int32), dim=1, stable=True)[:, :m]  # selected first, in index order
