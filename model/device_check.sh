@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One call on a lent GPU: install, check the fast path against the reference on CUDA, time it, and
 # run the harness on the tiny model (compared with CPU predictions carried in demo/).
-# Usage there: bash model/device_check.sh   (writes JSON/logs under $OUT)
+# Usage there: bash model/device_check.sh   (writes JSON/logs under $OUT; QUICK=1 skips the 7B timing)
 set -uo pipefail
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 OUT=${OUT:-/tmp/flexeval-device}; mkdir -p "$OUT"
@@ -23,6 +23,7 @@ print("cpu vs cuda: same predictions", [x["prediction"] for x in cpu] == [y["pre
       "max rel NLL diff", f"{d:.2e}")
 PY
 fi
+[ "${QUICK:-0}" = 1 ] && exit 0  # QUICK=1: correctness only, no 7B timing
 echo "== LLaVA-1.5-7B shape, random weights, fp16 =="
 flexeval model speed --size 7b --device cuda --dtype float16 --batch 8 --repeat 5 --out "$OUT/speed_7b_fp16.json"
 echo "== LLaVA-1.5-7B shape, random weights, bf16 =="
