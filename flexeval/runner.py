@@ -77,9 +77,7 @@ def model_tag(cfg: RunConfig, model) -> str:
 
 def model_identity(model) -> dict:
     """What makes two runs' predictions comparable: weights, config, knobs, dtype."""
-    from flexeval.model.loading import local_folder
-
-    folder = local_folder(model.source)
+    folder = Path(model.folder)
     files = sorted((p.name, p.stat().st_size) for p in folder.iterdir()
                    if p.suffix in (".safetensors", ".bin", ".model", ".json"))
     config_text = (folder / "config.json").read_text()

@@ -31,6 +31,7 @@ from .image import (
     stitch_crops,
 )
 from .llama import LlavaLM, hd_rope, rope_cos_sin
+from .selection import padding_cell_mask
 from .tokenizer import IMAGE_TOKEN_ID, LlavaTokenizer
 from .vision import VisionTower
 
@@ -132,8 +133,6 @@ class FlexLlava:
             a, k = padding_patches(im.orig_size, self.grid) if im.padded else ("rows", 0)
             axis.append(1 if a == "rows" else 2)
             n.append(k)
-        from .selection import padding_cell_mask
-
         pad_cells = padding_cell_mask(torch.tensor(axis, device=self.device), torch.tensor(n, device=self.device),
                                       self.grid)
         return HDState(feats=hd_feats, cos=cos, sin=sin, img_cols=img_cols, pad_cells=pad_cells,

@@ -269,4 +269,5 @@ def load_pretrained(path_or_id: str | os.PathLike, dtype="auto", device: str = "
         options = RunOptions(selection="attention" if cfg.has_hd else "none")
     model = FlexLlava(lm, vision, tok, cfg, options, device=device, dtype=torch_dtype)
     model.source = str(path_or_id)
+    model.folder = folder  # where the files are (a hub snapshot for a hub id)
     return model

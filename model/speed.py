@@ -62,6 +62,7 @@ def random_model(size: str, device: str, dtype: torch.dtype, selection: str = "c
     vision = VisionTower(clip, -2).to(dtype).eval()
     model = FlexLlava(lm, vision, tok, cfg, RunOptions(selection=selection), device=device, dtype=dtype)
     model.source = f"random-{size}"
+    model.folder = tok_dir
     return model
 
 
