@@ -237,6 +237,10 @@ def run_benchmark(bench: Benchmark, model, cfg: RunConfig, data_dir: Path, proto
         "accuracy": rows,
     }
     write_json_atomic(bench_dir / "run.json", run)
+    skipped = [r for r in records if r.get("skipped")]
+    if skipped:
+        log(f"[{bench.name}] {len(skipped)} items were not run and count as wrong, e.g. {skipped[0]['id']}: "
+            f"{skipped[0]['skipped']} (all are marked 'skipped' in predictions.jsonl)")
     print(format_rows(rows))
     print(f"accuracy table: {bench_dir / 'accuracy.csv'}")
     return run

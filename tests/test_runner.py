@@ -184,3 +184,21 @@ def test_auto_batch_backs_off_on_out_of_memory_without_losing_work(env, tmp_path
     a = _lines(tmp_path / "ref" / "tiny" / "vstar" / "predictions.jsonl")
     b = _lines(tmp_path / "oom" / "tiny" / "vstar" / "predictions.jsonl")
     assert [x["id"] for x in a] == [x["id"] for x in b] and [x["prediction"] for x in a] == [x["prediction"] for x in b]
+
+
+def test_a_broken_image_is_a_counted_reported_row(env, tmp_path):
+    root, model_dir, data = env
+    import shutil
+
+    copy = tmp_path / "vstar"
+    shutil.copytree(data, copy)
+    victim = next((copy / "relative_position").glob("sa_5.*[!n]"))  # the image, not the .json
+    victim.write_bytes(b"not an image at all")
+    cfg = RunConfig(bench="vstar", model=str(model_dir), data_dir=copy, out=tmp_path / "out", workers=1,
+                    quiet=True, batch_size="4")
+    run = run_benchmarks(cfg)[0]
+    preds = _lines(tmp_path / "out" / "tiny" / "vstar" / "predictions.jsonl")
+    bad = [p for p in preds if p["id"] == "relative_position/sa_5"]
+    assert len(preds) == 6 and len(bad) == 1
+    assert bad[0]["score"] == 0.0 and "cannot decode image" in bad[0]["skipped"]
+    assert run["stats"]["skipped"] == 1 and run["data"]["evaluated"] == 6
