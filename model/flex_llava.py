@@ -148,11 +148,19 @@ class FlexLlava:
     def _sample_key(ids: list[int]) -> str:
         return hashlib.sha256(str(ids).encode()).hexdigest()[:16]
 
-    def _hd_ratio(self, trace: Trace, b: int) -> list[float | None]:
-        if not trace.selected:
+    def _prefill_visible(self, valid: torch.Tensor) -> torch.Tensor:
+        """[B, T, T] keys each row may see: causal over real tokens; a padding row sees itself (no NaN)."""
+        t = valid.shape[1]
+        causal = torch.ones(t, t, dtype=torch.bool, device=self.device).tril()
+        eye = torch.eye(t, dtype=torch.bool, device=self.device)
+        return (causal[None] & valid[:, None, :]) | eye[None]
+
+    def _hd_ratio(self, selected: dict, b: int) -> list[float | None]:
+        """Mean over layers of the selected fraction; `selected`: layer -> [B] token counts."""
+        if not selected:
             return [None] * b
         n_tokens = (self.grid * self.zoom) ** 2
-        per_layer = torch.stack([v.float().mean(1) for v in trace.selected.values()], dim=1)  # [B, layers]
+        per_layer = torch.stack([v.float() for v in selected.values()], dim=1)  # [B, layers]
         return (per_layer.mean(1) / n_tokens).tolist()
 
     # ---- generation ----
@@ -167,9 +175,7 @@ class FlexLlava:
         cache = self._new_cache(b, t + max_new_tokens)
         key_valid = torch.zeros(b, t + max_new_tokens, dtype=torch.bool, device=self.device)
         key_valid[:, :t] = valid
-        causal = torch.ones(t, t, dtype=torch.bool, device=self.device).tril()
-        eye = torch.eye(t, dtype=torch.bool, device=self.device)
-        visible = (causal[None] & valid[:, None, :]) | eye[None]
+        visible = self._prefill_visible(valid)
         cos, sin = rope_cos_sin(positions, self.cfg.head_dim, self.cfg.rope_theta, self.dtype)
         prefill_trace, trace = Trace(), Trace()
         hidden = forward(self.lm, embeds, cos, sin, cache, visible, hd, 1, positions[:, -1:], prefill_trace)
@@ -198,7 +204,7 @@ class FlexLlava:
                 sums[k] = sums[k] + v
             steps += 1
             logits = self.lm.lm_head(hidden[:, -1])
-        ratios = self._hd_ratio(Trace(selected={k: v / steps for k, v in sums.items()}), b)
+        ratios = self._hd_ratio({k: v[:, 0] / steps for k, v in sums.items()}, b)
         results = []
         for i in range(b):
             toks = out[i].tolist()
@@ -229,9 +235,7 @@ class FlexLlava:
         block = max(len(s) for sample in option_ids for s in sample)  # rows per option block
         n_blocks = max(len(s) for s in option_ids)
         cache = self._new_cache(b, t + n_blocks * block)
-        causal = torch.ones(t, t, dtype=torch.bool, device=self.device).tril()
-        eye = torch.eye(t, dtype=torch.bool, device=self.device)
-        visible = (causal[None] & valid[:, None, :]) | eye[None]
+        visible = self._prefill_visible(valid)
         cos, sin = rope_cos_sin(positions, self.cfg.head_dim, self.cfg.rope_theta, self.dtype)
         forward(self.lm, embeds, cos, sin, cache, visible, None, 0, positions[:, -1:])
         # 2) every option as a block [last prompt token, option tokens but the last], all rows high-res.
