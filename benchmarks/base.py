@@ -1,7 +1,7 @@
-"""What every benchmark adapter shares: samples, the two request kinds, scoring rows, images.
+"""What every benchmark adapter shares: samples, scoring rows, images.
 
 A benchmark never touches the model: it turns release files into `Sample`s, a sample into a
-`Generate` or `Choice` request, and a prediction record (a line of predictions.jsonl) into a
+`Generate` or `Choice` request (flexeval/requests.py), and a prediction record (a line of predictions.jsonl) into a
 score. The runner is the only place that knows both a benchmark and a model.
 """
 
@@ -19,6 +19,7 @@ from typing import Any, Union
 from PIL import Image
 
 from flexeval.errors import FlexEvalError
+from flexeval.requests import Request
 
 # An image as a benchmark hands it over: a path on disk, or the encoded file's bytes
 # (parquet/base64 releases). Decoding happens later, in the runner's data workers.
@@ -46,26 +47,6 @@ class Sample:
         return h.hexdigest()[:16]
 
 
-@dataclass(frozen=True)
-class Generate:
-    """Greedy generation from `prompt` (full conversation text holding one `<image>`)."""
-
-    prompt: str
-    max_new_tokens: int = 32
-    image_mode: str = "pad"  # "pad" (release: pad to square) | "crop" (CLIP processor: resize + centre crop)
-
-
-@dataclass(frozen=True)
-class Choice:
-    """Mean-NLL score of each `prompt + " " + option` continuation; prediction = argmin."""
-
-    prompt: str
-    options: tuple[str, ...]
-    append_eos: bool = False  # official V*: the option is followed by </s>, counted in the mean
-    image_mode: str = "pad"
-
-
-Request = Union[Generate, Choice]
 
 _digest_cache: dict[tuple, str] = {}
 
@@ -128,6 +109,20 @@ def read_json(path: Path) -> Any:
         raise FlexEvalError(f"{path} is not valid JSON ({e}); re-download it") from e
 
 
+def read_parquet_rows(path: Path, skip_columns: tuple[str, ...] = (), require: tuple[str, ...] = ()) -> list[dict]:
+    """A release parquet file's rows as dicts (columns in `skip_columns` never read); errors name the file."""
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+    except Exception as e:  # pyarrow raises several types for damaged files
+        raise FlexEvalError(f"cannot read parquet file {path} ({e}); re-download it") from e
+    for name in require:
+        if name not in table.column_names:
+            raise FlexEvalError(f"{path}: missing field '{name}'; the file is not in the release format")
+    return table.select([c for c in table.column_names if c not in skip_columns]).to_pylist()
+
+
 def require_field(obj: dict, key: str, where: str) -> Any:
     if not isinstance(obj, dict) or key not in obj:
         raise FlexEvalError(f"{where}: missing field '{key}'; the file is not in the release format")
@@ -169,7 +164,6 @@ class Benchmark:
     protocols: tuple[str, ...] = ("paper",)  # the first is the default
     subsets: tuple[str, ...] = ()  # accuracy.csv row order
     expected_counts: dict[str, int] = {}  # published item counts per subset (and/or "overall")
-    kind: str = "generate"  # "generate" | "choice"
 
     def load(self, data_dir: Path, **options: Any) -> list[Sample]:
         raise NotImplementedError
@@ -201,13 +195,14 @@ class Benchmark:
 
     def count_report(self, samples: list[Sample]) -> dict:
         """Loaded vs published counts per subset; `mismatch` lists the differences."""
-        loaded: dict[str, int] = {}
-        for s in samples:
-            loaded[s.subset] = loaded.get(s.subset, 0) + 1
-        loaded["overall"] = len(samples)
-        mismatch = {
-            k: {"expected": v, "loaded": loaded.get(k, 0)}
-            for k, v in self.expected_counts.items()
-            if loaded.get(k, 0) != v
-        }
-        return {"loaded": loaded, "expected": dict(self.expected_counts), "mismatch": mismatch}
+        return count_against(samples, self.expected_counts)
+
+
+def count_against(samples: list[Sample], expected: dict[str, int]) -> dict:
+    """Items per subset (and `overall`) as loaded, beside the published `expected` counts."""
+    loaded: dict[str, int] = {}
+    for s in samples:
+        loaded[s.subset] = loaded.get(s.subset, 0) + 1
+    loaded["overall"] = len(samples)
+    mismatch = {k: {"expected": v, "loaded": loaded.get(k, 0)} for k, v in expected.items() if loaded.get(k, 0) != v}
+    return {"loaded": loaded, "expected": dict(expected), "mismatch": mismatch}

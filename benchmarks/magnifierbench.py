@@ -25,16 +25,16 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import random
 import re
 from pathlib import Path
 from typing import Any
 
-from flexeval.conversation import llava_v1_prompt
 from flexeval.errors import FlexEvalError
+from flexeval.requests import Generate
 
-from .base import Benchmark, Generate, Sample, decode_image_bytes, read_json, require_field
+from .base import Benchmark, Sample, decode_image_bytes, read_json, read_parquet_rows, require_field
+from .conversation import llava_v1_prompt
 
 HUB_REPO = "Otter-AI/MagnifierBench"
 SUBSET = "test"
@@ -92,7 +92,6 @@ class MagnifierBench(Benchmark):
     protocols = ("paper", "official")
     subsets = (SUBSET,)
     expected_counts = {SUBSET: 283, "overall": 283}
-    kind = "generate"
 
     # ---------------------------------------------------------------- loading
     def load(self, data_dir: Path, **options: Any) -> list[Sample]:
@@ -103,9 +102,7 @@ class MagnifierBench(Benchmark):
             return _rows_to_samples(_load_from_disk(data_dir), str(data_dir))
         parquet = _find_parquet(data_dir)
         if parquet:
-            return _rows_to_samples(_read_parquet(parquet), ", ".join(str(p) for p in parquet))
-        if not data_dir.exists() and str(data_dir).strip("/") == HUB_REPO and os.environ.get("HF_HUB_OFFLINE") != "1":
-            return _rows_to_samples(_load_from_hub(), HUB_REPO)
+            return _rows_to_samples([r for p in parquet for r in read_parquet_rows(p)], ", ".join(str(p) for p in parquet))
         raise FlexEvalError(
             f"MagnifierBench data not found in {data_dir}: expected data/test-*.parquet (the HF dataset "
             f"{HUB_REPO}), a datasets.save_to_disk folder, or data_instructions.json + images.json "
@@ -117,10 +114,11 @@ class MagnifierBench(Benchmark):
     def request(self, sample: Sample, protocol: str) -> Generate:
         protocol = self.check_protocol(protocol)
         if protocol == "official":
-            return Generate(prompt=llava_v1_prompt(official_question(sample.question)),
-                            max_new_tokens=MAX_NEW_TOKENS, image_mode="crop")
-        prompt = llava_v1_prompt(paper_instruction(sample.question) + PAPER_SUFFIX)
-        return Generate(prompt=prompt, max_new_tokens=MAX_NEW_TOKENS)
+            question = official_question(sample.question)
+            return Generate(prompt=llava_v1_prompt(question), question=question, max_new_tokens=MAX_NEW_TOKENS,
+                            image_mode="crop")
+        question = paper_instruction(sample.question) + PAPER_SUFFIX
+        return Generate(prompt=llava_v1_prompt(question), question=question, max_new_tokens=MAX_NEW_TOKENS)
 
     def score(self, record: dict, protocol: str) -> dict:
         protocol = self.check_protocol(protocol)
@@ -197,9 +195,9 @@ class MagnifierBench(Benchmark):
         return out_dir
 
     def fetch(self, out_dir: Path) -> Path:
-        from .hub import snapshot
+        from flexeval.hub import fetch_dataset
 
-        return snapshot(HUB_REPO, out_dir, what="MagnifierBench (data/test-*.parquet)")
+        return fetch_dataset(HUB_REPO, out_dir, what="MagnifierBench (data/test-*.parquet)")
 
 
 # -------------------------------------------------------------------- loaders
@@ -241,18 +239,6 @@ def _find_parquet(data_dir: Path) -> list[Path]:
     return test or files
 
 
-def _read_parquet(files: list[Path]) -> list[dict]:
-    import pyarrow.parquet as pq
-
-    rows = []
-    for path in files:
-        try:
-            rows.extend(pq.read_table(path).to_pylist())
-        except Exception as e:  # pyarrow raises several types for damaged files
-            raise FlexEvalError(f"cannot read parquet file {path} ({e}); re-download it") from e
-    return rows
-
-
 def _load_from_disk(data_dir: Path) -> list[dict]:
     import datasets
 
@@ -262,17 +248,6 @@ def _load_from_disk(data_dir: Path) -> list[dict]:
             raise FlexEvalError(f"{data_dir} holds splits {list(ds)}, no '{SUBSET}'; save the test split")
         ds = ds[SUBSET]
     return ds.with_format("arrow")[:].to_pylist()  # raw {"bytes", "path"} structs, no PIL round trip
-
-
-def _load_from_hub() -> list[dict]:
-    import datasets
-
-    try:
-        ds = datasets.load_dataset(HUB_REPO, split=SUBSET)
-    except Exception as e:  # network and hub errors come in many types
-        raise FlexEvalError(f"could not load {HUB_REPO} from the hub ({type(e).__name__}: {e}); "
-                            "run `flexeval data fetch --bench magnifierbench` and pass the folder") from e
-    return ds.with_format("arrow")[:].to_pylist()
 
 
 def _rows_to_samples(rows: list[dict], where: str) -> list[Sample]:

@@ -1,38 +1,24 @@
-"""Benchmark names (and aliases) -> adapter instances."""
+"""Benchmark names (and aliases) -> adapter instances; `all` -> every benchmark with its data folder."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 from flexeval.errors import FlexEvalError
 
 from .base import Benchmark
+from .magnifierbench import MagnifierBench
+from .rsvqa import RSVQAHRBEN
+from .textvqa import TextVQA
+from .vstar import VStar
 
-
-def _load_all() -> dict[str, Benchmark]:
-    from .vstar import VStar
-
-    found: list[Benchmark] = [VStar()]
-    # Optional modules are registered as they land; each defines one Benchmark subclass.
-    for module, cls in (
-        ("magnifierbench", "MagnifierBench"),
-        ("textvqa", "TextVQA"),
-        ("rsvqa", "RSVQAHRBEN"),
-    ):
-        try:
-            mod = __import__(f"{__package__}.{module}", fromlist=[cls])
-        except ModuleNotFoundError as e:
-            if e.name and e.name.endswith(module):
-                continue
-            raise
-        found.append(getattr(mod, cls)())
-    return {b.name: b for b in found}
-
-
-BENCHMARKS: dict[str, Benchmark] = _load_all()
-ORDER = ["vstar", "magnifierbench", "textvqa", "rsvqa_hrben"]
+ALL = "all"
+BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in (VStar(), MagnifierBench(), TextVQA(), RSVQAHRBEN())}
 
 
 def list_benchmarks() -> list[Benchmark]:
-    return [BENCHMARKS[n] for n in ORDER if n in BENCHMARKS]
+    """Every benchmark, in the order of the paper's tables."""
+    return list(BENCHMARKS.values())
 
 
 def get_benchmark(name: str) -> Benchmark:
@@ -40,5 +26,26 @@ def get_benchmark(name: str) -> Benchmark:
     for b in BENCHMARKS.values():
         if key == b.name or key in b.aliases:
             return b
-    known = ", ".join(b.name for b in list_benchmarks())
-    raise FlexEvalError(f"unknown benchmark '{name}'; choose one of: {known} (or 'all')")
+    known = ", ".join(BENCHMARKS)
+    raise FlexEvalError(f"unknown benchmark '{name}'; choose one of: {known} (or '{ALL}')")
+
+
+def select_benchmarks(name: str) -> list[Benchmark]:
+    """`name` or `all` -> the benchmarks it means."""
+    return list_benchmarks() if name == ALL else [get_benchmark(name)]
+
+
+def data_folders(name: str, data_dir: Path | None, must_exist: bool = False) -> dict[str, Path]:
+    """Where each selected benchmark's data lives: `all` -> one folder per benchmark under `data_dir`
+    (default data/); one benchmark -> `data_dir` itself (default data/<name>)."""
+    benches = select_benchmarks(name)
+    if name != ALL:
+        return {benches[0].name: Path(data_dir) if data_dir else Path("data") / benches[0].name}
+    root = Path(data_dir or "data")
+    dirs = {b.name: root / b.name for b in benches}
+    missing = [str(d) for d in dirs.values() if not d.exists()]
+    if must_exist and missing:
+        raise FlexEvalError(f"--bench all expects one folder per benchmark under {root}; missing: "
+                            f"{', '.join(missing)} (`flexeval data make-sample --bench all --out {root}` "
+                            "writes sample data; `flexeval data fetch --bench all` the real data)")
+    return dirs

@@ -25,10 +25,11 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from flexeval.conversation import SHORT_ANSWER_SUFFIX, llava_v1_prompt
 from flexeval.errors import FlexEvalError
+from flexeval.requests import Generate
 
-from .base import Benchmark, Generate, Sample, accuracy_rows, read_json, require_field
+from .base import Benchmark, Sample, accuracy_rows, count_against, read_json, require_field
+from .conversation import SHORT_ANSWER_SUFFIX, llava_v1_prompt
 
 ZENODO_RECORD = "6344367"
 SPLITS = ("train", "val", "test", "test_phili")
@@ -60,7 +61,6 @@ class RSVQAHRBEN(Benchmark):
     protocols = ("paper", "lenient")
     subsets = SUBSETS
     expected_counts = {"overall": EXPECTED_BY_SPLIT[DEFAULT_SPLIT]}  # default split; see count_report
-    kind = "generate"
 
     def load(self, data_dir: Path, split: str | None = None, **options: Any) -> list[Sample]:
         data_dir = Path(data_dir)
@@ -119,18 +119,12 @@ class RSVQAHRBEN(Benchmark):
         """Loaded vs published counts for the split the samples came from."""
         split = samples[0].meta.get("split", DEFAULT_SPLIT) if samples else DEFAULT_SPLIT
         expected = {"overall": EXPECTED_BY_SPLIT[split]} if split in EXPECTED_BY_SPLIT else {}
-        loaded: dict[str, int] = {}
-        for s in samples:
-            loaded[s.subset] = loaded.get(s.subset, 0) + 1
-        loaded["overall"] = len(samples)
-        mismatch = {k: {"expected": v, "loaded": loaded.get(k, 0)}
-                    for k, v in expected.items() if loaded.get(k, 0) != v}
-        return {"loaded": loaded, "expected": expected, "mismatch": mismatch, "split": split}
+        return {**count_against(samples, expected), "split": split}
 
     def request(self, sample: Sample, protocol: str) -> Generate:
         self.check_protocol(protocol)
-        return Generate(prompt=llava_v1_prompt(sample.question + SHORT_ANSWER_SUFFIX),
-                        max_new_tokens=MAX_NEW_TOKENS)
+        question = sample.question + SHORT_ANSWER_SUFFIX
+        return Generate(prompt=llava_v1_prompt(question), question=question, max_new_tokens=MAX_NEW_TOKENS)
 
     def score(self, record: dict, protocol: str) -> dict:
         protocol = self.check_protocol(protocol)

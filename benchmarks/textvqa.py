@@ -22,10 +22,11 @@ import random
 from pathlib import Path
 from typing import Any
 
-from flexeval.conversation import SHORT_ANSWER_SUFFIX, llava_v1_prompt
 from flexeval.errors import FlexEvalError
+from flexeval.requests import Generate
 
-from .base import Benchmark, Generate, Sample, decode_image_bytes, read_json, require_field
+from .base import Benchmark, Sample, decode_image_bytes, read_json, read_parquet_rows, require_field
+from .conversation import SHORT_ANSWER_SUFFIX, llava_v1_prompt
 from .vqa_eval import vqa_accuracy
 
 # lmms-lab/textvqa is a plain parquet repo (facebook/textvqa started as a loading script), and a
@@ -44,7 +45,6 @@ class TextVQA(Benchmark):
     protocols = ("paper",)
     subsets = (SUBSET,)
     expected_counts = {SUBSET: 5000, "overall": 5000}
-    kind = "generate"
 
     def load(self, data_dir: Path, **options: Any) -> list[Sample]:
         data_dir = Path(data_dir)
@@ -63,8 +63,8 @@ class TextVQA(Benchmark):
     def request(self, sample: Sample, protocol: str) -> Generate:
         self.check_protocol(protocol)
         # The question goes in verbatim; OCR tokens are never added (OCR-free protocol).
-        return Generate(prompt=llava_v1_prompt(sample.question + SHORT_ANSWER_SUFFIX),
-                        max_new_tokens=MAX_NEW_TOKENS)
+        question = sample.question + SHORT_ANSWER_SUFFIX
+        return Generate(prompt=llava_v1_prompt(question), question=question, max_new_tokens=MAX_NEW_TOKENS)
 
     def score(self, record: dict, protocol: str) -> dict:
         self.check_protocol(protocol)
@@ -93,10 +93,10 @@ class TextVQA(Benchmark):
         return out_dir
 
     def fetch(self, out_dir: Path) -> Path:
-        from .hub import snapshot
+        from flexeval.hub import fetch_dataset
 
         # Only the validation parquet shards (~0.9 GB of the repo's ~8 GB).
-        return snapshot(HUB_REPO, out_dir, what=f"TextVQA val; {ANNOTATIONS} + {IMAGE_DIR}/ work as well",
+        return fetch_dataset(HUB_REPO, out_dir, what=f"TextVQA val; {ANNOTATIONS} + {IMAGE_DIR}/ work as well",
                         allow_patterns=list(HUB_PATTERNS))
 
 
@@ -130,19 +130,11 @@ def _find_validation_parquet(data_dir: Path) -> list[Path]:
 
 
 def _load_parquet(files: list[Path]) -> list[Sample]:
-    import pyarrow.parquet as pq
-
     samples = []
     by_image_id: dict[str, bytes] = {}  # questions on one image share one bytes object (memory)
     for path in files:
-        try:
-            table = pq.read_table(path)
-        except Exception as e:  # pyarrow raises several types for damaged files
-            raise FlexEvalError(f"cannot read parquet file {path} ({e}); re-download it") from e
-        if "image" not in table.column_names:
-            raise FlexEvalError(f"{path}: missing field 'image'; the file is not in the release format")
-        keep = [c for c in table.column_names if c != "ocr_tokens"]  # never read the OCR tokens
-        for k, row in enumerate(table.select(keep).to_pylist()):
+        # never read the OCR tokens (OCR-free protocol)
+        for k, row in enumerate(read_parquet_rows(path, skip_columns=("ocr_tokens",), require=("image",))):
             where = f"{path} row {k}"
             try:
                 image = decode_image_bytes(row["image"])

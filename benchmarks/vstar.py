@@ -13,10 +13,11 @@ import re
 from pathlib import Path
 from typing import Any
 
-from flexeval.conversation import SHORT_ANSWER_SUFFIX, VSTAR_OFFICIAL_SYSTEM, llava_v1_prompt
 from flexeval.errors import FlexEvalError
+from flexeval.requests import Choice
 
-from .base import Benchmark, Choice, Sample, read_json, require_field
+from .base import Benchmark, Sample, read_json, require_field
+from .conversation import SHORT_ANSWER_SUFFIX, VSTAR_OFFICIAL_SYSTEM, llava_v1_prompt
 
 SUBSETS = ("direct_attributes", "relative_position")
 IMAGE_EXTS = (".jpg", ".JPG", ".jpeg", ".JPEG", ".png", ".PNG", ".webp")
@@ -33,7 +34,6 @@ class VStar(Benchmark):
     protocols = ("paper", "official")
     subsets = SUBSETS
     expected_counts = {"direct_attributes": 115, "relative_position": 76, "overall": 191}
-    kind = "choice"
 
     def load(self, data_dir: Path, **options: Any) -> list[Sample]:
         data_dir = Path(data_dir)
@@ -76,10 +76,10 @@ class VStar(Benchmark):
         if protocol == "official":
             # penghao-wu/vstar: other system prompt, no answer-format suffix, EOS after the option,
             # image not padded (the CLIP processor resizes the short side and centre-crops).
-            prompt = llava_v1_prompt(sample.question, system=VSTAR_OFFICIAL_SYSTEM)
-            return Choice(prompt=prompt, options=sample.options, append_eos=True, image_mode="crop")
-        prompt = llava_v1_prompt(sample.question + SHORT_ANSWER_SUFFIX)
-        return Choice(prompt=prompt, options=sample.options)
+            return Choice(prompt=llava_v1_prompt(sample.question, system=VSTAR_OFFICIAL_SYSTEM),
+                          question=sample.question, options=sample.options, append_eos=True, image_mode="crop")
+        question = sample.question + SHORT_ANSWER_SUFFIX
+        return Choice(prompt=llava_v1_prompt(question), question=question, options=sample.options)
 
     def score(self, record: dict, protocol: str) -> dict:
         # The correct option is always options[0]; the runner resolved ties to the lowest index.
@@ -119,6 +119,6 @@ class VStar(Benchmark):
         return out_dir
 
     def fetch(self, out_dir: Path) -> Path:
-        from .hub import snapshot
+        from flexeval.hub import fetch_dataset
 
-        return snapshot(HUB_REPO, out_dir, what="V* Bench (direct_attributes/, relative_position/)")
+        return fetch_dataset(HUB_REPO, out_dir, what="V* Bench (direct_attributes/, relative_position/)")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import tarfile
 import urllib.request
@@ -13,14 +12,10 @@ from pathlib import Path
 from typing import Callable
 
 from flexeval.errors import FlexEvalError
+from flexeval.hub import offline
 
 API = "https://zenodo.org/api/records/{record}"
 TIMEOUT_S = 60
-
-
-def offline() -> bool:
-    """The hub's offline switch also stops Zenodo downloads: one knob for "no network"."""
-    return os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("FLEXEVAL_OFFLINE") == "1"
 
 
 def record_files(record: str) -> list[dict]:

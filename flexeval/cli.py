@@ -112,7 +112,7 @@ def inspect(
     selection: Optional[str] = typer.Option(None, "--selection", help="attention | random | center | all | none"),
 ) -> None:
     """A window into one sample: generated tokens, selections per layer, option NLLs, logits."""
-    from flexeval.model.inspect import inspect_sample
+    from flexeval.inspect import inspect_sample
 
     try:
         result = inspect_sample(model=model, image=image, prompt=prompt,
@@ -147,9 +147,13 @@ def speed(size: str = typer.Option("7b", "--size", help="7b (LLaVA-1.5-7B shape)
           batch: int = typer.Option(8, "--batch"), new_tokens: int = typer.Option(8, "--new-tokens"),
           repeat: int = typer.Option(5, "--repeat"), out: Optional[Path] = typer.Option(None, "--out")) -> None:
     """Benchmark: fast path vs the literal reference on random weights (figures, ratios, a correctness check)."""
+    from flexeval.benchmarks.conversation import SHORT_ANSWER_SUFFIX, llava_v1_prompt
+    from flexeval.benchmarks.samples import draw_scene
     from flexeval.model.speed import format_speed, run_speed
 
-    typer.echo(format_speed(run_speed(size, device, dtype, batch, new_tokens, repeat, out)))
+    res = run_speed(draw_scene, lambda q: llava_v1_prompt(q + SHORT_ANSWER_SUFFIX), size, device, dtype, batch,
+                    new_tokens, repeat, out)
+    typer.echo(format_speed(res))
 
 
 @data_app.command("make-sample")
@@ -158,17 +162,12 @@ def make_sample(bench: str = typer.Option(..., "--bench", "-b", help="a benchmar
                 n: int = typer.Option(6, "--n", help="items per subset"),
                 seed: int = typer.Option(0, "--seed")) -> None:
     """Generate sample items in the benchmark's exact release layout."""
-    from flexeval.benchmarks import get_benchmark, list_benchmarks
+    from flexeval.benchmarks import data_folders, get_benchmark
 
     try:
-        if bench == "all":
-            for b in list_benchmarks():
-                b.make_sample(out / b.name, n=n, seed=seed)
-                typer.echo(f"{b.name}: sample data in {out / b.name}")
-        else:
-            b = get_benchmark(bench)
-            b.make_sample(out, n=n, seed=seed)
-            typer.echo(f"{b.name}: sample data in {out}")
+        for name, dest in data_folders(bench, out).items():
+            get_benchmark(name).make_sample(dest, n=n, seed=seed)
+            typer.echo(f"{name}: sample data in {dest}")
     except FlexEvalError as e:
         _fail(e)
 
@@ -177,13 +176,11 @@ def make_sample(bench: str = typer.Option(..., "--bench", "-b", help="a benchmar
 def fetch(bench: str = typer.Option(..., "--bench", "-b"),
           out: Optional[Path] = typer.Option(None, "--out", help="default: data/<benchmark>")) -> None:
     """Download the real release files (needs a network)."""
-    from flexeval.benchmarks import get_benchmark, list_benchmarks
+    from flexeval.benchmarks import data_folders, get_benchmark
 
     try:
-        targets = list_benchmarks() if bench == "all" else [get_benchmark(bench)]
-        for b in targets:
-            dest = (out / b.name if bench == "all" else out) if out else Path("data") / b.name
-            typer.echo(f"{b.name}: {b.fetch(dest)}")
+        for name, dest in data_folders(bench, out).items():
+            typer.echo(f"{name}: {get_benchmark(name).fetch(dest)}")
     except FlexEvalError as e:
         _fail(e)
 

@@ -1,7 +1,14 @@
 """The runner: the one place that knows both a benchmark and a model.
 
-samples -> pending (resume) -> decode images in worker processes -> batches -> model requests ->
-records appended and fsync'ed per batch -> predictions.jsonl, accuracy.csv, run.json.
+A benchmark run in named phases over one `Item` type:
+
+    build_items (sample -> request -> store key) -> pending_items (resume: what the shards lack)
+    -> run_items (decode images in workers, batch, dispatch by request kind, append records and
+       fsync per batch) -> store.collect -> score_records (once) -> predictions.jsonl, accuracy.csv,
+       run.json (its figures: a function of the records).
+
+The request kinds are one table, REQUEST_KINDS: request type -> model method -> record builder. A
+model is anything with a `preprocessor` and those methods (`generate`, `choose`).
 """
 
 from __future__ import annotations
@@ -10,17 +17,19 @@ import os
 import re
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
 from flexeval import __version__
-from flexeval.benchmarks import get_benchmark, list_benchmarks
-from flexeval.benchmarks.base import Benchmark, Choice, Generate, Sample, open_image
+from flexeval.benchmarks import data_folders, select_benchmarks
+from flexeval.benchmarks.base import Benchmark, Sample, open_image
 from flexeval.errors import FlexEvalError
+from flexeval.requests import Choice, Generate, Request
 from flexeval.store import PredictionStore, fingerprint, write_json_atomic
 from flexeval.tables import format_rows, score_records, write_accuracy_csv, write_report
 
@@ -60,16 +69,16 @@ def model_tag(cfg: RunConfig, model) -> str:
         return cfg.tag
     name = Path(str(cfg.model).rstrip("/")).name or "model"
     parts = [re.sub(r"[^A-Za-z0-9._-]+", "-", name)]
-    r = model.resolved
+    r = model.options
     if model.cfg.has_hd:
-        if r["selection"] != "attention":
-            parts.append(f"sel-{r['selection']}")
-        if r["threshold"] != model.cfg.threshold:
-            parts.append(f"thr{r['threshold']:g}")
-        if r["select_layer"] != model.cfg.first_select_layer:
-            parts.append(f"first{r['select_layer'] + 1}")
-        if r["zoom"] != model.cfg.zoom_ratio:
-            parts.append(f"zoom{r['zoom']}")
+        if r.selection != "attention":
+            parts.append(f"sel-{r.selection}")
+        if r.threshold != model.cfg.threshold:
+            parts.append(f"thr{r.threshold:g}")
+        if r.select_layer != model.cfg.first_select_layer:
+            parts.append(f"first{r.select_layer + 1}")
+        if r.zoom != model.cfg.zoom_ratio:
+            parts.append(f"zoom{r.zoom}")
     if cfg.dtype not in ("auto", None):
         parts.append(str(cfg.dtype))
     return "-".join(parts)
@@ -83,26 +92,26 @@ def model_identity(model) -> dict:
     config_text = (folder / "config.json").read_text()
     return {"source": model.source, "folder": str(folder.resolve()), "files": files,
             "config_sha": fingerprint(config_text), "format": model.cfg.format,
-            "options": model.resolved, "dtype": str(model.dtype).replace("torch.", "")}
+            "options": model.options.to_dict(), "dtype": str(model.dtype).replace("torch.", "")}
 
 
 # ---------------------------------------------------------------- data workers
 
 class _ImageDataset(Dataset):
-    """Decodes and preprocesses images in worker processes; a bad image becomes an error record."""
+    """Decodes and preprocesses images in worker processes; a bad image becomes an error message."""
 
-    def __init__(self, samples: list[Sample], requests: list, preprocessor):
-        self.samples, self.requests, self.pre = samples, requests, preprocessor
+    def __init__(self, items: list[Item], preprocessor):
+        self.items, self.pre = items, preprocessor
 
     def __len__(self) -> int:
-        return len(self.samples)
+        return len(self.items)
 
     def __getitem__(self, i: int):
-        s = self.samples[i]
+        s = self.items[i].sample
         if s.image is None:
             return i, None, "no image"
         try:
-            return i, self.pre(open_image(s.image, where=f"{s.id}"), self.requests[i].image_mode), None
+            return i, self.pre(open_image(s.image, where=f"{s.id}"), self.items[i].request.image_mode), None
         except FlexEvalError as e:
             return i, None, str(e)
 
@@ -129,7 +138,6 @@ class BatchSizer:
     def __init__(self, spec: str, device: str):
         if str(spec) == "auto":
             self.size = 64 if str(device).startswith("cuda") else 4
-            self.auto = True
         else:
             try:
                 self.size = int(spec)
@@ -137,10 +145,9 @@ class BatchSizer:
                 raise FlexEvalError(f"--batch-size must be a positive integer or 'auto', not {spec!r}") from e
             if self.size < 1:
                 raise FlexEvalError(f"--batch-size must be at least 1, not {spec}")
-            self.auto = False
 
     def run(self, items: list, fn):
-        """fn(items) -> results; splits the batch on OOM when auto (or when a fixed size can't fit)."""
+        """fn(items) -> results; on out-of-memory the batch is split in halves (auto or fixed size alike)."""
         try:
             return fn(items)
         except (RuntimeError, torch.cuda.OutOfMemoryError) as e:
@@ -154,96 +161,130 @@ class BatchSizer:
             return self.run(items[:half], fn) + self.run(items[half:], fn)
 
 
-# ---------------------------------------------------------------- one benchmark
+# ---------------------------------------------------------------- the request kinds
 
-def _request_fp(req) -> str:
-    return fingerprint(asdict(req) | {"kind": type(req).__name__})
+@dataclass
+class Item:
+    """One sample on its way through a run: its request, its store key, its record once run."""
 
-
-def _choice_records(model, batch, reqs):
-    prompts = [r.prompt for r in reqs]
-    out = model.score_options(prompts, [im for _, im in batch], [list(r.options) for r in reqs],
-                              append_eos=reqs[0].append_eos)
-    recs = []
-    for r, res in zip(reqs, out):
-        best = int(np.argmin(res.option_nll))  # first minimum: a tie goes to the lowest index
-        recs.append({"prediction": r.options[best], "option_nll": res.option_nll,
-                     "n_prompt_tokens": res.n_prompt_tokens, "hd_selected_ratio": res.hd_selected_ratio})
-    return recs
+    sample: Sample
+    request: Request
+    key: str  # sample content + request: a changed item or prompt is never reused
+    record: dict | None = None
 
 
-def _generate_records(model, batch, reqs, max_new_tokens):
-    out = model.generate([r.prompt for r in reqs], [im for _, im in batch],
-                         max_new_tokens=max(max_new_tokens or r.max_new_tokens for r in reqs))
-    return [{"prediction": res.text, "generated_ids": res.token_ids, "n_prompt_tokens": res.n_prompt_tokens,
-             "n_new_tokens": len(res.token_ids), "hd_selected_ratio": res.hd_selected_ratio} for res in out]
+def request_fingerprint(req: Request) -> str:
+    # `question` is left out: it is part of `prompt`, and keys stay those of runs made before it existed.
+    fields = {k: v for k, v in asdict(req).items() if k != "question"}
+    return fingerprint(fields | {"kind": type(req).__name__})
 
 
-def run_benchmark(bench: Benchmark, model, cfg: RunConfig, data_dir: Path, protocol: str) -> dict:
-    from flexeval.meta import data_fingerprint, environment_info
+def choice_record(req: Choice, res) -> dict:
+    best = int(np.argmin(res.option_nll))  # first minimum: a tie goes to the lowest index
+    return {"prediction": req.options[best], "option_nll": res.option_nll,
+            "n_prompt_tokens": res.n_prompt_tokens, "hd_selected_ratio": res.hd_selected_ratio}
 
-    t0 = time.time()
-    samples = bench.load(data_dir, split=cfg.split)
-    counts = bench.count_report(samples)
-    if counts["mismatch"]:
-        log(f"[{bench.name}] item counts differ from the published ones: {counts['mismatch']}")
-    if cfg.limit is not None:
-        samples = samples[: cfg.limit]
-    requests = [bench.request(s, protocol) for s in samples]
-    if cfg.max_new_tokens:
-        requests = [Generate(r.prompt, cfg.max_new_tokens, r.image_mode) if isinstance(r, Generate) else r
-                    for r in requests]
-    keys = [f"{s.fingerprint()}-{_request_fp(r)}" for s, r in zip(samples, requests)]
-    identity = model_identity(model)
-    config_fp = fingerprint({"benchmark": bench.name, "protocol": protocol, "model": identity,
-                             "flexeval_scoring_inputs": 1})
-    tag = model_tag(cfg, model)
-    bench_dir = Path(cfg.out) / tag / bench.name
-    bench_dir.mkdir(parents=True, exist_ok=True)
-    store = PredictionStore(bench_dir, config_fp)
+
+def generation_record(req: Generate, res) -> dict:
+    return {"prediction": res.text, "generated_ids": res.token_ids, "n_prompt_tokens": res.n_prompt_tokens,
+            "n_new_tokens": len(res.token_ids), "hd_selected_ratio": res.hd_selected_ratio}
+
+
+@dataclass(frozen=True)
+class RequestKind:
+    method: str  # the model method answering a list of (request, image)
+    record: Callable  # (request, result) -> the record's model fields
+
+
+REQUEST_KINDS: dict[type, RequestKind] = {
+    Generate: RequestKind("generate", generation_record),
+    Choice: RequestKind("choose", choice_record),
+}
+
+
+@dataclass
+class RunStats:
+    batches: int = 0
+    model_seconds: float = 0.0
+
+
+# ---------------------------------------------------------------- the phases of one benchmark
+
+def build_items(bench: Benchmark, samples: list[Sample], protocol: str, max_new_tokens: int | None) -> list[Item]:
+    """Each sample's request (the benchmark's, with --max-new-tokens applied) and store key."""
+    items = []
+    for s in samples:
+        req = bench.request(s, protocol)
+        if max_new_tokens and isinstance(req, Generate):
+            req = replace(req, max_new_tokens=max_new_tokens)
+        items.append(Item(s, req, f"{s.fingerprint()}-{request_fingerprint(req)}"))
+    return items
+
+
+def pending_items(items: list[Item], store: PredictionStore) -> list[Item]:
+    """The items no shard of this configuration holds yet (resume)."""
     done = store.completed()
-    pending = [i for i, k in enumerate(keys) if k not in done]
-    log(f"[{bench.name}] {len(samples)} items, {len(samples) - len(pending)} already done, {len(pending)} to run "
-        f"-> {bench_dir}")
-    sizer = BatchSizer(cfg.batch_size, str(model.device))
-    stats = {"batches": 0, "model_seconds": 0.0}
-    if pending:
-        _run_pending(bench, model, cfg, samples, requests, keys, pending, store, sizer, stats, protocol)
-    store.close()
-    records = store.finalize(keys)
-    scored, rows = score_records(bench, records, protocol, where=str(bench_dir / "predictions.jsonl"))
-    write_accuracy_csv(bench_dir / "accuracy.csv", rows)
-    wall = time.time() - t0
-    ratios = [r["hd_selected_ratio"] for r in records if r.get("hd_selected_ratio") is not None]
-    run = {
-        "benchmark": bench.name, "protocol": protocol, "flexeval_version": __version__,
-        "config_fingerprint": config_fp,
-        "model": {"tag": tag, "kind": "flexattention" if model.cfg.has_hd else "llava-1.5",
-                  **identity, "device": str(model.device), "architecture": model.cfg.to_dict()},
-        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
-        "data": {"dir": str(Path(data_dir).resolve()), "fingerprint": data_fingerprint([Path(data_dir)]),
-                 "counts": counts, "limit": cfg.limit, "evaluated": len(records)},
-        "environment": environment_info(),
-        "timing": {"wall_s": round(wall, 3), "ran": len(pending), "reused": len(samples) - len(pending),
-                   "model_s": round(stats["model_seconds"], 3),
-                   "samples_per_s": round(len(pending) / stats["model_seconds"], 4) if stats["model_seconds"] else None,
-                   "batch_size_final": sizer.size, "batches": stats["batches"]},
-        "stats": {
-            "mean_prompt_tokens": _mean([r.get("n_prompt_tokens") for r in records]),
-            "mean_new_tokens": _mean([r.get("n_new_tokens") for r in records]),
-            "mean_hd_selected_ratio": _mean(ratios),
-            "skipped": sum(1 for r in records if r.get("skipped")),
-        },
-        "accuracy": rows,
+    return [it for it in items if it.key not in done]
+
+
+def run_items(items: list[Item], model, store: PredictionStore, sizer: BatchSizer, workers: int | None,
+              progress) -> RunStats:
+    """Images decoded in workers, batches of `sizer.size`, each batch's records appended and fsync'ed."""
+    stats = RunStats()
+    if not items:
+        return stats
+    batch: list = []
+    for entry in _loader(_ImageDataset(items, model.preprocessor), workers):
+        batch.append(entry)
+        if len(batch) >= sizer.size:
+            _run_batch(items, batch, model, store, sizer, stats)
+            progress(len(batch))
+            batch = []
+    if batch:
+        _run_batch(items, batch, model, store, sizer, stats)
+        progress(len(batch))
+    return stats
+
+
+def _run_batch(items: list[Item], batch: list, model, store: PredictionStore, sizer: BatchSizer,
+               stats: RunStats) -> None:
+    for i, _, err in batch:
+        if err is not None:
+            items[i].record = {"prediction": "", "skipped": err}
+    t = time.time()
+    for req_type, kind in REQUEST_KINDS.items():
+        ready = [(items[i], image) for i, image, err in batch if err is None and type(items[i].request) is req_type]
+        if not ready:
+            continue
+        answer = getattr(model, kind.method)
+        results = sizer.run([(it.request, image) for it, image in ready], answer)
+        for (it, _), res in zip(ready, results):
+            it.record = kind.record(it.request, res)
+    stats.model_seconds += time.time() - t
+    store.append([sample_record(items[i]) for i, _, _ in batch])  # flushed and fsync'ed: a kill loses nothing
+    stats.batches += 1
+
+
+def sample_record(item: Item) -> dict:
+    """A line of predictions.jsonl before scoring: the sample's identity, then the model's fields."""
+    s = item.sample
+    return {"key": item.key, "id": s.id, "subset": s.subset, "question": s.question, "target": s.target,
+            "options": list(s.options), **item.record, "meta": s.meta}
+
+
+def results_folder(cfg: RunConfig, model, bench: Benchmark) -> Path:
+    """<out>/<model tag>/<benchmark>/"""
+    return Path(cfg.out) / model_tag(cfg, model) / bench.name
+
+
+def run_figures(records: list[dict]) -> dict:
+    """run.json's `stats`: means over the records, and how many were skipped."""
+    return {
+        "mean_prompt_tokens": _mean([r.get("n_prompt_tokens") for r in records]),
+        "mean_new_tokens": _mean([r.get("n_new_tokens") for r in records]),
+        "mean_hd_selected_ratio": _mean([r.get("hd_selected_ratio") for r in records]),
+        "skipped": sum(1 for r in records if r.get("skipped")),
     }
-    write_json_atomic(bench_dir / "run.json", run)
-    skipped = [r for r in records if r.get("skipped")]
-    if skipped:
-        log(f"[{bench.name}] {len(skipped)} items were not run and count as wrong, e.g. {skipped[0]['id']}: "
-            f"{skipped[0]['skipped']} (all are marked 'skipped' in predictions.jsonl)")
-    print(format_rows(rows))
-    print(f"accuracy table: {bench_dir / 'accuracy.csv'}")
-    return run
 
 
 def _mean(xs):
@@ -251,82 +292,91 @@ def _mean(xs):
     return round(float(np.mean(xs)), 6) if xs else None
 
 
-def _run_pending(bench, model, cfg, samples, requests, keys, pending, store, sizer, stats, protocol):
+def run_benchmark(bench: Benchmark, model, cfg: RunConfig, data_dir: Path, protocol: str) -> dict:
     from tqdm import tqdm
 
-    sub_samples = [samples[i] for i in pending]
-    sub_requests = [requests[i] for i in pending]
-    dataset = _ImageDataset(sub_samples, sub_requests, model.preprocessor)
-    bar = tqdm(total=len(pending), desc=bench.name, unit="sample", disable=cfg.quiet, dynamic_ncols=True)
-    buffer: list = []
-
-    def flush(items):
-        ready = [(j, im) for j, im, err in items if err is None]
-        records = {}
-        for j, _, err in items:
-            if err is not None:
-                records[j] = {"prediction": "", "skipped": err}
-        if ready:
-            reqs = [sub_requests[j] for j, _ in ready]
-            batch = [(sub_samples[j], im) for j, im in ready]
-            t = time.time()
-            if isinstance(reqs[0], Choice):
-                outs = _group_run(sizer, batch, reqs, lambda b, r: _choice_records(model, b, r))
-            else:
-                outs = _group_run(sizer, batch, reqs, lambda b, r: _generate_records(model, b, r, cfg.max_new_tokens))
-            stats["model_seconds"] += time.time() - t
-            for (j, _), rec in zip(ready, outs):
-                records[j] = rec
-        out = []
-        for j, _, _ in items:
-            s = sub_samples[j]
-            rec = {"key": keys[pending[j]], "id": s.id, "subset": s.subset, "question": s.question,
-                   "target": s.target, "options": list(s.options), **records[j], "meta": s.meta}
-            out.append({**rec, **bench.score(rec, protocol)})
-        store.append(out)  # flushed and fsync'ed: a kill after this loses nothing
-        stats["batches"] += 1
-        bar.update(len(items))
-
-    for item in _loader(dataset, cfg.workers):
-        buffer.append(item)
-        if len(buffer) >= sizer.size:
-            flush(buffer)
-            buffer = []
-    if buffer:
-        flush(buffer)
-    bar.close()
+    t0 = time.time()
+    samples = bench.load(data_dir, split=cfg.split)
+    counts = bench.count_report(samples)
+    if counts["mismatch"]:
+        log(f"[{bench.name}] item counts differ from the published ones: {counts['mismatch']}")
+    items = build_items(bench, samples[: cfg.limit] if cfg.limit is not None else samples, protocol,
+                        cfg.max_new_tokens)
+    identity = model_identity(model)
+    config_fp = fingerprint({"benchmark": bench.name, "protocol": protocol, "model": identity,
+                             "flexeval_scoring_inputs": 1})
+    bench_dir = results_folder(cfg, model, bench)
+    bench_dir.mkdir(parents=True, exist_ok=True)
+    store = PredictionStore(bench_dir, config_fp)
+    pending = pending_items(items, store)
+    log(f"[{bench.name}] {len(items)} items, {len(items) - len(pending)} already done, {len(pending)} to run "
+        f"-> {bench_dir}")
+    sizer = BatchSizer(cfg.batch_size, str(model.device))
+    with tqdm(total=len(pending), desc=bench.name, unit="sample", disable=cfg.quiet, dynamic_ncols=True) as bar:
+        stats = run_items(pending, model, store, sizer, cfg.workers, bar.update)
+    where = str(bench_dir / "predictions.jsonl")
+    records, rows = score_records(bench, store.collect([it.key for it in items]), protocol, where=where)
+    store.write_predictions(records)
+    write_accuracy_csv(bench_dir / "accuracy.csv", rows)
+    timing = {"wall_s": round(time.time() - t0, 3), "ran": len(pending), "reused": len(items) - len(pending),
+              "model_s": round(stats.model_seconds, 3),
+              "samples_per_s": round(len(pending) / stats.model_seconds, 4) if stats.model_seconds else None,
+              "batch_size_final": sizer.size, "batches": stats.batches}
+    run = run_summary(bench, model, cfg, protocol, config_fp, identity, data_dir, counts, records, rows, timing)
+    write_json_atomic(bench_dir / "run.json", run)
+    report_run(bench, bench_dir, records, rows)
+    return run
 
 
-def _group_run(sizer: BatchSizer, batch, reqs, fn):
-    """Run a batch through fn, with OOM back-off; requests of one batch share append_eos."""
-    pairs = list(zip(batch, reqs))
-    return sizer.run(pairs, lambda items: fn([b for b, _ in items], [r for _, r in items]))
+def run_summary(bench, model, cfg, protocol, config_fp, identity, data_dir, counts, records, rows, timing) -> dict:
+    """run.json: what ran (model, config, data, environment), how long, and the figures of the records."""
+    from flexeval.meta import data_fingerprint, environment_info
+
+    return {
+        "benchmark": bench.name, "protocol": protocol, "flexeval_version": __version__,
+        "config_fingerprint": config_fp,
+        "model": {"tag": model_tag(cfg, model), "kind": "flexattention" if model.cfg.has_hd else "llava-1.5",
+                  **identity, "device": str(model.device), "architecture": model.cfg.to_dict()},
+        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
+        "data": {"dir": str(Path(data_dir).resolve()), "fingerprint": data_fingerprint([Path(data_dir)]),
+                 "counts": counts, "limit": cfg.limit, "evaluated": len(records)},
+        "environment": environment_info(),
+        "timing": timing,
+        "stats": run_figures(records),
+        "accuracy": rows,
+    }
+
+
+def report_run(bench: Benchmark, bench_dir: Path, records: list[dict], rows: list[dict]) -> None:
+    skipped = [r for r in records if r.get("skipped")]
+    if skipped:
+        log(f"[{bench.name}] {len(skipped)} items were not run and count as wrong, e.g. {skipped[0]['id']}: "
+            f"{skipped[0]['skipped']} (all are marked 'skipped' in predictions.jsonl)")
+    print(format_rows(rows))
+    print(f"accuracy table: {bench_dir / 'accuracy.csv'}")
 
 
 # ---------------------------------------------------------------- entry point
 
+def resolve_protocols(benches: list[Benchmark], protocol: str | None, is_all: bool) -> dict[str, str]:
+    """Each benchmark's protocol: the one asked for, or (with --bench all, where a benchmark lacks
+    it) the benchmark's default, said on screen."""
+    protocols = {}
+    for b in benches:
+        if protocol and protocol not in b.protocols:
+            if not is_all:
+                b.check_protocol(protocol)  # raises with the choices
+            log(f"[{b.name}] has no protocol '{protocol}'; using its default '{b.protocols[0]}'")
+        protocols[b.name] = protocol if protocol in b.protocols else b.protocols[0]
+    return protocols
+
+
 def run_benchmarks(cfg: RunConfig) -> list[dict]:
     from flexeval.model import RunOptions, load_pretrained
 
-    if cfg.bench == "all":
-        benches = list_benchmarks()
-        root = Path(cfg.data_dir or "data")
-        dirs = {b.name: root / b.name for b in benches}
-        missing = [str(d) for d in dirs.values() if not d.exists()]
-        if missing:
-            raise FlexEvalError(f"--bench all expects one folder per benchmark under {root}; missing: "
-                                f"{', '.join(missing)} (`flexeval data make-sample --bench all --out {root}` "
-                                "writes sample data; `flexeval data fetch --bench all` the real data)")
-    else:
-        benches = [get_benchmark(cfg.bench)]
-        dirs = {benches[0].name: Path(cfg.data_dir or Path("data") / benches[0].name)}
-    protocols = {}
-    for b in benches:
-        if cfg.protocol and cfg.protocol not in b.protocols:
-            if cfg.bench != "all":
-                b.check_protocol(cfg.protocol)  # raises with the choices
-            log(f"[{b.name}] has no protocol '{cfg.protocol}'; using its default '{b.protocols[0]}'")
-        protocols[b.name] = cfg.protocol if cfg.protocol in b.protocols else b.protocols[0]
+    benches = select_benchmarks(cfg.bench)
+    dirs = data_folders(cfg.bench, cfg.data_dir, must_exist=True)
+    protocols = resolve_protocols(benches, cfg.protocol, cfg.bench == "all")
     options = RunOptions(selection=cfg.selection, threshold=cfg.threshold, first_hd_layer=cfg.first_layer,
                          zoom=cfg.zoom, seed=cfg.seed)
     torch.manual_seed(cfg.seed)

@@ -3,7 +3,7 @@
 On disk, under a benchmark's results folder `<out>/<model-tag>/<bench>/`:
 
     shards/<config_fp>.rank<r>.jsonl   append-only, one per (config fingerprint, rank); the resume log
-    predictions.jsonl                  written once by `finalize`, atomically; the run's record store
+    predictions.jsonl                  written once by `finalize` (or `write_predictions`), atomically
 
 Why shards: several torch.distributed ranks write at the same time, and a process can die at any
 instant. Each rank appends only to its own file, so no two writers ever share one; every batch is
@@ -277,6 +277,12 @@ class PredictionStore:
         Records whose key is not in `ordered_keys` are left out of the file (they stay in the
         shards). Missing keys raise a FlexEvalError listing them; nothing is written then.
         """
+        records = self.collect(ordered_keys)
+        self.write_predictions(records)
+        return records
+
+    def collect(self, ordered_keys: list[str]) -> list[dict]:
+        """This config's records from all shards, in `ordered_keys` order; missing keys raise."""
         self.close()
         keys = [str(k) for k in ordered_keys]
         if len(set(keys)) != len(keys):
@@ -291,6 +297,8 @@ class PredictionStore:
                 f"of config {self.config_fingerprint} in {self.shard_dir}: {shown}. "
                 f"Run the same command again to compute them (finished ones are reused)."
             )
-        records = [done[k] for k in keys]
+        return [done[k] for k in keys]
+
+    def write_predictions(self, records: list[dict]) -> None:
+        """predictions.jsonl, atomically: the run's final record store."""
         write_bytes_atomic(self.bench_dir / PREDICTIONS, b"".join(record_line(r) for r in records))
-        return records

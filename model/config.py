@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 from flexeval.errors import FlexEvalError
 
@@ -44,9 +44,9 @@ class FlexConfig:
         return asdict(self)
 
 
-@dataclass
+@dataclass(frozen=True)
 class RunOptions:
-    """Inference knobs (the paper's ablations). None means: the checkpoint's value."""
+    """Inference knobs as the user gives them (the paper's ablations). None means: the checkpoint's value."""
 
     selection: str | None = None  # None: attention for FlexAttention checkpoints, none for plain LLaVA
     threshold: float | None = None  # out of 255
@@ -54,16 +54,15 @@ class RunOptions:
     zoom: int | None = None  # 2 | 3 | 4 -> 672 / 1008 / 1344 px
     random_ratio: float = 0.1  # release's random ablation: each 8x8-grid cell with p = 0.1
     seed: int = 0
-    extra: dict = field(default_factory=dict)
 
-    def validate(self, cfg: FlexConfig) -> None:
-        if self.selection is None:
-            self.selection = "attention" if cfg.has_hd else "none"
-        if self.selection not in SELECTIONS:
-            raise FlexEvalError(f"unknown selection '{self.selection}'; choose one of {', '.join(SELECTIONS)}")
-        if not cfg.has_hd and self.selection != "none":
+    def resolve(self, cfg: FlexConfig) -> ResolvedOptions:
+        """Check the knobs against the checkpoint and fill in its values; bad values raise."""
+        selection = self.selection or ("attention" if cfg.has_hd else "none")
+        if selection not in SELECTIONS:
+            raise FlexEvalError(f"unknown selection '{selection}'; choose one of {', '.join(SELECTIONS)}")
+        if not cfg.has_hd and selection != "none":
             raise FlexEvalError(
-                f"selection '{self.selection}' needs a FlexAttention checkpoint (k_proj_hd/v_proj_hd); this "
+                f"selection '{selection}' needs a FlexAttention checkpoint (k_proj_hd/v_proj_hd); this "
                 f"{cfg.format} checkpoint is plain LLaVA-1.5: use --selection none"
             )
         if self.zoom is not None and self.zoom not in (2, 3, 4):
@@ -75,17 +74,32 @@ class RunOptions:
             )
         if self.threshold is not None and not 0 <= self.threshold < 255:
             raise FlexEvalError(f"threshold {self.threshold} is out of range; it is out of 255 (release: 48)")
-
-    def resolve(self, cfg: FlexConfig) -> dict:
-        """The effective values, as recorded in run.json."""
         zoom = self.zoom or cfg.zoom_ratio
-        return {
-            "selection": self.selection if cfg.has_hd else "none",
-            "threshold": cfg.threshold if self.threshold is None else float(self.threshold),
-            "select_layer": (cfg.first_select_layer if self.first_hd_layer is None else self.first_hd_layer - 1),
-            "zoom": zoom,
-            "highres_size": cfg.lowres_size * zoom,
-            "lowres_size": cfg.lowres_size,
-            "random_ratio": self.random_ratio,
-            "seed": self.seed,
-        }
+        return ResolvedOptions(
+            selection=selection,
+            threshold=cfg.threshold if self.threshold is None else float(self.threshold),
+            select_layer=cfg.first_select_layer if self.first_hd_layer is None else self.first_hd_layer - 1,
+            zoom=zoom, highres_size=cfg.lowres_size * zoom, lowres_size=cfg.lowres_size,
+            random_ratio=self.random_ratio, seed=self.seed,
+        )
+
+
+@dataclass(frozen=True)
+class ResolvedOptions:
+    """The effective values of a run, built once by `RunOptions.resolve` (recorded in run.json)."""
+
+    selection: str  # attention | random | center | all | none
+    threshold: float  # out of 255
+    select_layer: int  # S: the layer that makes the first selection; layers > S use high-res keys
+    zoom: int
+    highres_size: int  # px of the high-res view (lowres_size * zoom)
+    lowres_size: int
+    random_ratio: float
+    seed: int
+
+    @property
+    def use_hd(self) -> bool:
+        return self.selection != "none"
+
+    def to_dict(self) -> dict:
+        return asdict(self)

@@ -1,11 +1,11 @@
-"""The batched FlexAttention forward used by the runner (spec sections 3-7, fast path).
+"""The batched attention of the fast path (spec sections 3-7): SDPA and, beside it, FlexAttention's
+hierarchical attention, plus what one forward call carries (KV cache, high-res context, trace).
 
-One pass over the layers serves every mode: the caller says which rows of the call use high-res
-keys (the last `n_hd_rows`: 1 in generation, all rows in a likelihood suffix call) and which keys
-each row may see (`visible`, so prefix caches and several options per sample share one call).
-Rows that don't use high-res go through SDPA; high-res rows are computed explicitly (one row of
-scores each, never an O(seq^2) matrix), with high-res keys/values projected only for the tokens
-some row of the sample selected.
+The caller says which rows of a call use high-res keys (the last `HiResContext.n_rows`: 1 in
+generation, all rows in a likelihood suffix call) and which keys each row may see (`visible`, so
+prefix caches and several options per sample share one call). Rows that don't use high-res go
+through SDPA; high-res rows are computed explicitly (one row of scores each, never an O(seq^2)
+matrix), with high-res keys/values projected only for the tokens some row of the sample selected.
 """
 
 from __future__ import annotations
@@ -16,26 +16,9 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from .llama import LlavaLM, apply_rope, repeat_kv
+from .config import ResolvedOptions
+from .rope import apply_rope, repeat_kv
 from .selection import all_selection, attention_selection, center_selection, random_selection
-
-
-@dataclass
-class HDState:
-    """Per-call high-res context (no state survives a call)."""
-
-    feats: torch.Tensor  # [B, N, D] raw projector outputs of the stitched high-res grid
-    cos: torch.Tensor  # [B, N, head_dim] interpolated RoPE of the high-res keys
-    sin: torch.Tensor
-    img_cols: torch.Tensor  # [B, 576] key-axis index of each low-res image token
-    pad_cells: torch.Tensor  # [B, 24, 24] low-res cells that cover padding
-    select_layer: int  # S: makes the first selection; layers > S use high-res keys
-    selection: str  # attention | random | center | all
-    threshold: float
-    hd_grid: int
-    sample_keys: list[str] = field(default_factory=list)  # for the seeded random ablation
-    random_ratio: float = 0.1
-    seed: int = 0
 
 
 class KVCache:
@@ -57,113 +40,129 @@ class KVCache:
         self.length += n
 
 
+@dataclass(frozen=True)
+class HiResImages:
+    """The high-res side of a batch of images, computed once per model call (nothing survives it)."""
+
+    feats: torch.Tensor  # [B, N, D] raw projector outputs of the stitched high-res grid, N = hd_grid^2
+    cos: torch.Tensor  # [B, N, head_dim] interpolated RoPE of the high-res keys
+    sin: torch.Tensor
+    img_cols: torch.Tensor  # [B, 576] key-axis index of each low-res image token
+    pad_cells: torch.Tensor  # [B, 24, 24] low-res cells that cover padding
+    hd_grid: int
+    sample_keys: list[str]  # for the seeded random ablation
+
+
 @dataclass
 class Trace:
-    """Optional per-call record of selections: layer -> [B, R] selected token counts."""
+    """What the high-res rows selected: layer -> [B, R] selected token counts (and masks on request)."""
 
     selected: dict = field(default_factory=dict)
     masks: dict = field(default_factory=dict)
     keep_masks: bool = False
 
+    def record(self, layer: int, selection: torch.Tensor) -> None:
+        self.selected[layer] = selection.sum(-1)
+        if self.keep_masks:
+            self.masks[layer] = selection
 
-def forward(lm: LlavaLM, embeds: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: KVCache,
-            visible: torch.Tensor, hd: HDState | None, n_hd_rows: int, row_positions: torch.Tensor,
-            trace: Trace | None = None) -> torch.Tensor:
-    """Run all layers on the call's new tokens; returns the final-normed hidden states [B, T, D].
 
-    visible: [B, T, cache.length + T] bool, which keys each new row may attend to.
+@dataclass
+class HiResContext:
+    """One forward call's high-res context: which rows use it, where they sit, and the selection the
+    previous layer made (layer S selects first; every layer > S reads the selection of the one before)."""
+
+    images: HiResImages
+    options: ResolvedOptions  # selection rule, threshold, S, random ratio and seed
+    n_rows: int  # the last n_rows rows of the call use high-res keys
+    row_positions: torch.Tensor  # [B, n_rows] absolute positions of those rows
+    trace: Trace = field(default_factory=Trace)
+    previous_selection: torch.Tensor | None = None  # [B, n_rows, N] bool, made by layer i - 1
+
+    def selects_at(self, layer: int) -> bool:
+        return self.n_rows > 0 and layer >= self.options.select_layer
+
+
+def sdpa_attention(q, keys, values, visible):
+    """q [B, H, T, d], keys/values [B, H, K, d], visible [B, T, K] -> [B, H, T, d]."""
+    return F.scaled_dot_product_attention(q, keys, values, attn_mask=visible[:, None])
+
+
+def hierarchical_attention(attn, layer: int, q, keys, values, visible, hires: HiResContext):
+    """FlexAttention's attention for the last `hires.n_rows` rows (the others: SDPA).
+
+    Each high-res row first attends to the low-res keys alone; that softmax drives the row's
+    selection for the next layer. From layer S + 1 on, the row's output comes from one softmax
+    over the low-res keys and the high-res tokens the previous layer selected for it.
     """
-    x = embeds
-    b, t, _ = x.shape
-    sel = None
-    for i, layer in enumerate(lm.model.layers):
-        attn = layer.self_attn
-        h = layer.input_layernorm(x)
-        q = attn.q_proj(h).view(b, t, attn.num_heads, attn.head_dim).transpose(1, 2)
-        k = attn.k_proj(h).view(b, t, attn.num_kv_heads, attn.head_dim).transpose(1, 2)
-        v = attn.v_proj(h).view(b, t, attn.num_kv_heads, attn.head_dim).transpose(1, 2)
-        q, k = apply_rope(q, cos[:, None], sin[:, None]), apply_rope(k, cos[:, None], sin[:, None])
-        keys, values = cache.update(i, k, v)
-        out, sel = _attention(i, attn, q, keys, values, visible, hd, n_hd_rows, sel, row_positions, trace)
-        x = x + attn.o_proj(out.transpose(1, 2).reshape(b, t, -1))
-        x = x + layer.mlp(layer.post_attention_layernorm(x))
-    cache.advance(t)
-    return lm.model.norm(x)
-
-
-def _attention(i, attn, q, keys, values, visible, hd, n_hd_rows, prev_sel, row_positions, trace):
     b, h, t, d = q.shape
-    n_rep = attn.num_heads // attn.num_kv_heads
-    keys, values = repeat_kv(keys, n_rep), repeat_kv(values, n_rep)
-    use_hd = hd is not None and n_hd_rows > 0 and i >= hd.select_layer
-    out = None
-    if not use_hd or n_hd_rows < t:
-        out = F.scaled_dot_product_attention(q, keys, values, attn_mask=visible[:, None])
-        if not use_hd:
-            return out, None
-    r = n_hd_rows
-    q_hd_rows = q[:, :, t - r:]
+    r = hires.n_rows
+    # Rows before the high-res ones: SDPA over all rows, sliced (the kernel's numbers do not depend on r).
+    out_lowres_rows = sdpa_attention(q, keys, values, visible)[:, :, : t - r] if r < t else None
+    q_hd = q[:, :, t - r:]  # [B, H, R, d]
     # As the release: q.k in the model dtype divided by sqrt(d), softmax in float32. Only these
     # [B, H, R, keys] scores are upcast, never the cache.
-    scores = ((q_hd_rows @ keys.transpose(-1, -2)) / math.sqrt(d)).float()
+    scores = ((q_hd @ keys.transpose(-1, -2)) / math.sqrt(d)).float()  # [B, H, R, K]
     scores = scores.masked_fill(~visible[:, None, t - r:], float("-inf"))
     probs_lowres = torch.softmax(scores, dim=-1)  # the low-res-only softmax: selection reads this
-    new_sel = _select(i, probs_lowres, hd, row_positions, q.dtype, trace)
-    hd_kv = _project_selected(attn, hd, prev_sel, n_rep) if i > hd.select_layer and prev_sel is not None else None
-    if hd_kv is not None:
-        k_hd, v_hd, row_mask = hd_kv
-        s_hd = ((q_hd_rows @ k_hd.transpose(-1, -2)) / math.sqrt(d)).float()
+    selection = select_hires_tokens(layer, probs_lowres, hires, q.dtype)
+    hd_kv = None
+    if layer > hires.options.select_layer and hires.previous_selection is not None:
+        hd_kv = project_selected(attn, hires.images, hires.previous_selection, h // attn.num_kv_heads)
+    hires.previous_selection = selection
+    if hd_kv is None:
+        out_hd = probs_lowres.to(q.dtype) @ values  # [B, H, R, d]
+    else:
+        k_hd, v_hd, row_mask = hd_kv  # [B, H, M, d] x2, [B, R, M]
+        s_hd = ((q_hd @ k_hd.transpose(-1, -2)) / math.sqrt(d)).float()  # [B, H, R, M]
         s_hd = s_hd.masked_fill(~row_mask[:, None], float("-inf"))
         probs = torch.softmax(torch.cat([scores, s_hd], dim=-1), dim=-1).to(q.dtype)  # one softmax over the union
         n_keys = keys.shape[2]
         out_hd = probs[..., :n_keys] @ values + probs[..., n_keys:] @ v_hd
-    else:
-        out_hd = probs_lowres.to(q.dtype) @ values
-    out = out_hd if out is None else torch.cat([out[:, :, : t - r], out_hd], dim=2)
-    return out, new_sel
+    return out_hd if out_lowres_rows is None else torch.cat([out_lowres_rows, out_hd], dim=2)
 
 
-def _select(i, probs_lowres, hd: HDState, row_positions, dtype, trace):
+def select_hires_tokens(layer: int, probs_lowres, hires: HiResContext, dtype) -> torch.Tensor:
+    """The selection each high-res row makes at `layer` from its low-res-only attention
+    probs_lowres [B, H, R, K] -> [B, R, N] bool; recorded in the trace (the one place it is filled)."""
     b, h, r, _ = probs_lowres.shape
-    n_img = hd.img_cols.shape[1]
-    if hd.selection == "attention":
-        cols = hd.img_cols[:, None, None, :].expand(b, h, r, n_img)
-        img = probs_lowres.gather(-1, cols).to(dtype).sum(1)  # summed over heads, in the model dtype
-        sel = attention_selection(img, hd.pad_cells, hd.threshold, hd.hd_grid)
-    elif hd.selection == "random":
-        sel = random_selection(hd.sample_keys, i, row_positions, hd.random_ratio, hd.seed, hd.hd_grid,
-                               probs_lowres.device)
-    elif hd.selection == "center":
-        sel = center_selection(b, r, hd.hd_grid, probs_lowres.device)
-    elif hd.selection == "all":
-        sel = all_selection(b, r, hd.hd_grid, probs_lowres.device)
+    images, opts = hires.images, hires.options
+    n_img = images.img_cols.shape[1]
+    if opts.selection == "attention":
+        cols = images.img_cols[:, None, None, :].expand(b, h, r, n_img)
+        img = probs_lowres.gather(-1, cols).to(dtype).sum(1)  # [B, R, 576] summed over heads, in the model dtype
+        sel = attention_selection(img, images.pad_cells, opts.threshold, images.hd_grid)
+    elif opts.selection == "random":
+        sel = random_selection(images.sample_keys, layer, hires.row_positions, opts.random_ratio, opts.seed,
+                               images.hd_grid, probs_lowres.device)
+    elif opts.selection == "center":
+        sel = center_selection(b, r, images.hd_grid, probs_lowres.device)
+    elif opts.selection == "all":
+        sel = all_selection(b, r, images.hd_grid, probs_lowres.device)
     else:
-        raise ValueError(f"unknown selection {hd.selection!r}")
-    if trace is not None:
-        trace.selected[i] = sel.sum(-1)
-        if trace.keep_masks:
-            trace.masks[i] = sel
+        raise ValueError(f"unknown selection {opts.selection!r}")
+    hires.trace.record(layer, sel)
     return sel
 
 
-def _project_selected(attn, hd: HDState, sel: torch.Tensor, n_rep: int):
+def project_selected(attn, images: HiResImages, sel: torch.Tensor, n_rep: int):
     """High-res keys/values for the tokens any row of a sample selected (others are never computed).
 
-    Returns k, v: [B, H, M, d] and row_mask [B, R, M] (which of the M tokens each row selected),
-    or None when no row selected anything.
+    sel [B, R, N] -> k, v: [B, H, M, d] and row_mask [B, R, M] (which of the M tokens each row
+    selected), or None when no row selected anything.
     """
     b, r, n = sel.shape
-    union = sel.any(1)
+    union = sel.any(1)  # [B, N]
     counts = union.sum(1)
     m = int(counts.max())  # the one host sync of a high-res layer
     if m == 0:
         return None
-    order = torch.argsort((~union).to(torch.int32), dim=1, stable=True)[:, :m]  # selected first, in index order
+    order = torch.argsort((~union).to(torch.int32), dim=1, stable=True)[:, :m]  # [B, M] selected first, in index order
     valid = torch.arange(m, device=sel.device)[None] < counts[:, None]
     row_mask = sel.gather(2, order[:, None, :].expand(b, r, m)) & valid[:, None]
-    feats = hd.feats.gather(1, order[..., None].expand(b, m, hd.feats.shape[-1]))
-    cos = hd.cos.gather(1, order[..., None].expand(b, m, hd.cos.shape[-1]))[:, None]
-    sin = hd.sin.gather(1, order[..., None].expand(b, m, hd.sin.shape[-1]))[:, None]
+    feats = images.feats.gather(1, order[..., None].expand(b, m, images.feats.shape[-1]))  # [B, M, D]
+    cos = images.cos.gather(1, order[..., None].expand(b, m, images.cos.shape[-1]))[:, None]
+    sin = images.sin.gather(1, order[..., None].expand(b, m, images.sin.shape[-1]))[:, None]
     k = attn.k_proj_hd(feats).view(b, m, attn.num_kv_heads, attn.head_dim).transpose(1, 2)
     v = attn.v_proj_hd(feats).view(b, m, attn.num_kv_heads, attn.head_dim).transpose(1, 2)
     k = apply_rope(k, cos, sin)

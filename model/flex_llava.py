@@ -1,26 +1,30 @@
-"""FlexLlava: a loaded checkpoint plus the batched entry points the runner and `inspect` use.
+"""FlexLlava: a loaded checkpoint that answers the two request kinds (flexeval/requests.py).
 
-Two request kinds (spec section 7):
-- `generate`: greedy decoding; in every forward call only the last row uses high-res keys.
-- `score_options`: mean next-token NLL of each option; every answer-predicting row uses high-res
+- `generate(items)`: greedy decoding; in every forward call only the last row uses high-res keys.
+  Each request's own `max_new_tokens` holds; a row that emitted EOS stops (and stops counting).
+- `choose(items)`: mean next-token NLL of each option; every answer-predicting row uses high-res
   keys with its own selection. The prompt minus its last token uses no high-res, so it is run once
   per sample and its KV cache is shared by all of the sample's options, which run together as
   blocks of one suffix call (block-causal mask).
-Nothing is kept between calls.
+
+Both take `[(request, ProcessedImage), ...]`, run the batch longest prompt first (as
+lm-evaluation-harness's Collator) and return results in input order. Nothing is kept between calls.
 """
 
 from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from flexeval.errors import FlexEvalError
+from flexeval.requests import Choice, Generate
 
-from .config import FlexConfig, RunOptions
-from .fast import HDState, KVCache, Trace, forward
+from .config import FlexConfig, ResolvedOptions, RunOptions
+from .fast import HiResContext, HiResImages, KVCache, Trace
 from .image import (
     Preprocessor,
     ProcessedImage,
@@ -30,7 +34,8 @@ from .image import (
     split_crops,
     stitch_crops,
 )
-from .llama import LlavaLM, hd_rope, rope_cos_sin
+from .llama import LlavaLM
+from .rope import hd_rope, rope_cos_sin
 from .selection import padding_cell_mask
 from .tokenizer import IMAGE_TOKEN_ID, LlavaTokenizer
 from .vision import VisionTower
@@ -41,7 +46,7 @@ class GenerationResult:
     token_ids: list[int]
     text: str
     n_prompt_tokens: int
-    hd_selected_ratio: float | None = None  # mean over high-res rows and layers
+    hd_selected_ratio: float | None = None  # mean over this row's high-res forward rows and layers
     selected_per_layer: dict = field(default_factory=dict)  # prefill last row: layer -> count
 
 
@@ -52,20 +57,62 @@ class ChoiceResult:
     hd_selected_ratio: float | None = None
 
 
+@dataclass
+class _Embedded:
+    """A left-padded batch of prompts with the low-res image features spliced in."""
+
+    embeds: torch.Tensor  # [B, T, D]
+    valid: torch.Tensor  # [B, T] real (not padding) tokens
+    positions: torch.Tensor  # [B, T]
+    img_cols: torch.Tensor  # [B, 576] where the image tokens sit
+
+
+def _longest_first(lengths: list[int]) -> list[int]:
+    """The order a batch runs in: longest prompt first, ties in input order."""
+    return sorted(range(len(lengths)), key=lambda i: -lengths[i])
+
+
+def _input_order(results: list, order: list[int]) -> list:
+    out = [None] * len(order)
+    for result, i in zip(results, order):
+        out[i] = result
+    return out
+
+
 class FlexLlava:
     def __init__(self, lm: LlavaLM, vision: VisionTower, tokenizer: LlavaTokenizer, cfg: FlexConfig,
-                 options: RunOptions | None = None, device: str | torch.device = "cpu", dtype=torch.float32):
+                 options: RunOptions | None = None, device: str | torch.device = "cpu", dtype=torch.float32,
+                 source: str = "", folder: str | Path | None = None):
         self.lm, self.vision, self.tokenizer, self.cfg = lm, vision, tokenizer, cfg
-        self.options = options or RunOptions(selection="attention" if cfg.has_hd else "none")
-        self.options.validate(cfg)
-        self.resolved = self.options.resolve(cfg)
+        self.run_options = options or RunOptions()
+        self.options: ResolvedOptions = self.run_options.resolve(cfg)
         self.device, self.dtype = torch.device(device), dtype
+        self.source, self.folder = source, folder  # what the user named; where the files are
         self.grid = vision.grid  # 24
-        self.zoom = self.resolved["zoom"]
-        self.use_hd = cfg.has_hd and self.resolved["selection"] != "none"
+
+    def with_options(self, options: RunOptions) -> FlexLlava:
+        """The same weights under other run options (nothing is copied)."""
+        return FlexLlava(self.lm, self.vision, self.tokenizer, self.cfg, options, self.device, self.dtype,
+                         self.source, self.folder)
+
+    @property
+    def use_hd(self) -> bool:
+        return self.cfg.has_hd and self.options.use_hd
+
+    @property
+    def zoom(self) -> int:
+        return self.options.zoom
+
+    @property
+    def image_size(self) -> int:
         # FlexAttention checkpoints read a 1008 px view (low-res = its antialiased 336 downsample) even
         # with selection none; plain LLaVA-1.5 follows its own processor: the padded image at 336.
-        self.image_size = self.resolved["highres_size"] if cfg.has_hd else cfg.lowres_size
+        return self.options.highres_size if self.cfg.has_hd else self.cfg.lowres_size
+
+    def batch_order(self, requests: list) -> list[int]:
+        """The order `generate`/`choose` run a batch in (input indices, longest prompt first): the row
+        order of the tensors inside the call, e.g. of a Trace's masks."""
+        return _longest_first([len(self.tokenizer.encode_prompt(r.prompt)) for r in requests])
 
     # ---- images ----
     @property
@@ -80,27 +127,20 @@ class FlexLlava:
     @torch.no_grad()
     def encode_images(self, images: list[ProcessedImage]):
         """Low-res features [B, 576, D] and, with high-res on, the stitched grid [B, (24z)^2, D]."""
-        pixels = torch.stack([im.pixels for im in images]).to(self.device)
-        low = lowres_view(pixels, self.cfg.lowres_size)
-        crops = split_crops(pixels, self.cfg.lowres_size) if self.use_hd else low[:0]
+        pixels = torch.stack([im.pixels for im in images]).to(self.device)  # [B, 3, S, S]
+        low = lowres_view(pixels, self.cfg.lowres_size)  # [B, 3, 336, 336]
+        crops = split_crops(pixels, self.cfg.lowres_size) if self.use_hd else low[:0]  # [B * z^2, 3, 336, 336]
         feats = self.lm.model.mm_projector(self.vision(torch.cat([low, crops])).to(self.dtype))
         b = len(images)
-        low_feats = feats[:b]
         if not self.use_hd:
-            return low_feats, None
-        hd = stitch_crops(feats[b:], self.zoom, self.grid)
-        return low_feats, hd
+            return feats[:b], None
+        return feats[:b], stitch_crops(feats[b:], self.zoom, self.grid)
 
     # ---- batching helpers ----
-    def _embed(self, ids_list: list[list[int]], low_feats: torch.Tensor):
-        """Left-padded embeddings with the image features spliced in.
-
-        Returns embeds [B, T, D], valid [B, T], positions [B, T], image columns [B, 576].
-        """
+    def _embed(self, ids_list: list[list[int]], low_feats: torch.Tensor) -> _Embedded:
         n_img = low_feats.shape[1]
         lengths = [len(ids) - 1 + n_img for ids in ids_list]
-        t = max(lengths)
-        b = len(ids_list)
+        b, t = len(ids_list), max(lengths)
         tok = torch.zeros(b, t, dtype=torch.long)
         is_img = torch.zeros(b, t, dtype=torch.bool)
         valid = torch.zeros(b, t, dtype=torch.bool)
@@ -110,8 +150,7 @@ class FlexLlava:
             if IMAGE_TOKEN_ID not in ids:
                 raise FlexEvalError("a prompt has no <image>: FlexAttention LLaVA reads exactly one image per prompt")
             p = ids.index(IMAGE_TOKEN_ID)
-            row = ids[:p] + [0] * n_img + ids[p + 1:]
-            tok[i, pad:] = torch.tensor(row)
+            tok[i, pad:] = torch.tensor(ids[:p] + [0] * n_img + ids[p + 1:])
             is_img[i, pad + p: pad + p + n_img] = True
             valid[i, pad:] = True
             img_start.append(pad + p)
@@ -120,14 +159,14 @@ class FlexLlava:
         embeds[is_img] = low_feats.reshape(-1, low_feats.shape[-1]).to(embeds.dtype)
         positions = (valid.long().cumsum(1) - 1).clamp(min=0)
         img_cols = torch.tensor(img_start, device=self.device)[:, None] + torch.arange(n_img, device=self.device)
-        return embeds, valid, positions, img_cols
+        return _Embedded(embeds, valid, positions, img_cols)
 
-    def _hd_state(self, images, hd_feats, img_cols, positions, sample_keys) -> HDState | None:
+    def _hires_images(self, images, hd_feats, batch: _Embedded, ids_list) -> HiResImages | None:
         if hd_feats is None:
             return None
         hd_grid = self.grid * self.zoom
-        img_pos = positions.gather(1, img_cols)
-        cos, sin = hd_rope(img_pos, hd_grid, self.cfg.head_dim, self.cfg.rope_theta, self.dtype)
+        cos, sin = hd_rope(batch.positions.gather(1, batch.img_cols), hd_grid, self.cfg.head_dim,
+                           self.cfg.rope_theta, self.dtype)
         axis, n = [], []
         for im in images:
             a, k = padding_patches(im.orig_size, self.grid) if im.padded else ("rows", 0)
@@ -135,18 +174,22 @@ class FlexLlava:
             n.append(k)
         pad_cells = padding_cell_mask(torch.tensor(axis, device=self.device), torch.tensor(n, device=self.device),
                                       self.grid)
-        return HDState(feats=hd_feats, cos=cos, sin=sin, img_cols=img_cols, pad_cells=pad_cells,
-                       select_layer=self.resolved["select_layer"], selection=self.resolved["selection"],
-                       threshold=self.resolved["threshold"], hd_grid=hd_grid, sample_keys=sample_keys,
-                       random_ratio=self.resolved["random_ratio"], seed=self.resolved["seed"])
+        keys = [hashlib.sha256(str(ids).encode()).hexdigest()[:16] for ids in ids_list]
+        return HiResImages(feats=hd_feats, cos=cos, sin=sin, img_cols=batch.img_cols, pad_cells=pad_cells,
+                           hd_grid=hd_grid, sample_keys=keys)
+
+    def _hires(self, images: HiResImages | None, n_rows: int, row_positions) -> HiResContext | None:
+        """The context of one forward call whose last n_rows rows use high-res keys."""
+        if images is None:
+            return None
+        return HiResContext(images, self.options, n_rows, row_positions, Trace())
 
     def _new_cache(self, b: int, capacity: int) -> KVCache:
         c = self.cfg
         return KVCache(c.num_layers, b, c.num_kv_heads, c.head_dim, capacity, self.dtype, self.device)
 
-    @staticmethod
-    def _sample_key(ids: list[int]) -> str:
-        return hashlib.sha256(str(ids).encode()).hexdigest()[:16]
+    def _rope(self, positions: torch.Tensor):
+        return rope_cos_sin(positions, self.cfg.head_dim, self.cfg.rope_theta, self.dtype)
 
     def _prefill_visible(self, valid: torch.Tensor) -> torch.Tensor:
         """[B, T, T] keys each row may see: causal over real tokens; a padding row sees itself (no NaN)."""
@@ -155,90 +198,142 @@ class FlexLlava:
         eye = torch.eye(t, dtype=torch.bool, device=self.device)
         return (causal[None] & valid[:, None, :]) | eye[None]
 
-    def _hd_ratio(self, selected: dict, b: int) -> list[float | None]:
-        """Mean over layers of the selected fraction; `selected`: layer -> [B] token counts."""
-        if not selected:
-            return [None] * b
-        n_tokens = (self.grid * self.zoom) ** 2
-        per_layer = torch.stack([v.float() for v in selected.values()], dim=1)  # [B, layers]
-        return (per_layer.mean(1) / n_tokens).tolist()
+    def _mean_fraction(self, per_layer_counts: list[torch.Tensor]) -> list[float]:
+        """[B] mean over layers of the selected fraction of the high-res tokens, from per-layer [B] counts."""
+        return (torch.stack([c.float() for c in per_layer_counts], dim=1).mean(1) / (self.grid * self.zoom) ** 2).tolist()
 
     # ---- generation ----
     @torch.no_grad()
-    def generate(self, prompts: list[str], images: list[ProcessedImage], max_new_tokens: int = 32,
-                 return_prefill_logits: bool = False):
-        ids_list = [self.tokenizer.encode_prompt(p) for p in prompts]
+    def generate(self, items: list[tuple[Generate, ProcessedImage]], return_prefill_logits: bool = False):
+        """Greedy decoding for each (Generate, image); results (and prefill logits [B, T, V]) in input order."""
+        ids_list = [self.tokenizer.encode_prompt(req.prompt) for req, _ in items]
+        order = _longest_first([len(ids) for ids in ids_list])  # = batch_order
+        results, prefill_logits = self._generate_batch(
+            [ids_list[i] for i in order], [items[i][1] for i in order],
+            [items[i][0].max_new_tokens for i in order], return_prefill_logits)
+        results = _input_order(results, order)
+        if not return_prefill_logits:
+            return results
+        return results, prefill_logits[torch.tensor(_input_order(list(range(len(order))), order), device=self.device)]
+
+    def _generate_batch(self, ids_list, images, max_new: list[int], return_prefill_logits: bool):
         low, hd_feats = self.encode_images(images)
-        embeds, valid, positions, img_cols = self._embed(ids_list, low)
-        b, t, _ = embeds.shape
-        hd = self._hd_state(images, hd_feats, img_cols, positions, [self._sample_key(i) for i in ids_list])
-        cache = self._new_cache(b, t + max_new_tokens)
-        key_valid = torch.zeros(b, t + max_new_tokens, dtype=torch.bool, device=self.device)
-        key_valid[:, :t] = valid
-        visible = self._prefill_visible(valid)
-        cos, sin = rope_cos_sin(positions, self.cfg.head_dim, self.cfg.rope_theta, self.dtype)
-        prefill_trace, trace = Trace(), Trace()
-        hidden = forward(self.lm, embeds, cos, sin, cache, visible, hd, 1, positions[:, -1:], prefill_trace)
+        batch = self._embed(ids_list, low)
+        b, t, _ = batch.embeds.shape
+        hires_images = self._hires_images(images, hd_feats, batch, ids_list)
+        cache = self._new_cache(b, t + max(max_new))
+        hires = self._hires(hires_images, 1, batch.positions[:, -1:])
+        hidden = self.lm.model(batch.embeds, *self._rope(batch.positions), cache,
+                               self._prefill_visible(batch.valid), hires)
         prefill_logits = self.lm.lm_head(hidden) if return_prefill_logits else None
-        logits = self.lm.lm_head(hidden[:, -1])
-        selected_prefill = {k: v[:, 0].tolist() for k, v in prefill_trace.selected.items()}
-        sums = {k: v.clone() for k, v in prefill_trace.selected.items()}
-        steps = 1
-        out = torch.zeros(b, 0, dtype=torch.long, device=self.device)
-        done = torch.zeros(b, dtype=torch.bool, device=self.device)
-        pos = positions[:, -1]
-        for step in range(max_new_tokens):
-            nxt = logits.argmax(-1)
-            out = torch.cat([out, nxt[:, None]], dim=1)
-            done |= nxt == self.tokenizer.eos_id
-            if bool(done.all()) or step == max_new_tokens - 1:
-                break
-            pos = pos + 1
-            key_valid[:, t + step] = True
-            emb = self.lm.model.embed_tokens(nxt)[:, None]
-            c, s = rope_cos_sin(pos[:, None], self.cfg.head_dim, self.cfg.rope_theta, self.dtype)
-            vis = key_valid[:, None, : t + step + 1]
-            trace = Trace()
-            hidden = forward(self.lm, emb, c, s, cache, vis, hd, 1, pos[:, None], trace)
-            for k, v in trace.selected.items():
-                sums[k] = sums[k] + v
-            steps += 1
-            logits = self.lm.lm_head(hidden[:, -1])
-        ratios = self._hd_ratio({k: v[:, 0] / steps for k, v in sums.items()}, b)
+        selected_prefill = {k: v[:, 0].tolist() for k, v in hires.trace.selected.items()} if hires else {}
+        tokens, counts, n_calls = self._decode(self.lm.lm_head(hidden[:, -1]), hires, cache, batch, max_new)
+        ratios = self._mean_fraction([c / n_calls for c in counts.values()]) if hires else [None] * b
         results = []
         for i in range(b):
-            toks = out[i].tolist()
-            if self.tokenizer.eos_id in toks:
-                toks = toks[: toks.index(self.tokenizer.eos_id) + 1]
             results.append(GenerationResult(
-                token_ids=toks, text=self.tokenizer.decode(toks).strip(), n_prompt_tokens=int(valid[i].sum()),
-                hd_selected_ratio=ratios[i],
+                token_ids=tokens[i], text=self.tokenizer.decode(tokens[i]).strip(),
+                n_prompt_tokens=int(batch.valid[i].sum()), hd_selected_ratio=ratios[i],
                 selected_per_layer={str(k): int(v[i]) for k, v in selected_prefill.items()}))
-        if return_prefill_logits:
-            return results, prefill_logits
-        return results
+        return results, prefill_logits
+
+    def _decode(self, logits, hires: HiResContext | None, cache: KVCache, batch: _Embedded, max_new: list[int]):
+        """The greedy loop after the prefill. Returns each row's tokens (through EOS) and, with high-res,
+        each row's selected-token counts summed over its forward calls (layer -> [B]) and the number of
+        those calls: a row that has stopped (EOS or its own max_new_tokens) still rides along in the
+        batch but no longer counts."""
+        b, t = batch.valid.shape
+        limit = torch.tensor(max_new, device=self.device)
+        key_valid = torch.zeros(b, t + max(max_new), dtype=torch.bool, device=self.device)
+        key_valid[:, :t] = batch.valid
+        counts = {k: v[:, 0].clone() for k, v in hires.trace.selected.items()} if hires else {}
+        n_calls = torch.ones(b, dtype=torch.long, device=self.device)
+        tokens = torch.zeros(b, 0, dtype=torch.long, device=self.device)
+        done = torch.zeros(b, dtype=torch.bool, device=self.device)
+        pos = batch.positions[:, -1]
+        for step in range(max(max_new)):
+            nxt = logits.argmax(-1)
+            tokens = torch.cat([tokens, nxt[:, None]], dim=1)
+            done |= (nxt == self.tokenizer.eos_id) | (limit <= step + 1)
+            if bool(done.all()):
+                break
+            pos, active = pos + 1, ~done
+            key_valid[:, t + step] = True
+            hires = self._hires(hires.images if hires else None, 1, pos[:, None])
+            hidden = self.lm.model(self.lm.model.embed_tokens(nxt)[:, None], *self._rope(pos[:, None]), cache,
+                                   key_valid[:, None, : t + step + 1], hires)
+            for k, v in (hires.trace.selected.items() if hires else ()):
+                counts[k] = counts[k] + v[:, 0] * active
+            n_calls = n_calls + active.long()
+            logits = self.lm.lm_head(hidden[:, -1])
+        return [self._through_eos(row.tolist(), n) for row, n in zip(tokens, max_new)], counts, n_calls
+
+    def _through_eos(self, toks: list[int], max_new: int) -> list[int]:
+        toks = toks[:max_new]
+        return toks[: toks.index(self.tokenizer.eos_id) + 1] if self.tokenizer.eos_id in toks else toks
 
     # ---- likelihood scoring ----
     @torch.no_grad()
-    def score_options(self, prompts: list[str], images: list[ProcessedImage], options: list[list[str]],
-                      append_eos: bool = False) -> list[ChoiceResult]:
+    def choose(self, items: list[tuple[Choice, ProcessedImage]]) -> list[ChoiceResult]:
         """Mean NLL of each option's tokens given its prompt (the release's train()-path scoring)."""
         prompt_ids, option_ids = [], []
-        for p, opts in zip(prompts, options):
-            pairs = [self.tokenizer.encode_option(p, o, append_eos) for o in opts]
+        for req, _ in items:
+            pairs = [self.tokenizer.encode_option(req.prompt, o, req.append_eos) for o in req.options]
             prompt_ids.append(pairs[0][0])
             option_ids.append([s for _, s in pairs])
+        order = _longest_first([len(ids) for ids in prompt_ids])
+        results = self._choose_batch([prompt_ids[i] for i in order], [option_ids[i] for i in order],
+                                     [items[i][1] for i in order])
+        return _input_order(results, order)
+
+    def _choose_batch(self, prompt_ids, option_ids, images) -> list[ChoiceResult]:
         low, hd_feats = self.encode_images(images)
         # 1) the prompt minus its last token: no row uses high-res there, so run it once.
-        embeds, valid, positions, img_cols = self._embed([ids[:-1] for ids in prompt_ids], low)
-        b, t, _ = embeds.shape
-        block = max(len(s) for sample in option_ids for s in sample)  # rows per option block
-        n_blocks = max(len(s) for s in option_ids)
-        cache = self._new_cache(b, t + n_blocks * block)
-        visible = self._prefill_visible(valid)
-        cos, sin = rope_cos_sin(positions, self.cfg.head_dim, self.cfg.rope_theta, self.dtype)
-        forward(self.lm, embeds, cos, sin, cache, visible, None, 0, positions[:, -1:])
+        prefix = self._embed([ids[:-1] for ids in prompt_ids], low)
+        b, t, _ = prefix.embeds.shape
+        blocks = _OptionBlocks.build(prompt_ids, option_ids, self.device)
+        cache = self._new_cache(b, t + blocks.rows)
+        self.lm.model(prefix.embeds, *self._rope(prefix.positions), cache, self._prefill_visible(prefix.valid))
         # 2) every option as a block [last prompt token, option tokens but the last], all rows high-res.
+        n_prefix = prefix.valid.sum(1)  # [B] the last prompt token's position
+        positions = n_prefix[:, None] + blocks.offset  # [B, rows]
+        hires = self._hires(self._hires_images(images, hd_feats, prefix, prompt_ids), blocks.rows, positions)
+        hidden = self.lm.model(self.lm.model.embed_tokens(blocks.tokens), *self._rope(positions), cache,
+                               blocks.visible(prefix.valid), hires)
+        logits = self.lm.lm_head(hidden).float()  # [B, rows, V]
+        mean_nll = blocks.mean_nll(logits).tolist()
+        ratios = self._row_ratios(hires.trace, blocks.row_valid) if hires else [None] * b
+        return [ChoiceResult(option_nll=mean_nll[i][: len(option_ids[i])], n_prompt_tokens=int(n_prefix[i]) + 1,
+                             hd_selected_ratio=ratios[i]) for i in range(b)]
+
+    def _row_ratios(self, trace: Trace, row_valid: torch.Tensor) -> list[float | None]:
+        """Per sample: the selected fraction averaged over its real option rows and the layers."""
+        n_tokens = (self.grid * self.zoom) ** 2
+        sel = torch.stack(list(trace.selected.values()), 0).float()  # [layers, B, R]
+        per_row = (sel * row_valid[None]).sum((0, 2)) / (row_valid.sum(1) * sel.shape[0])
+        return (per_row / n_tokens).tolist()
+
+
+@dataclass
+class _OptionBlocks:
+    """A sample's options laid out as equal-size blocks of one suffix call (block-causal)."""
+
+    tokens: torch.Tensor  # [B, rows] input ids: last prompt token, then each option's tokens but its last
+    targets: torch.Tensor  # [B, rows] the next token of each row (-100: padding)
+    row_valid: torch.Tensor  # [B, rows]
+    offset: torch.Tensor  # [B, rows] position within its block
+    block: int  # rows per block
+    n_blocks: int
+
+    @property
+    def rows(self) -> int:
+        return self.block * self.n_blocks
+
+    @staticmethod
+    def build(prompt_ids, option_ids, device) -> _OptionBlocks:
+        b = len(prompt_ids)
+        block = max(len(s) for sample in option_ids for s in sample)
+        n_blocks = max(len(s) for s in option_ids)
         ts = n_blocks * block
         tok = torch.zeros(b, ts, dtype=torch.long)
         targets = torch.full((b, ts), -100, dtype=torch.long)
@@ -246,37 +341,27 @@ class FlexLlava:
         offset = torch.zeros(b, ts, dtype=torch.long)
         for i, (pids, opts) in enumerate(zip(prompt_ids, option_ids)):
             for k, suffix in enumerate(opts):
-                rows = [pids[-1]] + suffix[:-1]
-                s = k * block
+                rows, s = [pids[-1]] + suffix[:-1], k * block
                 tok[i, s:s + len(rows)] = torch.tensor(rows)
                 targets[i, s:s + len(rows)] = torch.tensor(suffix)
                 row_valid[i, s:s + len(rows)] = True
                 offset[i, s:s + block] = torch.arange(block)
-        tok, targets, row_valid, offset = (x.to(self.device) for x in (tok, targets, row_valid, offset))
-        n_prefix = valid.sum(1)  # the last prompt token's position
-        pos_s = n_prefix[:, None] + offset
-        blk = torch.arange(ts, device=self.device) // block
-        within = (blk[:, None] == blk[None, :]) & (torch.arange(ts, device=self.device)[None, :]
-                                                   <= torch.arange(ts, device=self.device)[:, None])
-        vis_s = torch.cat([valid[:, None, :].expand(b, ts, t), (within[None] & row_valid[:, None, :])
-                           | torch.eye(ts, dtype=torch.bool, device=self.device)[None]], dim=2)
-        hd = self._hd_state(images, hd_feats, img_cols, positions, [self._sample_key(i) for i in prompt_ids])
-        c, s_ = rope_cos_sin(pos_s, self.cfg.head_dim, self.cfg.rope_theta, self.dtype)
-        trace = Trace()
-        hidden = forward(self.lm, self.lm.model.embed_tokens(tok), c, s_, cache, vis_s, hd, ts, pos_s, trace)
-        logits = self.lm.lm_head(hidden).float()
-        nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none",
-                              ignore_index=-100).reshape(b, n_blocks, block)
-        counts = (targets != -100).reshape(b, n_blocks, block).sum(-1)
-        mean_nll = (nll.sum(-1) / counts.clamp(min=1)).tolist()
-        ratios = self._row_ratios(trace, row_valid)
-        return [ChoiceResult(option_nll=mean_nll[i][: len(option_ids[i])], n_prompt_tokens=int(n_prefix[i]) + 1,
-                             hd_selected_ratio=ratios[i]) for i in range(b)]
+        tok, targets, row_valid, offset = (x.to(device) for x in (tok, targets, row_valid, offset))
+        return _OptionBlocks(tok, targets, row_valid, offset, block, n_blocks)
 
-    def _row_ratios(self, trace: Trace, row_valid: torch.Tensor) -> list[float | None]:
-        if not trace.selected:
-            return [None] * row_valid.shape[0]
-        n_tokens = (self.grid * self.zoom) ** 2
-        sel = torch.stack(list(trace.selected.values()), 0).float()  # [layers, B, R]
-        per_row = (sel * row_valid[None]).sum((0, 2)) / (row_valid.sum(1) * sel.shape[0])
-        return (per_row / n_tokens).tolist()
+    def visible(self, prefix_valid: torch.Tensor) -> torch.Tensor:
+        """[B, rows, prefix + rows]: the whole real prefix, then causal within the row's own block."""
+        b, ts, dev = prefix_valid.shape[0], self.rows, prefix_valid.device
+        idx = torch.arange(ts, device=dev)
+        blk = idx // self.block
+        within = (blk[:, None] == blk[None, :]) & (idx[None, :] <= idx[:, None])
+        own = (within[None] & self.row_valid[:, None, :]) | torch.eye(ts, dtype=torch.bool, device=dev)[None]
+        return torch.cat([prefix_valid[:, None, :].expand(b, ts, prefix_valid.shape[1]), own], dim=2)
+
+    def mean_nll(self, logits: torch.Tensor) -> torch.Tensor:
+        """logits [B, rows, V] -> [B, n_blocks] mean NLL of each option's tokens."""
+        b = logits.shape[0]
+        nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), self.targets.reshape(-1), reduction="none",
+                              ignore_index=-100).reshape(b, self.n_blocks, self.block)
+        counts = (self.targets != -100).reshape(b, self.n_blocks, self.block).sum(-1)
+        return nll.sum(-1) / counts.clamp(min=1)

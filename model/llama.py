@@ -1,9 +1,9 @@
 """The LLaMA language model of LLaVA-1.5, with the release's parameter names (spec section 1).
 
 Module names follow the checkpoint (`model.layers.{i}.self_attn.k_proj_hd`, `model.mm_projector.0`,
-`lm_head`, ...), so a release state dict loads with `load_state_dict` as it is. The forward passes
-live in `fast.py` (batched) and `reference.py` (literal); this file only holds weights and the
-small shared maths (RMSNorm, RoPE).
+`lm_head`, ...), so a release state dict loads with `load_state_dict` as it is. The forward here is
+the fast path's (batched, KV-cached; the attention kernels are in `fast.py`); `reference.py` has
+its own literal forward over the same weights.
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import FlexConfig
+from .fast import HiResContext, KVCache, hierarchical_attention, sdpa_attention
+from .rope import apply_rope, repeat_kv
 
 
 class RMSNorm(nn.Module):
@@ -29,8 +31,9 @@ class RMSNorm(nn.Module):
 
 
 class Attention(nn.Module):
-    def __init__(self, cfg: FlexConfig):
+    def __init__(self, cfg: FlexConfig, layer: int):
         super().__init__()
+        self.layer = layer  # its index: the cache slot, and whether it selects / reads high-res keys
         d, hd = cfg.hidden_size, cfg.head_dim
         self.num_heads, self.num_kv_heads, self.head_dim = cfg.num_heads, cfg.num_kv_heads, hd
         self.q_proj = nn.Linear(d, cfg.num_heads * hd, bias=False)
@@ -40,6 +43,23 @@ class Attention(nn.Module):
         if cfg.has_hd:  # FlexAttention's projections of the high-res features (present in every layer)
             self.k_proj_hd = nn.Linear(d, cfg.num_kv_heads * hd, bias=False)
             self.v_proj_hd = nn.Linear(d, cfg.num_kv_heads * hd, bias=False)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: KVCache,
+                visible: torch.Tensor, hires: HiResContext | None) -> torch.Tensor:
+        """x [B, T, D] (the call's new tokens), visible [B, T, cache + T] -> [B, T, D]."""
+        b, t, _ = x.shape
+        q = self.q_proj(x).view(b, t, self.num_heads, self.head_dim).transpose(1, 2)  # [B, H, T, d]
+        k = self.k_proj(x).view(b, t, self.num_kv_heads, self.head_dim).transpose(1, 2)  # [B, Hkv, T, d]
+        v = self.v_proj(x).view(b, t, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        q, k = apply_rope(q, cos[:, None], sin[:, None]), apply_rope(k, cos[:, None], sin[:, None])
+        keys, values = cache.update(self.layer, k, v)  # [B, Hkv, cache + T, d]
+        n_rep = self.num_heads // self.num_kv_heads
+        keys, values = repeat_kv(keys, n_rep), repeat_kv(values, n_rep)  # [B, H, cache + T, d]
+        if hires is not None and hires.selects_at(self.layer):
+            out = hierarchical_attention(self, self.layer, q, keys, values, visible, hires)
+        else:
+            out = sdpa_attention(q, keys, values, visible)
+        return self.o_proj(out.transpose(1, 2).reshape(b, t, -1))
 
 
 class MLP(nn.Module):
@@ -54,12 +74,16 @@ class MLP(nn.Module):
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, cfg: FlexConfig):
+    def __init__(self, cfg: FlexConfig, layer: int):
         super().__init__()
-        self.self_attn = Attention(cfg)
+        self.self_attn = Attention(cfg, layer)
         self.mlp = MLP(cfg)
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+
+    def forward(self, x, cos, sin, cache: KVCache, visible, hires: HiResContext | None) -> torch.Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, cache, visible, hires)
+        return x + self.mlp(self.post_attention_layernorm(x))
 
 
 def make_projector(cfg: FlexConfig) -> nn.Module:
@@ -74,9 +98,22 @@ class Backbone(nn.Module):
     def __init__(self, cfg: FlexConfig):
         super().__init__()
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
-        self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.num_layers))
+        self.layers = nn.ModuleList(DecoderLayer(cfg, i) for i in range(cfg.num_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.mm_projector = make_projector(cfg)
+
+    def forward(self, embeds: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: KVCache,
+                visible: torch.Tensor, hires: HiResContext | None = None) -> torch.Tensor:
+        """All layers on the call's new tokens embeds [B, T, D]; returns the final-normed hidden [B, T, D].
+
+        cos/sin [B, T, head_dim] of the tokens' positions; visible [B, T, cache.length + T]: which keys
+        each new row may attend to; hires: which rows use high-res keys, or None.
+        """
+        x = embeds
+        for layer in self.layers:
+            x = layer(x, cos, sin, cache, visible, hires)
+        cache.advance(embeds.shape[1])
+        return self.norm(x)
 
 
 class LlavaLM(nn.Module):
@@ -89,41 +126,3 @@ class LlavaLM(nn.Module):
         self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
 
 
-# ---- RoPE (as transformers 4.37's LlamaRotaryEmbedding: fp32 tables, cast to the model dtype) ----
-
-def rope_cos_sin(positions: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype):
-    """cos, sin of shape [*positions.shape, head_dim] for integer positions."""
-    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=positions.device).float() / head_dim))
-    freqs = positions.float()[..., None] * inv_freq
-    emb = torch.cat((freqs, freqs), dim=-1)
-    return emb.cos().to(dtype), emb.sin().to(dtype)
-
-
-def rotate_half(x: torch.Tensor) -> torch.Tensor:
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((-x2, x1), dim=-1)
-
-
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    return x * cos + rotate_half(x) * sin
-
-
-def hd_rope(image_positions: torch.Tensor, hd_grid: int, head_dim: int, theta: float, dtype: torch.dtype):
-    """RoPE for the high-res keys (spec section 3): the cos/sin of the 576 low-res image positions,
-    as a 24x24 grid, bicubic-interpolated (align_corners=False) to hd_grid x hd_grid, row-major.
-
-    image_positions: [B, 576] -> cos, sin [B, hd_grid^2, head_dim].
-    """
-    b, n = image_positions.shape
-    grid = int(round(n ** 0.5))
-    out = []
-    for table in rope_cos_sin(image_positions, head_dim, theta, dtype):
-        t = table.float().reshape(b, grid, grid, head_dim).permute(0, 3, 1, 2)
-        t = F.interpolate(t, size=(hd_grid, hd_grid), mode="bicubic", align_corners=False)
-        out.append(t.flatten(2).transpose(1, 2).to(dtype))
-    return out[0], out[1]
-
-
-def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
-    """[B, Hkv, S, d] -> [B, Hkv * n_rep, S, d] (grouped-query attention)."""
-    return x if n_rep == 1 else x.repeat_interleave(n_rep, dim=1)

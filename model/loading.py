@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from flexeval.errors import FlexEvalError
+from flexeval.hub import snapshot
 
 from .config import FlexConfig, RunOptions
 from .flex_llava import FlexLlava
@@ -52,15 +53,9 @@ def local_folder(path_or_id: str, patterns=("*.json", "*.safetensors", "*.model"
     if p.exists() or path_or_id.startswith((".", "/")) or path_or_id.count("/") != 1:
         raise FlexEvalError(f"model folder {path_or_id} not found; give a checkpoint folder or a hub id like "
                             "senfu/llava-v1.5-7b-flexattn")
-    try:
-        from huggingface_hub import snapshot_download
-
-        return Path(snapshot_download(repo_id=path_or_id, allow_patterns=list(patterns)))
-    except Exception as e:
-        raise FlexEvalError(
-            f"cannot get {path_or_id} from the hub ({type(e).__name__}: {e}); offline, download it elsewhere "
-            f"(huggingface-cli download {path_or_id}) and pass its folder with --model"
-        ) from e
+    return snapshot(path_or_id, allow_patterns=list(patterns),
+                    hint=f"offline, download it elsewhere (huggingface-cli download {path_or_id}) and pass its "
+                         "folder with --model")
 
 
 def read_state_dict(folder: Path) -> dict[str, torch.Tensor]:
@@ -265,9 +260,6 @@ def load_pretrained(path_or_id: str | os.PathLike, dtype="auto", device: str = "
     tok = LlavaTokenizer(folder / "tokenizer.model")
     lm.to(device=device, dtype=torch_dtype).eval()
     vision.to(device=device, dtype=torch_dtype).eval()
-    if options is None:
-        options = RunOptions(selection="attention" if cfg.has_hd else "none")
-    model = FlexLlava(lm, vision, tok, cfg, options, device=device, dtype=torch_dtype)
-    model.source = str(path_or_id)
-    model.folder = folder  # where the files are (a hub snapshot for a hub id)
-    return model
+    # folder: where the files are (a hub snapshot for a hub id)
+    return FlexLlava(lm, vision, tok, cfg, options, device=device, dtype=torch_dtype, source=str(path_or_id),
+                     folder=folder)

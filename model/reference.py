@@ -60,7 +60,7 @@ def _rotate(x, cos, sin):
 def _select(model: FlexLlava, attn_probs: torch.Tensor, rows: list[int], img_begin: int, image: ProcessedImage,
             hd_grid: int) -> torch.Tensor:
     """The release's selection for each row in `rows` (attn_probs: [H, T, K] low-res-only softmax)."""
-    mode = model.resolved["selection"]
+    mode = model.options.selection
     if mode == "all":
         return torch.ones(len(rows), hd_grid * hd_grid, dtype=torch.bool, device=attn_probs.device)
     if mode == "center":
@@ -85,7 +85,7 @@ def _select(model: FlexLlava, attn_probs: torch.Tensor, rows: list[int], img_beg
     lo = avg.min(1, keepdim=True).values
     hi = avg.max(1, keepdim=True).values
     avg = ((avg - lo) / (hi - lo)).reshape(-1, 1, 24, 24)
-    avg = ((avg * 255) > model.resolved["threshold"]).float()
+    avg = ((avg * 255) > model.options.threshold).float()
     avg = F.adaptive_max_pool2d(avg, (9, 9))
     return F.interpolate(avg, size=hd_grid, mode="nearest").bool().flatten(1)
 
@@ -95,7 +95,7 @@ def _forward(model: FlexLlava, embeds: torch.Tensor, positions: torch.Tensor, ca
     """One forward call over `embeds` [T, D] with a growing cache (list of (k, v) per layer)."""
     lm, cfg = model.lm, model.cfg
     hdim, nh, nkv = cfg.head_dim, cfg.num_heads, cfg.num_kv_heads
-    s_layer = model.resolved["select_layer"]
+    s_layer = model.options.select_layer
     hd_grid = 24 * model.zoom
     cos, sin = (t.to(model.dtype) for t in _rope(positions, hdim, cfg.rope_theta))
     x = embeds
@@ -158,14 +158,18 @@ def _prepare(model: FlexLlava, ids: list[int], image: ProcessedImage):
 
 
 @torch.no_grad()
-def generate(model: FlexLlava, prompt: str, image: ProcessedImage, max_new_tokens: int):
-    """Greedy decoding; the last row of each forward call uses high-res. Returns (ids, prefill RefOutput)."""
+def generate(model: FlexLlava, prompt: str, image: ProcessedImage, max_new_tokens: int,
+             calls: list | None = None):
+    """Greedy decoding; the last row of each forward call uses high-res. Returns (ids, prefill RefOutput);
+    `calls`, if given, receives every forward call's RefOutput (prefill first)."""
     ids = model.tokenizer.encode_prompt(prompt)
     embeds, hd, hd_cos, hd_sin, p0 = _prepare(model, ids, image)
     cache = [None] * model.cfg.num_layers
     t = embeds.shape[0]
     prefill = _forward(model, embeds, torch.arange(t, device=model.device), cache, [t - 1], hd, hd_cos, hd_sin,
                        p0, image)
+    calls = [] if calls is None else calls
+    calls.append(prefill)
     logits, out = prefill.logits[-1], []
     for step in range(max_new_tokens):
         nxt = int(logits.argmax())
@@ -173,8 +177,9 @@ def generate(model: FlexLlava, prompt: str, image: ProcessedImage, max_new_token
         if nxt == model.tokenizer.eos_id or step == max_new_tokens - 1:
             break
         e = model.lm.model.embed_tokens(torch.tensor([nxt], device=model.device))
-        logits = _forward(model, e, torch.tensor([t + step], device=model.device), cache, [0], hd, hd_cos, hd_sin,
-                          p0, image).logits[-1]
+        calls.append(_forward(model, e, torch.tensor([t + step], device=model.device), cache, [0], hd, hd_cos,
+                              hd_sin, p0, image))
+        logits = calls[-1].logits[-1]
     return out, prefill
 
 

@@ -60,10 +60,8 @@ def random_model(size: str, device: str, dtype: torch.dtype, selection: str = "c
     tok = LlavaTokenizer(train_tokenizer(tok_dir))
     lm.to(dtype).eval()
     vision = VisionTower(clip, -2).to(dtype).eval()
-    model = FlexLlava(lm, vision, tok, cfg, RunOptions(selection=selection), device=device, dtype=dtype)
-    model.source = f"random-{size}"
-    model.folder = tok_dir
-    return model
+    return FlexLlava(lm, vision, tok, cfg, RunOptions(selection=selection), device=device, dtype=dtype,
+                     source=f"random-{size}", folder=tok_dir)
 
 
 def _sync(device):
@@ -84,12 +82,14 @@ def timeit(fn, device, repeat: int = 5, warmup: int = 1) -> float:
     return statistics.median(times)
 
 
-def run_speed(size: str = "7b", device: str = "cuda", dtype: str = "float16", batch: int = 8,
+def run_speed(draw_scene, prompt, size: str = "7b", device: str = "cuda", dtype: str = "float16", batch: int = 8,
               new_tokens: int = 8, repeat: int = 5, out: Path | None = None) -> dict:
-    from flexeval.benchmarks.samples import draw_scene
-    from flexeval.conversation import SHORT_ANSWER_SUFFIX, llava_v1_prompt
+    """draw_scene(rng, w, h, n) -> (PIL image, _) and prompt(question) -> conversation text come from
+    the caller (the benchmarks' sample drawer and template: the model does not import benchmarks)."""
+    from flexeval.requests import Choice, Generate
 
     from . import reference
+    from .config import RunOptions
     from .image import Preprocessor
     from .loading import resolve_dtype
 
@@ -116,19 +116,21 @@ def run_speed(size: str = "7b", device: str = "cuda", dtype: str = "float16", ba
                  "What is the material of the glove?", "What is the breed of the dog?",
                  "What is the color of the clock?", "Is the cup on the left or right side of the bottle?",
                  "What animal is drawn on the flag?", "What is the color of the bag?"]
-    prompts = [llava_v1_prompt(q + SHORT_ANSWER_SUFFIX) for q in questions][:batch]
+    prompts = [prompt(q) for q in questions][:batch]
     sizes = [(2246, 1582), (1600, 1200), (1200, 1800), (2000, 900), (1024, 1024), (1500, 2000), (1800, 1350),
              (2400, 1600)]
     images = [pre(draw_scene(rng, w, h, 4)[0]) for w, h in sizes][:batch]
     options = [["red", "blue", "green", "white"]] * batch
+    gen = [(Generate(p, p, new_tokens), im) for p, im in zip(prompts, images)]
+    cho = [(Choice(p, p, tuple(o)), im) for p, o, im in zip(prompts, options, images)]
 
     # correctness on this device and dtype: fast vs reference, one sample
     ids_ref, pre_ref = reference.generate(model, prompts[0], images[0], new_tokens)
-    (fast,), logits = model.generate(prompts[:1], images[:1], new_tokens, return_prefill_logits=True)
+    (fast,), logits = model.generate(gen[:1], return_prefill_logits=True)
     rel = float((logits[0, -pre_ref.logits.shape[0]:].float() - pre_ref.logits.float()).abs().max()
                 / pre_ref.logits.float().abs().max())
     nll_ref = [reference.option_nll(model, prompts[0], images[0], o)[0] for o in options[0]]
-    nll_fast = model.score_options(prompts[:1], images[:1], options[:1])[0].option_nll
+    nll_fast = model.choose(cho[:1])[0].option_nll
     res["check"] = {"prefill_logits_max_rel_diff": rel, "same_tokens": ids_ref == fast.token_ids,
                     "nll_ref": nll_ref, "nll_fast": nll_fast, "hd_selected_ratio": fast.hd_selected_ratio}
 
@@ -136,18 +138,17 @@ def run_speed(size: str = "7b", device: str = "cuda", dtype: str = "float16", ba
         return 1000 * timeit(fn, device, repeat) / n
 
     res["encode_images_ms_per_image"] = ms(lambda: model.encode_images(images), len(images))
-    res["fast_generate_b1_ms"] = ms(lambda: model.generate(prompts[:1], images[:1], new_tokens), 1)
-    res[f"fast_generate_b{batch}_ms_per_sample"] = ms(lambda: model.generate(prompts, images, new_tokens), batch)
-    res["fast_choice_b1_ms"] = ms(lambda: model.score_options(prompts[:1], images[:1], options[:1]), 1)
-    res[f"fast_choice_b{batch}_ms_per_question"] = ms(lambda: model.score_options(prompts, images, options), batch)
+    res["fast_generate_b1_ms"] = ms(lambda: model.generate(gen[:1]), 1)
+    res[f"fast_generate_b{batch}_ms_per_sample"] = ms(lambda: model.generate(gen), batch)
+    res["fast_choice_b1_ms"] = ms(lambda: model.choose(cho[:1]), 1)
+    res[f"fast_choice_b{batch}_ms_per_question"] = ms(lambda: model.choose(cho), batch)
     r = max(1, repeat // 2)
     res["reference_generate_b1_ms"] = 1000 * timeit(
         lambda: reference.generate(model, prompts[0], images[0], new_tokens), device, r)
     res["reference_choice_b1_ms"] = 1000 * timeit(
         lambda: [reference.option_nll(model, prompts[0], images[0], o) for o in options[0]], device, r)
-    model.use_hd = False  # the plain low-res LLaVA-1.5 computation: the floor
-    res[f"lowres_generate_b{batch}_ms_per_sample"] = ms(lambda: model.generate(prompts, images, new_tokens), batch)
-    model.use_hd = True
+    lowres = model.with_options(RunOptions(selection="none"))  # the plain low-res LLaVA-1.5 computation: the floor
+    res[f"lowres_generate_b{batch}_ms_per_sample"] = ms(lambda: lowres.generate(gen), batch)
     res["speedup_generate_b1"] = res["reference_generate_b1_ms"] / res["fast_generate_b1_ms"]
     res[f"speedup_generate_b{batch}"] = res["reference_generate_b1_ms"] / res[f"fast_generate_b{batch}_ms_per_sample"]
     res["speedup_choice_b1"] = res["reference_choice_b1_ms"] / res["fast_choice_b1_ms"]

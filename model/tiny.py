@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from flexeval.conversation import LLAVA_V1_SYSTEM, SHORT_ANSWER_SUFFIX, VSTAR_OFFICIAL_SYSTEM
+from flexeval.errors import FlexEvalError
 
 from .config import FlexConfig
 from .llama import LlavaLM
@@ -30,14 +30,25 @@ CLIP = dict(image_size=336, patch_size=14, hidden_size=32, intermediate_size=64,
 QK_GAIN = 2.0  # q/k init std = gain / sqrt(fan_in): peaky attention; selections ~3-25% per layer (about 10% on average), cells no closer than ~0.015/255 to the threshold on the demo data
 
 
+# Conversation text as the benchmarks word it (benchmarks/conversation.py: the LLaVA v1 template with
+# both system prompts and the short-answer suffix), so the tokenizer learns the template's pieces.
+# The model may not import the benchmarks; tests/test_boundaries.py checks these lines match them.
+TEMPLATE_LINES = (
+    "A chat between a curious human and an artificial intelligence assistant. The assistant gives helpful, "
+    "detailed, and polite answers to the human's questions. USER: What is the color of the cup?\nAnswer the "
+    "question using a single word or phrase. ASSISTANT: red",
+    "A chat between a curious user and an artificial intelligence assistant. The assistant gives helpful, "
+    "detailed, and polite answers to the user's questions. USER: Is the flag on the left? ASSISTANT: yes</s>",
+)
+
+
 def _corpus(seed: int) -> list[str]:
     rng = random.Random(seed)
     words = ("red green blue yellow white black purple orange cup flag umbrella bag car kite left right side "
              "the of is what color on or answer question using single word phrase option letter given choices "
              "directly yes no there a an building road water residential area number more than less equal "
              "image picture sign text brand name time how many which where who A B C D").split()
-    lines = [f"{LLAVA_V1_SYSTEM} USER: What is the color of the cup?{SHORT_ANSWER_SUFFIX} ASSISTANT: red",
-             f"{VSTAR_OFFICIAL_SYSTEM} USER: Is the flag on the left? ASSISTANT: yes</s>",
+    lines = [*TEMPLATE_LINES,
              "A. red, B. blue, C. green, D. yellow A. B. C. D. Answer with the option's letter from the given "
              "choices directly. The answer is (A) 0 1 2 3 4 5 6 7 8 9 1,000 U.S.A. coca-cola it's don't"]
     for _ in range(400):
@@ -111,8 +122,6 @@ def make_tiny_model(out: str | Path, seed: int = 0, fmt: str = "release") -> Pat
     from safetensors.torch import save_file
 
     if fmt not in ("release", "llava", "llava-hf"):
-        from flexeval.errors import FlexEvalError
-
         raise FlexEvalError(f"unknown format '{fmt}'; choose release, llava or llava-hf")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -167,7 +176,7 @@ def _save_llava_hf(out: Path, cfg: FlexConfig, lm: LlavaLM, clip_dir: Path) -> P
     """
     from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
 
-    from .loading import _fit_clip_keys, read_state_dict
+    from .loading import read_state_dict
 
     text = LlamaConfig(hidden_size=cfg.hidden_size, num_hidden_layers=cfg.num_layers,
                        num_attention_heads=cfg.num_heads, num_key_value_heads=cfg.num_kv_heads,
@@ -197,7 +206,6 @@ def _save_llava_hf(out: Path, cfg: FlexConfig, lm: LlavaLM, clip_dir: Path) -> P
             rest = k.split("language_model.", 1)[1]
             rest = rest[len("model."):] if rest.startswith("model.") else rest
             new[k] = ours["model." + rest]
-    del _fit_clip_keys
     hf.load_state_dict(new, strict=True)
     import shutil
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from flexeval.conversation import IMAGE_TOKEN
 from flexeval.errors import FlexEvalError
 
+IMAGE_TOKEN = "<image>"  # where the prompt text holds the image (LLaVA's DEFAULT_IMAGE_TOKEN)
 IMAGE_TOKEN_ID = -200  # LLaVA's placeholder id: the 576 low-res image tokens go here
 
 

@@ -91,7 +91,7 @@ def stripped_model(stripped_dir):
 @pytest.fixture(scope="session")
 def variant(release_model):
     """variant(**RunOptions fields) -> a FlexLlava over the release weights with those options."""
-    from flexeval.model import FlexLlava, RunOptions
+    from flexeval.model import RunOptions
 
     cache = {}
 
@@ -99,8 +99,7 @@ def variant(release_model):
         key = tuple(sorted(options.items()))
         if key not in cache:
             m = release_model
-            cache[key] = FlexLlava(m.lm, m.vision, m.tokenizer, m.cfg, RunOptions(**options), device=m.device,
-                                   dtype=m.dtype)
+            cache[key] = m.with_options(RunOptions(**options))
         return cache[key]
 
     return make
@@ -117,7 +116,7 @@ class Sample:
 
     @property
     def prompt(self) -> str:
-        from flexeval.conversation import SHORT_ANSWER_SUFFIX, llava_v1_prompt
+        from flexeval.benchmarks.conversation import SHORT_ANSWER_SUFFIX, llava_v1_prompt
 
         return llava_v1_prompt(self.question + SHORT_ANSWER_SUFFIX)
 
@@ -157,12 +156,42 @@ def baseline_images(llava_model, samples):
     return [llava_model.preprocess(s.image) for s in samples]
 
 
+def rel_diff(a, b) -> float:
+    """max |a - b| / max |b|, in float32."""
+    return float((a.float() - b.float()).abs().max() / b.float().abs().max())
+
+
+# ---- requests as the runner builds them ----
+
+def gen_items(prompts, images, max_new_tokens):
+    """[(Generate, image)] for FlexLlava.generate; max_new_tokens: one int, or one per prompt."""
+    from flexeval.requests import Generate
+
+    n = max_new_tokens if isinstance(max_new_tokens, (list, tuple)) else [max_new_tokens] * len(prompts)
+    return [(Generate(prompt=p, question=p, max_new_tokens=k), im) for p, im, k in zip(prompts, images, n, strict=True)]
+
+
+def choice_items(prompts, images, options, append_eos=False):
+    """[(Choice, image)] for FlexLlava.choose."""
+    from flexeval.requests import Choice
+
+    return [(Choice(prompt=p, question=p, options=tuple(o), append_eos=append_eos), im)
+            for p, im, o in zip(prompts, images, options, strict=True)]
+
+
+def batch_rows(model, items) -> list[int]:
+    """Row of each input item inside the model's batch (it runs longest prompt first)."""
+    order = model.batch_order([req for req, _ in items])
+    return [order.index(i) for i in range(len(items))]
+
+
 # ---- recording the fast path's selection masks ----
 
 @pytest.fixture(scope="session")
 def recorded_traces():
     """with recorded_traces() as traces: ... -> every fast.Trace that flex_llava creates during the
-    block, in creation order, with keep_masks=True (layer -> [B, R, N] bool masks)."""
+    block, in creation order, with keep_masks=True (layer -> [B, R, N] bool masks, rows in the
+    model's batch order: see batch_rows)."""
     from dataclasses import dataclass as _dataclass
 
     import flexeval.model.flex_llava as flex_llava

@@ -18,7 +18,7 @@ from flexeval.model.image import (
     split_crops,
     stitch_crops,
 )
-from flexeval.model.llama import hd_rope, rope_cos_sin
+from flexeval.model.rope import hd_rope, rope_cos_sin
 
 RED = (200, 10, 30)
 
@@ -82,12 +82,19 @@ def test_preprocess_crop_mode_is_not_padded():
 
 
 def test_lowres_view_is_antialiased_bilinear():
+    """Antialiased bilinear at scale 3 is a triangle filter stretched by 3: output pixel j averages
+    input pixels 3j-1 .. 3j+3 with weights 1, 2, 3, 2, 1 (/9) per axis, computed here by hand."""
     g = torch.Generator().manual_seed(0)
     px = torch.randn(2, 3, 1008, 1008, generator=g)
-    want = F.interpolate(px, size=(336, 336), mode="bilinear", antialias=True, align_corners=False)
-    assert torch.equal(lowres_view(px, 336), want)
-    plain = F.interpolate(px, size=(336, 336), mode="bilinear", antialias=False, align_corners=False)
-    assert not torch.allclose(lowres_view(px, 336), plain, atol=1e-3)
+    low = lowres_view(px, 336)
+    assert low.shape == (2, 3, 336, 336)
+    x = px.double()
+    w = torch.tensor([1.0, 2.0, 3.0, 2.0, 1.0], dtype=torch.float64) / 9
+    rows = sum(w[k] * x[:, :, 2 + k: 2 + k + 3 * 334: 3] for k in range(5))  # output rows 1..334
+    want = sum(w[k] * rows[:, :, :, 2 + k: 2 + k + 3 * 334: 3] for k in range(5))
+    assert torch.allclose(low[:, :, 1:335, 1:335].double(), want, atol=1e-5)
+    # plain bilinear (no antialias) would pick the pixel under each output centre: visibly different
+    assert not torch.allclose(low[:, :, 1:335, 1:335].double(), x[:, :, 4:1006:3, 4:1006:3], atol=1e-2)
     small = px[:, :, :336, :336]
     assert lowres_view(small, 336) is small
 
@@ -208,8 +215,8 @@ def test_model_uses_per_sample_image_positions_under_left_padding(release_model,
     m = release_model
     ids = [m.tokenizer.encode_prompt(s.prompt) for s in samples[:2]]
     low, _ = m.encode_images(release_images[:2])
-    _, valid, positions, img_cols = m._embed(ids, low)
+    batch = m._embed(ids, low)
     p0 = [i.index(-200) for i in ids]
     for b in range(2):
-        assert positions[b].gather(0, img_cols[b]).tolist() == list(range(p0[b], p0[b] + 576))
-        assert int(valid[b].sum()) == len(ids[b]) - 1 + 576
+        assert batch.positions[b].gather(0, batch.img_cols[b]).tolist() == list(range(p0[b], p0[b] + 576))
+        assert int(batch.valid[b].sum()) == len(ids[b]) - 1 + 576

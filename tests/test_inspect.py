@@ -9,8 +9,8 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
+from flexeval.benchmarks.conversation import SHORT_ANSWER_SUFFIX, llava_v1_prompt
 from flexeval.cli import app
-from flexeval.conversation import SHORT_ANSWER_SUFFIX, llava_v1_prompt
 from flexeval.model import load_pretrained, reference
 
 

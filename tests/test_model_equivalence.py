@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import batch_rows, choice_items, gen_items, rel_diff
 
 from flexeval.model import reference
 
@@ -18,9 +19,6 @@ RTOL = 1e-4
 HD_TOKENS = 72 * 72
 SELECT_LAYERS = [8, 9, 10, 11]  # S = 8 makes the first selection; the tiny model has 12 layers
 
-
-def rel_diff(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a.float() - b.float()).abs().max() / b.float().abs().max())
 
 
 # ---- reference results, one sample at a time (computed once per module) ----
@@ -42,13 +40,13 @@ def ref_nll(release_model, samples, release_images):
 
 def _fast_generate(model, recorded_traces, samples, images, indices):
     """-> per sample: (GenerationResult, prefill logits [T_batch, V] of its batch row, prefill masks)."""
+    items = gen_items([samples[i].prompt for i in indices], [images[i] for i in indices], N_NEW)
     with recorded_traces() as traces:
-        res, pl = model.generate([samples[i].prompt for i in indices], [images[i] for i in indices], N_NEW,
-                                 return_prefill_logits=True)
-    prefill = traces[0]
+        res, pl = model.generate(items, return_prefill_logits=True)
+    prefill, rows = traces[0], batch_rows(model, items)
     out = {}
     for b, i in enumerate(indices):
-        out[i] = (res[b], pl[b], {layer: m[b, 0] for layer, m in prefill.masks.items()})
+        out[i] = (res[b], pl[b], {layer: m[rows[b], 0] for layer, m in prefill.masks.items()})
     return out
 
 
@@ -66,10 +64,12 @@ def fast_gen(request, release_model, recorded_traces, samples, release_images):
 def _fast_score(model, recorded_traces, samples, images, indices):
     """-> per sample: (ChoiceResult, [per option: {layer: [rows, N] masks}])."""
     tok = model.tokenizer
+    items = choice_items([samples[i].prompt for i in indices], [images[i] for i in indices],
+                         [samples[i].options for i in indices])
     with recorded_traces() as traces:
-        res = model.score_options([samples[i].prompt for i in indices], [images[i] for i in indices],
-                                  [samples[i].options for i in indices])
+        res = model.choose(items)
     assert len(traces) == 1
+    batch_row = batch_rows(model, items)
     masks = traces[0].masks
     suffixes = {i: [tok.encode_option(samples[i].prompt, o)[1] for o in samples[i].options] for i in indices}
     block = max(len(s) for i in indices for s in suffixes[i])  # rows per option block (flex_llava layout)
@@ -78,7 +78,7 @@ def _fast_score(model, recorded_traces, samples, images, indices):
         per_option = []
         for k, suffix in enumerate(suffixes[i]):
             rows = slice(k * block, k * block + len(suffix))
-            per_option.append({layer: m[b, rows] for layer, m in masks.items()})
+            per_option.append({layer: m[batch_row[b], rows] for layer, m in masks.items()})
         out[i] = (res[b], per_option)
     return out
 
@@ -187,9 +187,10 @@ def test_likelihood_selections_are_non_degenerate(ref_nll, samples):
 def test_other_modes_match_reference(options, variant, samples, release_images, recorded_traces):
     model = variant(**options)
     idx = [1, 3]  # tall and small: different lengths, left padding in the batch
+    items = gen_items([samples[i].prompt for i in idx], [release_images[i] for i in idx], 3)
     with recorded_traces() as traces:
-        res, pl = model.generate([samples[i].prompt for i in idx], [release_images[i] for i in idx], 3,
-                                 return_prefill_logits=True)
+        res, pl = model.generate(items, return_prefill_logits=True)
+    rows = batch_rows(model, items)
     for b, i in enumerate(idx):
         ids, ref = reference.generate(model, samples[i].prompt, release_images[i], 3)
         assert res[b].token_ids == ids
@@ -197,8 +198,8 @@ def test_other_modes_match_reference(options, variant, samples, release_images, 
         assert rel_diff(pl[b, -n:], ref.logits) <= RTOL
         assert sorted(ref.selections) == sorted(traces[0].masks)
         for layer, want in ref.selections.items():
-            assert torch.equal(traces[0].masks[layer][b, 0], want[0]), (options, layer)
-        nll = model.score_options([samples[i].prompt], [release_images[i]], [samples[i].options])[0].option_nll
+            assert torch.equal(traces[0].masks[layer][rows[b], 0], want[0]), (options, layer)
+        nll = model.choose(choice_items([samples[i].prompt], [release_images[i]], [samples[i].options]))[0].option_nll
         want = [reference.option_nll(model, samples[i].prompt, release_images[i], o)[0] for o in samples[i].options]
         assert all(abs(g - w) <= RTOL * abs(w) for g, w in zip(nll, want, strict=True)), (nll, want)
     if "first_hd_layer" in options:
@@ -208,9 +209,9 @@ def test_other_modes_match_reference(options, variant, samples, release_images, 
 def test_high_res_keys_change_the_output(release_model, variant, samples, release_images):
     """Attention selection must really feed high-res keys: the high-res row's logits move vs none."""
     i = 0
-    _, with_hd = release_model.generate([samples[i].prompt], [release_images[i]], 1, return_prefill_logits=True)
-    _, none = variant(selection="none").generate([samples[i].prompt], [release_images[i]], 1,
-                                                 return_prefill_logits=True)
+    items = gen_items([samples[i].prompt], [release_images[i]], 1)
+    _, with_hd = release_model.generate(items, return_prefill_logits=True)
+    _, none = variant(selection="none").generate(items, return_prefill_logits=True)
     assert with_hd.shape == none.shape
     assert rel_diff(with_hd[0, -1], none[0, -1]) > 1e-2
     # rows before the last use no high-res keys in generation: identical to none

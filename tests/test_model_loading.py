@@ -7,14 +7,11 @@ import os
 
 import pytest
 import torch
+from conftest import choice_items, gen_items, rel_diff
 
 from flexeval.errors import FlexEvalError
 from flexeval.model import RunOptions, load_pretrained
 from flexeval.model.tiny import make_tiny_model
-
-
-def rel_diff(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a.float() - b.float()).abs().max() / b.float().abs().max())
 
 
 def clone(src, dst, config_edit=None, drop_tensors=()):
@@ -42,13 +39,13 @@ def clone(src, dst, config_edit=None, drop_tensors=()):
 
 def test_formats_load_with_the_right_config(release_model, llava_model, llava_hf_model):
     assert release_model.cfg.format == "release" and release_model.cfg.has_hd
-    assert release_model.resolved["selection"] == "attention"
+    assert release_model.options.selection == "attention"
     assert (release_model.cfg.zoom_ratio, release_model.cfg.highres_size, release_model.cfg.lowres_size) == (3, 1008, 336)
-    assert release_model.cfg.threshold == 48.0 and release_model.resolved["select_layer"] == 8
+    assert release_model.cfg.threshold == 48.0 and release_model.options.select_layer == 8
     assert release_model.image_size == 1008
     for m, fmt in ((llava_model, "llava"), (llava_hf_model, "llava-hf")):
         assert m.cfg.format == fmt and not m.cfg.has_hd
-        assert m.resolved["selection"] == "none" and m.image_size == 336
+        assert m.options.selection == "none" and m.image_size == 336
         assert not hasattr(m.lm.model.layers[0].self_attn, "k_proj_hd")
     for m in (release_model, llava_model, llava_hf_model):
         assert (m.cfg.hidden_size, m.cfg.num_layers, m.cfg.num_heads) == (64, 12, 4)
@@ -61,14 +58,14 @@ def test_llava_and_llava_hf_give_the_same_results(llava_model, llava_hf_model, s
     assert a_sd.keys() == b_sd.keys()
     assert all(torch.equal(a_sd[k], b_sd[k]) for k in a_sd)
     prompts = [s.prompt for s in samples]
-    a, la = llava_model.generate(prompts, baseline_images, 4, return_prefill_logits=True)
-    b, lb = llava_hf_model.generate(prompts, baseline_images, 4, return_prefill_logits=True)
+    a, la = llava_model.generate(gen_items(prompts, baseline_images, 4), return_prefill_logits=True)
+    b, lb = llava_hf_model.generate(gen_items(prompts, baseline_images, 4), return_prefill_logits=True)
     assert [r.token_ids for r in a] == [r.token_ids for r in b]
     assert [r.text for r in a] == [r.text for r in b]
     assert rel_diff(lb, la) <= 1e-5
     opts = [s.options for s in samples]
-    na = [x for r in llava_model.score_options(prompts, baseline_images, opts) for x in r.option_nll]
-    nb = [x for r in llava_hf_model.score_options(prompts, baseline_images, opts) for x in r.option_nll]
+    na = [x for r in llava_model.choose(choice_items(prompts, baseline_images, opts)) for x in r.option_nll]
+    nb = [x for r in llava_hf_model.choose(choice_items(prompts, baseline_images, opts)) for x in r.option_nll]
     assert na == pytest.approx(nb, rel=1e-5)
 
 
@@ -235,13 +232,13 @@ def test_half_precision_forward_on_cpu(request, which, dtype, tol, samples):
     assert m.dtype == want and next(m.lm.parameters()).dtype == want and next(m.vision.parameters()).dtype == want
     s = samples[0]
     im = m.preprocess(s.image)
-    res, logits = m.generate([s.prompt], [im], 2, return_prefill_logits=True)
-    res32, logits32 = full.generate([s.prompt], [im], 2, return_prefill_logits=True)
+    res, logits = m.generate(gen_items([s.prompt], [im], 2), return_prefill_logits=True)
+    res32, logits32 = full.generate(gen_items([s.prompt], [im], 2), return_prefill_logits=True)
     assert logits.dtype == want and bool(torch.isfinite(logits).all())
     assert rel_diff(logits, logits32) <= tol
     assert len(res[0].token_ids) == 2
-    nll = m.score_options([s.prompt], [im], [s.options])[0].option_nll
-    nll32 = full.score_options([s.prompt], [im], [s.options])[0].option_nll
+    nll = m.choose(choice_items([s.prompt], [im], [s.options]))[0].option_nll
+    nll32 = full.choose(choice_items([s.prompt], [im], [s.options]))[0].option_nll
     assert all(x == x and abs(x) < 1e3 for x in nll)  # finite
     assert nll == pytest.approx(nll32, rel=0.02)
     if m.cfg.has_hd:

@@ -73,7 +73,7 @@ def test_resume_after_a_crash_gives_the_uninterrupted_files(env, tmp_path, monke
 
     from flexeval.model.flex_llava import FlexLlava
 
-    real = FlexLlava.score_options
+    real = FlexLlava.choose
     calls = {"n": 0}
 
     def crashing(self, *a, **k):
@@ -82,14 +82,14 @@ def test_resume_after_a_crash_gives_the_uninterrupted_files(env, tmp_path, monke
             raise KeyboardInterrupt  # killed during the second batch
         return real(self, *a, **k)
 
-    monkeypatch.setattr(FlexLlava, "score_options", crashing)
+    monkeypatch.setattr(FlexLlava, "choose", crashing)
     with pytest.raises(KeyboardInterrupt):
         _run(env, tmp_path / "crash", batch_size="2")
     shard = next((tmp_path / "crash" / "tiny" / "vstar" / "shards").glob("*.jsonl"))
     assert len(shard.read_text().splitlines()) == 2  # the first batch survived, fsync'ed
     with open(shard, "ab") as f:
         f.write(b'{"key": "torn')  # and a torn write at the moment of the kill
-    monkeypatch.setattr(FlexLlava, "score_options", real)
+    monkeypatch.setattr(FlexLlava, "choose", real)
     run = _run(env, tmp_path / "crash", batch_size="2")
     assert run["timing"]["reused"] == 2 and run["timing"]["ran"] == 4
     assert (tmp_path / "crash" / "tiny" / "vstar" / "predictions.jsonl").read_bytes() == full
@@ -169,16 +169,16 @@ def test_auto_batch_backs_off_on_out_of_memory_without_losing_work(env, tmp_path
     _run(env, tmp_path / "ref", batch_size="1")
     from flexeval.model.flex_llava import FlexLlava
 
-    real = FlexLlava.score_options
+    real = FlexLlava.choose
     seen = []
 
-    def small_memory(self, prompts, *a, **k):
-        seen.append(len(prompts))
-        if len(prompts) > 2:
+    def small_memory(self, items):
+        seen.append(len(items))
+        if len(items) > 2:
             raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return real(self, prompts, *a, **k)
+        return real(self, items)
 
-    monkeypatch.setattr(FlexLlava, "score_options", small_memory)
+    monkeypatch.setattr(FlexLlava, "choose", small_memory)
     run = _run(env, tmp_path / "oom", batch_size="auto")  # auto starts at 4 on the CPU
     assert seen[0] == 4 and max(seen[1:]) <= 2 and run["timing"]["batch_size_final"] == 2
     a = _lines(tmp_path / "ref" / "tiny" / "vstar" / "predictions.jsonl")

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from conftest import gen_items
 
-from flexeval.conversation import SHORT_ANSWER_SUFFIX, llava_v1_prompt
+from flexeval.benchmarks.conversation import SHORT_ANSWER_SUFFIX, llava_v1_prompt
 from flexeval.errors import FlexEvalError
 from flexeval.model.tokenizer import IMAGE_TOKEN_ID, LlavaTokenizer
 
@@ -108,4 +109,4 @@ def test_prompt_without_image_is_a_clear_error(release_model):
 
     img = release_model.preprocess(Image.new("RGB", (400, 300), (10, 20, 30)))
     with pytest.raises(FlexEvalError, match="no <image>"):
-        release_model.generate(["USER: hello ASSISTANT:"], [img], 2)
+        release_model.generate(gen_items(["USER: hello ASSISTANT:"], [img], 2))

@@ -4,17 +4,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from flexeval.conversation import IMAGE_TOKEN, llava_v1_prompt
+from flexeval.benchmarks.base import open_image
+from flexeval.benchmarks.conversation import IMAGE_TOKEN, llava_v1_prompt
 from flexeval.errors import FlexEvalError
+from flexeval.requests import Choice, Generate
 
 
 def inspect_sample(model: str, image: Path, prompt: str, options: list[str] | None = None,
                    max_new_tokens: int = 16, dtype: str = "float32", device: str = "cpu",
                    dump_logits: Path | None = None, raw: bool = False, selection: str | None = None) -> dict:
-    from flexeval.benchmarks.base import open_image
-
-    from .config import RunOptions
-    from .loading import load_pretrained
+    from flexeval.model import RunOptions, load_pretrained
 
     if raw:
         if IMAGE_TOKEN not in prompt:
@@ -28,7 +27,8 @@ def inspect_sample(model: str, image: Path, prompt: str, options: list[str] | No
     if not raw:
         m.tokenizer.check_template(text)
     processed = m.preprocess(open_image(str(image)))
-    results, logits = m.generate([text], [processed], max_new_tokens=max_new_tokens, return_prefill_logits=True)
+    request = Generate(prompt=text, question=prompt, max_new_tokens=max_new_tokens)
+    results, logits = m.generate([(request, processed)], return_prefill_logits=True)
     res = results[0]
     out = {
         "prompt": text,
@@ -38,12 +38,12 @@ def inspect_sample(model: str, image: Path, prompt: str, options: list[str] | No
         "generated_text": res.text,
         "selected_per_layer": res.selected_per_layer,
         "hd_tokens": (m.grid * m.zoom) ** 2 if m.use_hd else 0,
-        "selection": m.resolved["selection"],
+        "selection": m.options.selection,
         "dtype": str(m.dtype).replace("torch.", ""),
         "device": str(m.device),
     }
     if options:
-        nll = m.score_options([text], [processed], [options])[0].option_nll
+        nll = m.choose([(Choice(prompt=text, question=prompt, options=tuple(options)), processed)])[0].option_nll
         out["option_nll"] = dict(zip(options, nll))
         out["prediction"] = options[min(range(len(nll)), key=lambda i: nll[i])]
     if dump_logits:
