@@ -215,6 +215,9 @@ def build_items(bench: Benchmark, samples: list[Sample], protocol: str, max_new_
     items = []
     for s in samples:
         req = bench.request(s, protocol)
+        if type(req) not in REQUEST_KINDS:
+            raise FlexEvalError(f"{bench.name}: item {s.id} asks for a {type(req).__name__} request; the runner "
+                                f"answers {', '.join(t.__name__ for t in REQUEST_KINDS)} (add it to REQUEST_KINDS)")
         if max_new_tokens and isinstance(req, Generate):
             req = replace(req, max_new_tokens=max_new_tokens)
         items.append(Item(s, req, f"{s.fingerprint()}-{request_fingerprint(req)}"))
