@@ -107,14 +107,16 @@ def decode_image_bytes(value: Any) -> bytes:
 
 
 def open_image(image: ImageSource, where: str = "") -> Image.Image:
-    """Decode an image source to RGB; a broken file is a FlexEvalError naming it."""
+    """Decode an image source in its own mode (16-bit, float, alpha kept: the model side turns it
+    into 8-bit RGB, `model.image.to_rgb8`); a multi-page file gives its first page (frame 0).
+    A broken file is a FlexEvalError naming it."""
     try:
         img = Image.open(io.BytesIO(image) if isinstance(image, bytes) else image)
         img.load()
     except Exception as e:  # PIL raises many types
         name = where or (image if isinstance(image, str) else "<embedded image bytes>")
         raise FlexEvalError(f"cannot decode image {name}: {e}; replace the file or re-fetch the data") from e
-    return img.convert("RGB")
+    return img
 
 
 def read_json(path: Path) -> Any:
