@@ -110,11 +110,15 @@ def open_image(image: ImageSource, where: str = "") -> Image.Image:
     """Decode an image source in its own mode (16-bit, float, alpha kept: the model side turns it
     into 8-bit RGB, `model.image.to_rgb8`); a multi-page file gives its first page (frame 0).
     A broken file is a FlexEvalError naming it."""
+    name = where or (image if isinstance(image, str) else "<embedded image bytes>")
     try:
         img = Image.open(io.BytesIO(image) if isinstance(image, bytes) else image)
         img.load()
+    except Image.DecompressionBombError as e:  # a large file is not a broken one: replacing it is no fix
+        raise FlexEvalError(f"image {name} is larger than PIL's decompression-bomb guard allows ({e}); the file is "
+                            f"fine: if you trust it, raise the pixel limit (PIL.Image.MAX_IMAGE_PIXELS, now "
+                            f"{Image.MAX_IMAGE_PIXELS})") from e
     except Exception as e:  # PIL raises many types
-        name = where or (image if isinstance(image, str) else "<embedded image bytes>")
         raise FlexEvalError(f"cannot decode image {name}: {e}; replace the file or re-fetch the data") from e
     return img
 
@@ -172,6 +176,7 @@ class Benchmark:
     subsets: tuple[str, ...] = ()  # accuracy.csv row order
     expected_counts: dict[str, int] = {}  # published item counts per subset (and/or "overall")
     kind: str = "generate"  # "generate" | "choice"
+    splits: tuple[str, ...] = ()  # benchmarks with several test splits: the first is the default
 
     def load(self, data_dir: Path, **options: Any) -> list[Sample]:
         raise NotImplementedError
@@ -200,6 +205,15 @@ class Benchmark:
                 f"benchmark {self.name} has no protocol '{protocol}'; choose one of {', '.join(self.protocols)}"
             )
         return protocol
+
+    def check_split(self, split: str | None) -> str | None:
+        """The split's canonical name (None: the benchmark has one test set and no --split was given)."""
+        if not split:
+            return self.splits[0] if self.splits else None
+        if split not in self.splits:
+            raise FlexEvalError(f"benchmark {self.name} has no split '{split}'; "
+                                + (f"choose one of {', '.join(self.splits)}" if self.splits else "drop --split"))
+        return split
 
     def count_report(self, samples: list[Sample]) -> dict:
         """Loaded vs published counts per subset; `mismatch` lists the differences."""

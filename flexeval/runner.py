@@ -20,7 +20,11 @@ from torch.utils.data import DataLoader, Dataset
 from flexeval import __version__
 from flexeval.benchmarks import get_benchmark, list_benchmarks
 from flexeval.benchmarks.base import Benchmark, Choice, Generate, Sample, open_image
+from flexeval.command import run_command
 from flexeval.errors import FlexEvalError
+from flexeval.identity import checkpoint_content, local_model_name
+from flexeval.layout import results_dir, variant_name
+from flexeval.preflight import check_model_options, check_run_options, count_sentence, load_samples, split_for
 from flexeval.store import PredictionStore, fingerprint, write_json_atomic
 from flexeval.tables import format_rows, score_records, write_accuracy_csv, write_report
 
@@ -58,7 +62,7 @@ def model_tag(cfg: RunConfig, model) -> str:
     """Results folder name: the checkpoint's name plus every non-default knob."""
     if cfg.tag:
         return cfg.tag
-    name = Path(str(cfg.model).rstrip("/")).name or "model"
+    name = local_model_name(cfg.model) or Path(str(cfg.model).rstrip("/")).name or "model"
     parts = [re.sub(r"[^A-Za-z0-9._-]+", "-", name)]
     r = model.resolved
     if model.cfg.has_hd:
@@ -76,13 +80,11 @@ def model_tag(cfg: RunConfig, model) -> str:
 
 
 def model_identity(model) -> dict:
-    """What makes two runs' predictions comparable: weights, config, knobs, dtype."""
+    """What makes two runs' predictions comparable: the checkpoint's content (not its place or the
+    spelling of --model: flexeval/identity.py), config, knobs, dtype."""
     folder = Path(model.folder)
-    files = sorted((p.name, p.stat().st_size) for p in folder.iterdir()
-                   if p.suffix in (".safetensors", ".bin", ".model", ".json"))
     config_text = (folder / "config.json").read_text()
-    return {"source": model.source, "folder": str(folder.resolve()), "files": files,
-            "config_sha": fingerprint(config_text), "format": model.cfg.format,
+    return {"files": checkpoint_content(folder), "config_sha": fingerprint(config_text), "format": model.cfg.format,
             "options": model.resolved, "dtype": str(model.dtype).replace("torch.", "")}
 
 
@@ -179,14 +181,19 @@ def _generate_records(model, batch, reqs, max_new_tokens):
              "n_new_tokens": len(res.token_ids), "hd_selected_ratio": res.hd_selected_ratio} for res in out]
 
 
-def run_benchmark(bench: Benchmark, model, cfg: RunConfig, data_dir: Path, protocol: str) -> dict:
+def run_benchmark(bench: Benchmark, model, cfg: RunConfig, data_dir: Path, protocol: str,
+                  samples: list[Sample] | None = None) -> dict:
+    """One benchmark; `samples`: already loaded (run_benchmarks loads every benchmark before the model)."""
     from flexeval.meta import data_fingerprint, environment_info
 
     t0 = time.time()
-    samples = bench.load(data_dir, split=cfg.split)
+    split = split_for(bench, cfg.split, several=cfg.bench == "all")
+    if samples is None:
+        samples = bench.load(data_dir, split=split)
     counts = bench.count_report(samples)
     if counts["mismatch"]:
-        log(f"[{bench.name}] item counts differ from the published ones: {counts['mismatch']}")
+        log(count_sentence(bench.name, counts))
+    n_items = len(samples)
     if cfg.limit is not None:
         samples = samples[: cfg.limit]
     requests = [bench.request(s, protocol) for s in samples]
@@ -199,26 +206,31 @@ def run_benchmark(bench: Benchmark, model, cfg: RunConfig, data_dir: Path, proto
                              "flexeval_scoring_inputs": 1})
     tag = model_tag(cfg, model)
     bench_dir = Path(cfg.out) / tag / bench.name
-    bench_dir.mkdir(parents=True, exist_ok=True)
+    # Other protocols, splits and --limit runs get their own folder (flexeval/layout.py); shards are shared.
+    variant = variant_name(bench, protocol, split, cfg.limit, n_items, cfg.max_new_tokens)
+    out_dir = results_dir(bench_dir, variant)
+    out_dir.mkdir(parents=True, exist_ok=True)
     store = PredictionStore(bench_dir, config_fp)
     done = store.completed()
     pending = [i for i, k in enumerate(keys) if k not in done]
     log(f"[{bench.name}] {len(samples)} items, {len(samples) - len(pending)} already done, {len(pending)} to run "
-        f"-> {bench_dir}")
+        f"-> {out_dir}")
     sizer = BatchSizer(cfg.batch_size, str(model.device))
     stats = {"batches": 0, "model_seconds": 0.0}
     if pending:
         _run_pending(bench, model, cfg, samples, requests, keys, pending, store, sizer, stats, protocol)
     store.close()
-    records = store.finalize(keys)
-    scored, rows = score_records(bench, records, protocol, where=str(bench_dir / "predictions.jsonl"))
-    write_accuracy_csv(bench_dir / "accuracy.csv", rows)
+    records = store.finalize(keys, dest_dir=out_dir)
+    scored, rows = score_records(bench, records, protocol, where=str(out_dir / "predictions.jsonl"))
+    write_accuracy_csv(out_dir / "accuracy.csv", rows)
     wall = time.time() - t0
     ratios = [r["hd_selected_ratio"] for r in records if r.get("hd_selected_ratio") is not None]
     run = {
-        "benchmark": bench.name, "protocol": protocol, "flexeval_version": __version__,
-        "config_fingerprint": config_fp,
+        "benchmark": bench.name, "protocol": protocol, "split": split, "variant": variant,
+        "flexeval_version": __version__, "config_fingerprint": config_fp,
+        "command": run_command(cfg, bench.name, data_dir, protocol, split),
         "model": {"tag": tag, "kind": "flexattention" if model.cfg.has_hd else "llava-1.5",
+                  "source": model.source, "folder": str(Path(model.folder).resolve()),
                   **identity, "device": str(model.device), "architecture": model.cfg.to_dict()},
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
         "data": {"dir": str(Path(data_dir).resolve()), "fingerprint": data_fingerprint([Path(data_dir)]),
@@ -236,13 +248,13 @@ def run_benchmark(bench: Benchmark, model, cfg: RunConfig, data_dir: Path, proto
         },
         "accuracy": rows,
     }
-    write_json_atomic(bench_dir / "run.json", run)
+    write_json_atomic(out_dir / "run.json", run)
     skipped = [r for r in records if r.get("skipped")]
     if skipped:
         log(f"[{bench.name}] {len(skipped)} items were not run and count as wrong, e.g. {skipped[0]['id']}: "
             f"{skipped[0]['skipped']} (all are marked 'skipped' in predictions.jsonl)")
     print(format_rows(rows))
-    print(f"accuracy table: {bench_dir / 'accuracy.csv'}")
+    print(f"accuracy table: {out_dir / 'accuracy.csv'}")
     return run
 
 
@@ -258,9 +270,13 @@ def _run_pending(bench, model, cfg, samples, requests, keys, pending, store, siz
     sub_requests = [requests[i] for i in pending]
     dataset = _ImageDataset(sub_samples, sub_requests, model.preprocessor)
     bar = tqdm(total=len(pending), desc=bench.name, unit="sample", disable=cfg.quiet, dynamic_ncols=True)
+    # Until the first batch is done the count sits at 0: the bar says what is happening instead.
+    bar.set_postfix_str("starting the image decoders")
     buffer: list = []
 
     def flush(items):
+        if stats["batches"] == 0:
+            bar.set_postfix_str(f"model: first batch of {len(items)} (the slowest: kernels warm up)")
         ready = [(j, im) for j, im, err in items if err is None]
         records = {}
         for j, _, err in items:
@@ -285,9 +301,13 @@ def _run_pending(bench, model, cfg, samples, requests, keys, pending, store, siz
             out.append({**rec, **bench.score(rec, protocol)})
         store.append(out)  # flushed and fsync'ed: a kill after this loses nothing
         stats["batches"] += 1
+        if stats["batches"] == 1:
+            bar.set_postfix_str("", refresh=False)
         bar.update(len(items))
 
     for item in _loader(dataset, cfg.workers):
+        if stats["batches"] == 0:
+            bar.set_postfix_str(f"first batch: {len(buffer) + 1}/{sizer.size} images decoded")
         buffer.append(item)
         if len(buffer) >= sizer.size:
             flush(buffer)
@@ -308,6 +328,7 @@ def _group_run(sizer: BatchSizer, batch, reqs, fn):
 def run_benchmarks(cfg: RunConfig) -> list[dict]:
     from flexeval.model import RunOptions, load_pretrained
 
+    check_run_options(cfg)
     if cfg.bench == "all":
         benches = list_benchmarks()
         root = Path(cfg.data_dir or "data")
@@ -329,11 +350,20 @@ def run_benchmarks(cfg: RunConfig) -> list[dict]:
         protocols[b.name] = cfg.protocol if cfg.protocol in b.protocols else b.protocols[0]
     options = RunOptions(selection=cfg.selection, threshold=cfg.threshold, first_hd_layer=cfg.first_layer,
                          zoom=cfg.zoom, seed=cfg.seed)
+    # Everything a typo can break is checked before the model loads (flexeval/preflight.py).
+    check_model_options(cfg.model, options)
+    several = cfg.bench == "all"
+    if cfg.split and several:
+        log(f"--split {cfg.split} applies to {', '.join(b.name for b in benches if b.splits) or 'no benchmark'}")
+    samples = {b.name: load_samples(b, dirs[b.name], split_for(b, cfg.split, several),
+                                    explicit_dir=cfg.data_dir is not None and not several) for b in benches}
     torch.manual_seed(cfg.seed)
     log(f"loading {cfg.model} ...")
     model = load_pretrained(cfg.model, dtype=cfg.dtype, device=cfg.device, options=options)
-    runs = [run_benchmark(b, model, cfg, dirs[b.name], protocols[b.name]) for b in benches]
+    runs = [run_benchmark(b, model, cfg, dirs[b.name], protocols[b.name], samples[b.name]) for b in benches]
     if cfg.bench == "all":
         print(write_report(Path(cfg.out)))
         print(f"summary: {Path(cfg.out) / 'summary.csv'} and {Path(cfg.out) / 'summary.md'}")
+    else:
+        print(f"every result under {cfg.out} side by side: flexeval report {cfg.out}")
     return runs
