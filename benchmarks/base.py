@@ -11,7 +11,6 @@ import base64
 import hashlib
 import io
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
@@ -19,6 +18,7 @@ from typing import Any, Union
 from PIL import Image
 
 from flexeval.errors import FlexEvalError
+from flexeval.store import file_sha256
 
 # An image as a benchmark hands it over: a path on disk, or the encoded file's bytes
 # (parquet/base64 releases). Decoding happens later, in the runner's data workers.
@@ -67,9 +67,6 @@ class Choice:
 
 Request = Union[Generate, Choice]
 
-_digest_cache: dict[tuple, str] = {}
-
-
 def image_digest(image: ImageSource | None) -> str:
     """sha256 of the image file's bytes (memoised per path, size and mtime)."""
     if image is None:
@@ -77,17 +74,9 @@ def image_digest(image: ImageSource | None) -> str:
     if isinstance(image, bytes):
         return hashlib.sha256(image).hexdigest()
     try:
-        st = os.stat(image)
+        return file_sha256(image)
     except OSError as e:
         raise FlexEvalError(f"image file {image} cannot be read ({e}); restore it or re-fetch the data") from e
-    key = (image, st.st_size, st.st_mtime_ns)
-    if key not in _digest_cache:
-        h = hashlib.sha256()
-        with open(image, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-        _digest_cache[key] = h.hexdigest()
-    return _digest_cache[key]
 
 
 def decode_image_bytes(value: Any) -> bytes:

@@ -10,30 +10,22 @@ checkpoint is read once per process (~10 s from the page cache right after loadi
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 from pathlib import Path
 
+from flexeval.store import file_sha256
+
 CHECKPOINT_SUFFIXES = (".safetensors", ".bin", ".model", ".json")
 _OBJECT_ID = re.compile(r"^[0-9a-f]{40}$|^[0-9a-f]{64}$")
-_digests: dict[tuple, str] = {}
 
 
 def file_digest(path: Path) -> str:
-    """sha256 of a file's bytes (a hub blob's object id when it is one), memoised per path/size/mtime."""
+    """sha256 of a file's bytes, or a hub blob's object id when it is one (nothing read then)."""
     real = Path(os.path.realpath(path))
     if real.parent.name == "blobs" and _OBJECT_ID.match(real.name):
         return real.name
-    st = real.stat()
-    key = (str(real), st.st_size, st.st_mtime_ns)
-    if key not in _digests:
-        h = hashlib.sha256()
-        with open(real, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 22), b""):
-                h.update(chunk)
-        _digests[key] = h.hexdigest()
-    return _digests[key]
+    return file_sha256(real)
 
 
 def checkpoint_content(folder: Path) -> list[list]:

@@ -47,6 +47,22 @@ def fingerprint(obj: Any) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
+_file_digests: dict[tuple, str] = {}
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """sha256 of a file's bytes, memoised per path, size and mtime; OSError when it cannot be read."""
+    st = os.stat(path)
+    key = (str(path), st.st_size, st.st_mtime_ns)
+    if key not in _file_digests:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 22), b""):
+                h.update(chunk)
+        _file_digests[key] = h.hexdigest()
+    return _file_digests[key]
+
+
 def record_line(record: dict) -> bytes:
     """The one serialisation of a record, used by shards and predictions.jsonl alike.
 

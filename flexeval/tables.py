@@ -1,7 +1,7 @@
 """Scores to tables: accuracy.csv per run, rescoring without a model, the cross-model report,
 and the `flexeval list` overview of the data folders.
 
-Files read and written (per `<results>/<model-tag>/<bench>/`):
+Files read and written (per `<results>/<model-tag>/<bench>/` and its variant folders, flexeval/layout.py):
   predictions.jsonl  the raw records (never rewritten here)
   run.json           read for "benchmark", "protocol" and model.kind ("flexattention" | "llava-1.5")
   accuracy.csv       benchmark,subset,n,correct,accuracy (percent)
