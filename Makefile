@@ -27,6 +27,7 @@ demo: setup
 	$(BIN)/flexeval model make-tiny --out $(DEMO)/llava-tiny-flexattn --seed 0
 	$(BIN)/flexeval data make-sample --bench vstar --out $(DEMO)/data/vstar --n 6
 	$(BIN)/flexeval run --bench vstar --model $(DEMO)/llava-tiny-flexattn --data-dir $(DEMO)/data/vstar --out $(DEMO)/results
+	$(BIN)/flexeval report $(DEMO)/results
 
 test: setup
 	$(BIN)/python -m pytest

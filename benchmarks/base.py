@@ -11,7 +11,6 @@ import base64
 import hashlib
 import io
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
@@ -20,6 +19,7 @@ from PIL import Image
 
 from flexeval.errors import FlexEvalError
 from flexeval.requests import Request
+from flexeval.store import file_sha256
 
 # An image as a benchmark hands it over: a path on disk, or the encoded file's bytes
 # (parquet/base64 releases). Decoding happens later, in the runner's data workers.
@@ -48,9 +48,6 @@ class Sample:
 
 
 
-_digest_cache: dict[tuple, str] = {}
-
-
 def image_digest(image: ImageSource | None) -> str:
     """sha256 of the image file's bytes (memoised per path, size and mtime)."""
     if image is None:
@@ -58,17 +55,9 @@ def image_digest(image: ImageSource | None) -> str:
     if isinstance(image, bytes):
         return hashlib.sha256(image).hexdigest()
     try:
-        st = os.stat(image)
+        return file_sha256(image)
     except OSError as e:
         raise FlexEvalError(f"image file {image} cannot be read ({e}); restore it or re-fetch the data") from e
-    key = (image, st.st_size, st.st_mtime_ns)
-    if key not in _digest_cache:
-        h = hashlib.sha256()
-        with open(image, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-        _digest_cache[key] = h.hexdigest()
-    return _digest_cache[key]
 
 
 def decode_image_bytes(value: Any) -> bytes:
@@ -88,14 +77,20 @@ def decode_image_bytes(value: Any) -> bytes:
 
 
 def open_image(image: ImageSource, where: str = "") -> Image.Image:
-    """Decode an image source to RGB; a broken file is a FlexEvalError naming it."""
+    """Decode an image source in its own mode (16-bit, float, alpha kept: the model side turns it
+    into 8-bit RGB, `model.image.to_rgb8`); a multi-page file gives its first page (frame 0).
+    A broken file is a FlexEvalError naming it."""
+    name = where or (image if isinstance(image, str) else "<embedded image bytes>")
     try:
         img = Image.open(io.BytesIO(image) if isinstance(image, bytes) else image)
         img.load()
+    except Image.DecompressionBombError as e:  # a large file is not a broken one: replacing it is no fix
+        raise FlexEvalError(f"image {name} is larger than PIL's decompression-bomb guard allows ({e}); the file is "
+                            f"fine: if you trust it, raise the pixel limit (PIL.Image.MAX_IMAGE_PIXELS, now "
+                            f"{Image.MAX_IMAGE_PIXELS})") from e
     except Exception as e:  # PIL raises many types
-        name = where or (image if isinstance(image, str) else "<embedded image bytes>")
         raise FlexEvalError(f"cannot decode image {name}: {e}; replace the file or re-fetch the data") from e
-    return img.convert("RGB")
+    return img
 
 
 def read_json(path: Path) -> Any:
@@ -164,6 +159,7 @@ class Benchmark:
     protocols: tuple[str, ...] = ("paper",)  # the first is the default
     subsets: tuple[str, ...] = ()  # accuracy.csv row order
     expected_counts: dict[str, int] = {}  # published item counts per subset (and/or "overall")
+    splits: tuple[str, ...] = ()  # benchmarks with several test splits: the first is the default
 
     def load(self, data_dir: Path, **options: Any) -> list[Sample]:
         raise NotImplementedError
@@ -192,6 +188,15 @@ class Benchmark:
                 f"benchmark {self.name} has no protocol '{protocol}'; choose one of {', '.join(self.protocols)}"
             )
         return protocol
+
+    def check_split(self, split: str | None) -> str | None:
+        """The split's canonical name (None: the benchmark has one test set and no --split was given)."""
+        if not split:
+            return self.splits[0] if self.splits else None
+        if split not in self.splits:
+            raise FlexEvalError(f"benchmark {self.name} has no split '{split}'; "
+                                + (f"choose one of {', '.join(self.splits)}" if self.splits else "drop --split"))
+        return split
 
     def count_report(self, samples: list[Sample]) -> dict:
         """Loaded vs published counts per subset; `mismatch` lists the differences."""

@@ -59,6 +59,10 @@ class RSVQAHRBEN(Benchmark):
     name = "rsvqa_hrben"
     aliases = ("rsvqa", "rsvqa_hr", "hrben", "rsvqahrben", "rsvqa_hr_ben")
     protocols = ("paper", "lenient")
+    splits = (DEFAULT_SPLIT, *(s for s in SPLITS if s != DEFAULT_SPLIT))
+
+    def check_split(self, split: str | None) -> str:
+        return resolve_split(split)  # also takes the aliases (test2, test_1, ...)
     subsets = SUBSETS
     expected_counts = {"overall": EXPECTED_BY_SPLIT[DEFAULT_SPLIT]}  # default split; see count_report
 

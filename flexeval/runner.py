@@ -28,7 +28,11 @@ from torch.utils.data import DataLoader, Dataset
 from flexeval import __version__
 from flexeval.benchmarks import data_folders, select_benchmarks
 from flexeval.benchmarks.base import Benchmark, Sample, open_image
+from flexeval.command import run_command
 from flexeval.errors import FlexEvalError
+from flexeval.identity import checkpoint_content, local_model_name
+from flexeval.layout import results_dir, variant_name
+from flexeval.preflight import check_model_options, check_run_options, count_sentence, load_samples, split_for
 from flexeval.requests import Choice, Generate, Request
 from flexeval.store import PredictionStore, fingerprint, write_json_atomic
 from flexeval.tables import format_rows, score_records, write_accuracy_csv, write_report
@@ -67,7 +71,7 @@ def model_tag(cfg: RunConfig, model) -> str:
     """Results folder name: the checkpoint's name plus every non-default knob."""
     if cfg.tag:
         return cfg.tag
-    name = Path(str(cfg.model).rstrip("/")).name or "model"
+    name = local_model_name(cfg.model) or Path(str(cfg.model).rstrip("/")).name or "model"
     parts = [re.sub(r"[^A-Za-z0-9._-]+", "-", name)]
     r = model.options
     if model.cfg.has_hd:
@@ -85,13 +89,11 @@ def model_tag(cfg: RunConfig, model) -> str:
 
 
 def model_identity(model) -> dict:
-    """What makes two runs' predictions comparable: weights, config, knobs, dtype."""
+    """What makes two runs' predictions comparable: the checkpoint's content (not its place or the
+    spelling of --model: flexeval/identity.py), config, knobs, dtype."""
     folder = Path(model.folder)
-    files = sorted((p.name, p.stat().st_size) for p in folder.iterdir()
-                   if p.suffix in (".safetensors", ".bin", ".model", ".json"))
     config_text = (folder / "config.json").read_text()
-    return {"source": model.source, "folder": str(folder.resolve()), "files": files,
-            "config_sha": fingerprint(config_text), "format": model.cfg.format,
+    return {"files": checkpoint_content(folder), "config_sha": fingerprint(config_text), "format": model.cfg.format,
             "options": model.options.to_dict(), "dtype": str(model.dtype).replace("torch.", "")}
 
 
@@ -230,27 +232,46 @@ def pending_items(items: list[Item], store: PredictionStore) -> list[Item]:
     return [it for it in items if it.key not in done]
 
 
+class Progress:
+    """The progress bar, which says what it is doing while its count still sits at 0 (the decoders
+    start, the first batch fills, the first batch runs: the slowest, kernels warm up)."""
+
+    def __init__(self, bar):
+        self.bar, self.batches = bar, 0
+
+    def status(self, text: str) -> None:
+        if self.batches == 0:
+            self.bar.set_postfix_str(text)
+
+    def done(self, n: int) -> None:
+        self.batches += 1
+        if self.batches == 1:
+            self.bar.set_postfix_str("", refresh=False)
+        self.bar.update(n)
+
+
 def run_items(items: list[Item], model, store: PredictionStore, sizer: BatchSizer, workers: int | None,
-              progress) -> RunStats:
+              progress: Progress) -> RunStats:
     """Images decoded in workers, batches of `sizer.size`, each batch's records appended and fsync'ed."""
     stats = RunStats()
     if not items:
         return stats
+    progress.status("starting the image decoders")
     batch: list = []
     for entry in _loader(_ImageDataset(items, model.preprocessor), workers):
         batch.append(entry)
+        progress.status(f"first batch: {len(batch)}/{sizer.size} images decoded")
         if len(batch) >= sizer.size:
-            _run_batch(items, batch, model, store, sizer, stats)
-            progress(len(batch))
+            _run_batch(items, batch, model, store, sizer, stats, progress)
             batch = []
     if batch:
-        _run_batch(items, batch, model, store, sizer, stats)
-        progress(len(batch))
+        _run_batch(items, batch, model, store, sizer, stats, progress)
     return stats
 
 
 def _run_batch(items: list[Item], batch: list, model, store: PredictionStore, sizer: BatchSizer,
-               stats: RunStats) -> None:
+               stats: RunStats, progress: Progress) -> None:
+    progress.status(f"model: first batch of {len(batch)} (the slowest: kernels warm up)")
     for i, _, err in batch:
         if err is not None:
             items[i].record = {"prediction": "", "skipped": err}
@@ -266,6 +287,7 @@ def _run_batch(items: list[Item], batch: list, model, store: PredictionStore, si
     stats.model_seconds += time.time() - t
     store.append([sample_record(items[i]) for i, _, _ in batch])  # flushed and fsync'ed: a kill loses nothing
     stats.batches += 1
+    progress.done(len(batch))
 
 
 def sample_record(item: Item) -> dict:
@@ -295,54 +317,67 @@ def _mean(xs):
     return round(float(np.mean(xs)), 6) if xs else None
 
 
-def run_benchmark(bench: Benchmark, model, cfg: RunConfig, data_dir: Path, protocol: str) -> dict:
+def run_benchmark(bench: Benchmark, model, cfg: RunConfig, data_dir: Path, protocol: str,
+                  samples: list[Sample] | None = None) -> dict:
+    """One benchmark; `samples`: already loaded (run_benchmarks loads every benchmark before the model)."""
     from tqdm import tqdm
 
     t0 = time.time()
-    samples = bench.load(data_dir, split=cfg.split)
+    split = split_for(bench, cfg.split, several=cfg.bench == "all")
+    if samples is None:
+        samples = bench.load(data_dir, split=split)
     counts = bench.count_report(samples)
     if counts["mismatch"]:
-        log(f"[{bench.name}] item counts differ from the published ones: {counts['mismatch']}")
+        log(count_sentence(bench.name, counts))
     items = build_items(bench, samples[: cfg.limit] if cfg.limit is not None else samples, protocol,
                         cfg.max_new_tokens)
     identity = model_identity(model)
     config_fp = fingerprint({"benchmark": bench.name, "protocol": protocol, "model": identity,
                              "flexeval_scoring_inputs": 1})
     bench_dir = results_folder(cfg, model, bench)
-    bench_dir.mkdir(parents=True, exist_ok=True)
+    # Other protocols, splits and --limit runs get their own folder (flexeval/layout.py); shards are shared.
+    generates = any(isinstance(it.request, Generate) for it in items)
+    variant = variant_name(bench, protocol, split, cfg.limit, len(samples), cfg.max_new_tokens if generates else None)
+    out_dir = results_dir(bench_dir, variant)
+    out_dir.mkdir(parents=True, exist_ok=True)
     store = PredictionStore(bench_dir, config_fp)
     pending = pending_items(items, store)
     log(f"[{bench.name}] {len(items)} items, {len(items) - len(pending)} already done, {len(pending)} to run "
-        f"-> {bench_dir}")
+        f"-> {out_dir}")
     sizer = BatchSizer(cfg.batch_size, str(model.device))
     with tqdm(total=len(pending), desc=bench.name, unit="sample", disable=cfg.quiet, dynamic_ncols=True) as bar:
-        stats = run_items(pending, model, store, sizer, cfg.workers, bar.update)
-    where = str(bench_dir / "predictions.jsonl")
+        stats = run_items(pending, model, store, sizer, cfg.workers, Progress(bar))
+    where = str(out_dir / "predictions.jsonl")
     records, rows = score_records(bench, store.collect([it.key for it in items]), protocol, where=where)
-    store.write_predictions(records)
-    write_accuracy_csv(bench_dir / "accuracy.csv", rows)
+    store.write_predictions(records, out_dir)
+    write_accuracy_csv(out_dir / "accuracy.csv", rows)
     timing = {"wall_s": round(time.time() - t0, 3), "ran": len(pending), "reused": len(items) - len(pending),
               "model_s": round(stats.model_seconds, 3),
               "samples_per_s": round(len(pending) / stats.model_seconds, 4) if stats.model_seconds else None,
               "batch_size_final": sizer.size, "batches": stats.batches}
-    run = run_summary(bench, model, cfg, protocol, config_fp, identity, data_dir, counts, records, rows, timing)
-    write_json_atomic(bench_dir / "run.json", run)
-    report_run(bench, bench_dir, records, rows)
+    where_run = {"protocol": protocol, "split": split, "variant": variant, "config_fingerprint": config_fp,
+                 "data_dir": data_dir, "counts": counts}
+    run = run_summary(bench, model, cfg, where_run, identity, records, rows, timing)
+    write_json_atomic(out_dir / "run.json", run)
+    report_run(bench, out_dir, records, rows)
     return run
 
 
-def run_summary(bench, model, cfg, protocol, config_fp, identity, data_dir, counts, records, rows, timing) -> dict:
+def run_summary(bench, model, cfg, where_run: dict, identity: dict, records, rows, timing) -> dict:
     """run.json: what ran (model, config, data, environment), how long, and the figures of the records."""
     from flexeval.meta import data_fingerprint, environment_info
 
+    data_dir, protocol, split = Path(where_run["data_dir"]), where_run["protocol"], where_run["split"]
     return {
-        "benchmark": bench.name, "protocol": protocol, "flexeval_version": __version__,
-        "config_fingerprint": config_fp,
+        "benchmark": bench.name, "protocol": protocol, "split": split, "variant": where_run["variant"],
+        "flexeval_version": __version__, "config_fingerprint": where_run["config_fingerprint"],
+        "command": run_command(cfg, bench.name, data_dir, protocol, split),
         "model": {"tag": model_tag(cfg, model), "kind": "flexattention" if model.cfg.has_hd else "llava-1.5",
+                  "source": model.source, "folder": str(Path(model.folder).resolve()),
                   **identity, "device": str(model.device), "architecture": model.cfg.to_dict()},
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
-        "data": {"dir": str(Path(data_dir).resolve()), "fingerprint": data_fingerprint([Path(data_dir)]),
-                 "counts": counts, "limit": cfg.limit, "evaluated": len(records)},
+        "data": {"dir": str(data_dir.resolve()), "fingerprint": data_fingerprint([data_dir]),
+                 "counts": where_run["counts"], "limit": cfg.limit, "evaluated": len(records)},
         "environment": environment_info(),
         "timing": timing,
         "stats": run_figures(records),
@@ -350,13 +385,13 @@ def run_summary(bench, model, cfg, protocol, config_fp, identity, data_dir, coun
     }
 
 
-def report_run(bench: Benchmark, bench_dir: Path, records: list[dict], rows: list[dict]) -> None:
+def report_run(bench: Benchmark, out_dir: Path, records: list[dict], rows: list[dict]) -> None:
     skipped = [r for r in records if r.get("skipped")]
     if skipped:
         log(f"[{bench.name}] {len(skipped)} items were not run and count as wrong, e.g. {skipped[0]['id']}: "
             f"{skipped[0]['skipped']} (all are marked 'skipped' in predictions.jsonl)")
     print(format_rows(rows))
-    print(f"accuracy table: {bench_dir / 'accuracy.csv'}")
+    print(f"accuracy table: {out_dir / 'accuracy.csv'}")
 
 
 # ---------------------------------------------------------------- entry point
@@ -377,16 +412,26 @@ def resolve_protocols(benches: list[Benchmark], protocol: str | None, is_all: bo
 def run_benchmarks(cfg: RunConfig) -> list[dict]:
     from flexeval.model import RunOptions, load_pretrained
 
+    check_run_options(cfg)
     benches = select_benchmarks(cfg.bench)
     dirs = data_folders(cfg.bench, cfg.data_dir, must_exist=True)
     protocols = resolve_protocols(benches, cfg.protocol, cfg.bench == "all")
     options = RunOptions(selection=cfg.selection, threshold=cfg.threshold, first_hd_layer=cfg.first_layer,
                          zoom=cfg.zoom, seed=cfg.seed)
+    # Everything a typo can break is checked before the model loads (flexeval/preflight.py).
+    check_model_options(cfg.model, options)
+    several = cfg.bench == "all"
+    if cfg.split and several:
+        log(f"--split {cfg.split} applies to {', '.join(b.name for b in benches if b.splits) or 'no benchmark'}")
+    samples = {b.name: load_samples(b, dirs[b.name], split_for(b, cfg.split, several),
+                                    explicit_dir=cfg.data_dir is not None and not several) for b in benches}
     torch.manual_seed(cfg.seed)
     log(f"loading {cfg.model} ...")
     model = load_pretrained(cfg.model, dtype=cfg.dtype, device=cfg.device, options=options)
-    runs = [run_benchmark(b, model, cfg, dirs[b.name], protocols[b.name]) for b in benches]
+    runs = [run_benchmark(b, model, cfg, dirs[b.name], protocols[b.name], samples[b.name]) for b in benches]
     if cfg.bench == "all":
         print(write_report(Path(cfg.out)))
         print(f"summary: {Path(cfg.out) / 'summary.csv'} and {Path(cfg.out) / 'summary.md'}")
+    else:
+        print(f"every result under {cfg.out} side by side: flexeval report {cfg.out}")
     return runs

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from flexeval.errors import FlexEvalError
+from flexeval.jsonsafe import strict_object
 
 try:  # advisory lock against two processes claiming the same shard; Linux/macOS only
     import fcntl
@@ -46,13 +47,30 @@ def fingerprint(obj: Any) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
+_file_digests: dict[tuple, str] = {}
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """sha256 of a file's bytes, memoised per path, size and mtime; OSError when it cannot be read."""
+    st = os.stat(path)
+    key = (str(path), st.st_size, st.st_mtime_ns)
+    if key not in _file_digests:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 22), b""):
+                h.update(chunk)
+        _file_digests[key] = h.hexdigest()
+    return _file_digests[key]
+
+
 def record_line(record: dict) -> bytes:
     """The one serialisation of a record, used by shards and predictions.jsonl alike.
 
     Insertion order is kept (no sort_keys), so the bytes depend only on the record as given;
     json.dumps escapes newlines inside strings, so a record is always exactly one line.
+    Strict JSON: a non-finite number is written as null and named in the record's `non_finite`.
     """
-    return (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
+    return (json.dumps(strict_object(record), ensure_ascii=False, allow_nan=False) + "\n").encode("utf-8")
 
 
 def _fsync_dir(path: Path) -> None:
@@ -105,8 +123,10 @@ def write_text_atomic(path: Path, text: str) -> None:
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
-    """Pretty JSON (indent 2, key order kept); Paths and other odd values become strings."""
-    write_text_atomic(path, json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n")
+    """Pretty JSON (indent 2, key order kept); Paths and other odd values become strings; strict JSON
+    (non-finite numbers as null, named under a top-level `non_finite`)."""
+    text = json.dumps(strict_object(obj), indent=2, ensure_ascii=False, default=str, allow_nan=False)
+    write_text_atomic(path, text + "\n")
 
 
 def _parse_lines(data: bytes, where: Path) -> tuple[list[dict], int]:
@@ -271,14 +291,16 @@ class PredictionStore:
 
     # -- the final file --------------------------------------------------------------------------
 
-    def finalize(self, ordered_keys: list[str]) -> list[dict]:
+    def finalize(self, ordered_keys: list[str], dest_dir: Path | None = None) -> list[dict]:
         """Merge this config's shards into predictions.jsonl, in `ordered_keys` order, atomically.
 
         Records whose key is not in `ordered_keys` are left out of the file (they stay in the
         shards). Missing keys raise a FlexEvalError listing them; nothing is written then.
+        `dest_dir` (default: the benchmark folder) is where predictions.jsonl goes: a variant of
+        the run (another protocol, split or a --limit) has its own folder and shares the shards.
         """
         records = self.collect(ordered_keys)
-        self.write_predictions(records)
+        self.write_predictions(records, dest_dir)
         return records
 
     def collect(self, ordered_keys: list[str]) -> list[dict]:
@@ -299,6 +321,8 @@ class PredictionStore:
             )
         return [done[k] for k in keys]
 
-    def write_predictions(self, records: list[dict]) -> None:
-        """predictions.jsonl, atomically: the run's final record store."""
-        write_bytes_atomic(self.bench_dir / PREDICTIONS, b"".join(record_line(r) for r in records))
+    def write_predictions(self, records: list[dict], dest_dir: Path | None = None) -> None:
+        """predictions.jsonl, atomically: the run's final record store (in `dest_dir`, default the
+        benchmark folder: a variant of the run has its own folder and shares the shards)."""
+        dest = self.bench_dir if dest_dir is None else Path(dest_dir)
+        write_bytes_atomic(dest / PREDICTIONS, b"".join(record_line(r) for r in records))

@@ -1,7 +1,7 @@
 """Scores to tables: accuracy.csv per run, rescoring without a model, the cross-model report,
 and the `flexeval list` overview of the data folders.
 
-Files read and written (per `<results>/<model-tag>/<bench>/`):
+Files read and written (per `<results>/<model-tag>/<bench>/` and its variant folders, flexeval/layout.py):
   predictions.jsonl  the raw records (never rewritten here)
   run.json           read for "benchmark", "protocol" and model.kind ("flexattention" | "llava-1.5")
   accuracy.csv       benchmark,subset,n,correct,accuracy (percent)
@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Callable
 
 from flexeval.errors import FlexEvalError
+from flexeval.layout import benchmark_folder, is_variant_folder
 from flexeval.store import PREDICTIONS, read_records, write_text_atomic
 
 ACCURACY_COLUMNS = ["benchmark", "subset", "n", "correct", "accuracy"]
@@ -162,12 +163,31 @@ def rescore_dir(bench_dir: Path) -> list[dict]:
 
     bench_dir = Path(bench_dir)
     run = _read_run_json(bench_dir)
-    benchmark = get_benchmark(run.get("benchmark") or bench_dir.name)
+    benchmark = get_benchmark(run.get("benchmark") or benchmark_folder(bench_dir).name)
     pred_path = bench_dir / PREDICTIONS
     records = read_records(pred_path)
+    check_record_count(pred_path, records, run)
     _, rows = score_records(benchmark, records, run.get("protocol"), where=str(pred_path))
     write_accuracy_csv(bench_dir / "accuracy.csv", rows)
     return rows
+
+
+def check_record_count(pred_path: Path, records: list[dict], run: dict) -> None:
+    """predictions.jsonl is written whole (atomically), so a cut last line or fewer records than
+    run.json's count means the file was damaged or edited: rescoring it would give another number."""
+    pred_path = Path(pred_path)
+    data = pred_path.read_bytes()
+    expected = (run.get("data") or {}).get("evaluated") if isinstance(run.get("data"), dict) else None
+    torn = bool(data) and not data.endswith(b"\n")
+    if not torn and (expected is None or expected == len(records)):
+        return
+    command = run.get("command")
+    fix = (f"rebuild it from the shards with `{command}` (finished predictions are reused), then rescore"
+           if command else "rebuild it by running the `flexeval run` command that wrote it again (its options "
+           "are in run.json 'config'; finished predictions are reused from shards/), then rescore")
+    found = f"{len(records)} complete records" + (" and a cut last line" if torn else "")
+    said = f" but {pred_path.parent / 'run.json'} says the run evaluated {expected}" if expected is not None else ""
+    raise FlexEvalError(f"{pred_path} holds {found}{said}; the file was damaged or edited: {fix}")
 
 
 def rescore_tree(path: Path, echo: Callable[[str], None] | None = print) -> list[Path]:
@@ -178,10 +198,8 @@ def rescore_tree(path: Path, echo: Callable[[str], None] | None = print) -> list
     path = Path(path)
     if not path.exists():
         raise FlexEvalError(f"{path} does not exist; give a results folder (e.g. results/<tag>/<bench>)")
-    if (path / PREDICTIONS).is_file():
-        dirs = [path]
-    else:
-        dirs = sorted(p.parent for p in path.rglob(PREDICTIONS) if p.is_file())
+    # The folder itself and every folder below it: a benchmark folder holds its variants (flexeval/layout.py).
+    dirs = sorted({p.parent for p in path.rglob(PREDICTIONS) if p.is_file()})
     if not dirs:
         raise FlexEvalError(
             f"no {PREDICTIONS} in or below {path}; run `flexeval run --bench ... --out {path}` first "
@@ -199,13 +217,16 @@ def rescore_tree(path: Path, echo: Callable[[str], None] | None = print) -> list
 # -- the cross-model report ---------------------------------------------------------------------------
 
 def _collect(results_dir: Path) -> list[dict]:
-    """One entry per `<tag>/<bench>/accuracy.csv`: tag, kind, bench folder, protocol, rows."""
+    """One entry per `<tag>/<bench>[/<variant>]/accuracy.csv`: tag (with `[variant]`), kind, bench, protocol, rows."""
     found = []
-    for csv_path in sorted(results_dir.glob("*/*/accuracy.csv")):
-        bench_dir = csv_path.parent
-        run = _read_run_json(bench_dir)
+    paths = sorted(results_dir.glob("*/*/accuracy.csv")) + sorted(
+        p for p in results_dir.glob("*/*/*/accuracy.csv") if is_variant_folder(p.parent.name))
+    for csv_path in paths:
+        bench_dir = benchmark_folder(csv_path.parent)
+        run = _read_run_json(csv_path.parent)
         model = run.get("model") if isinstance(run.get("model"), dict) else {}
-        found.append({"tag": bench_dir.parent.name, "kind": model.get("kind"), "bench": bench_dir.name,
+        variant = "" if bench_dir == csv_path.parent else f" [{csv_path.parent.name}]"
+        found.append({"tag": bench_dir.parent.name + variant, "kind": model.get("kind"), "bench": bench_dir.name,
                       "protocol": run.get("protocol"), "rows": read_accuracy_csv(csv_path)})
     return found
 

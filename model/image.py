@@ -1,7 +1,11 @@
-"""Image path (spec section 2): pad to square, 1008 px, low-res view, 3x3 high-res crops.
+"""Image path (spec section 2): 8-bit RGB, pad to square, 1008 px, low-res view, 3x3 high-res crops.
 
 `preprocess` runs on the CPU in the runner's data workers (PIL decode + resize dominate); the
 rest runs on the model's device.
+
+Every PIL mode becomes 8-bit RGB by one rule (`to_rgb8`), so a 16-bit or float file shows the
+model the picture it holds instead of PIL's `convert("RGB")` clipping (16-bit -> white, float ->
+black). For 8-bit files without transparency the result is exactly the release's `convert("RGB")`.
 """
 
 from __future__ import annotations
@@ -25,6 +29,56 @@ class ProcessedImage:
     padded: bool  # True when pad-to-square was applied (selection zeroes the padding)
 
 
+# Value ranges tried in order for the modes with no fixed range ("I": int32, "F": float32): the first
+# that holds every finite value is mapped onto 0..255; past them all, the image's own min..max is.
+_FLOAT_RANGES = ((0.0, 1.0), (0.0, 255.0), (0.0, 65535.0))
+_INT_RANGES = ((0.0, 255.0), (0.0, 65535.0))
+_SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N")
+_ALPHA_MODES = ("LA", "La", "PA", "RGBA", "RGBa")
+
+
+def to_rgb8(img: Image.Image, background: tuple[int, int, int] = PAD_COLOR) -> Image.Image:
+    """Any PIL image -> 8-bit RGB showing what the file holds.
+
+    - RGB as is; 1, L, CMYK, YCbCr (and other 8-bit modes) by PIL's own conversion (1 -> 0/255,
+      CMYK naive without an ICC profile, YCbCr as JPEG's BT.601 full range).
+    - Transparency (LA, PA, RGBA, a P palette with alpha, a tRNS colour key) is composited over
+      `background`: the model sees transparent parts as it sees the padding.
+    - 16-bit (I;16, I;16B, ...): v * 255 / 65535, rounded (the type's range: a 16-bit copy of an
+      8-bit picture, v = 257 * k, gives back k).
+    - I (int32) and F (float32) have no fixed range: the first of 0..1 (F only), 0..255, 0..65535
+      that holds every finite value maps onto 0..255; otherwise the image's own min..max does.
+      NaN becomes 0, +-inf the range's ends. The grey value is repeated on R, G and B.
+    Multi-frame files are converted in their current frame (`open_image` leaves frame 0).
+    """
+    mode = img.mode
+    if mode in _SIXTEEN_BIT or mode in ("I", "F"):
+        return Image.fromarray(_grey_to_uint8(img), "L").convert("RGB")
+    if mode == "P":
+        has_alpha = "transparency" in img.info or (img.palette is not None and img.palette.mode == "RGBA")
+        img, mode = img.convert("RGBA" if has_alpha else "RGB"), "RGBA" if has_alpha else "RGB"
+    elif mode in ("L", "RGB") and "transparency" in img.info:  # a tRNS colour key
+        img, mode = img.convert("RGBA"), "RGBA"
+    if mode in _ALPHA_MODES:
+        base = Image.new("RGBA", img.size, (*background, 255))
+        return Image.alpha_composite(base, img.convert("RGBA")).convert("RGB")
+    return img if mode == "RGB" else img.convert("RGB")
+
+
+def _grey_to_uint8(img: Image.Image) -> np.ndarray:
+    a = np.asarray(img).astype(np.float64)
+    finite = a[np.isfinite(a)]
+    lo_v, hi_v = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
+    if img.mode in _SIXTEEN_BIT:
+        lo, hi = 0.0, 65535.0
+    else:
+        ranges = _FLOAT_RANGES if img.mode == "F" else _INT_RANGES
+        lo, hi = next(((a_, b_) for a_, b_ in ranges if a_ <= lo_v and hi_v <= b_), (lo_v, hi_v))
+    a = np.nan_to_num(a, nan=lo, posinf=hi, neginf=lo)
+    scaled = (a - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(a)
+    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+
+
 def pad_to_square(img: Image.Image) -> Image.Image:
     w, h = img.size
     if w == h:
@@ -43,12 +97,12 @@ def _normalise(img: Image.Image) -> torch.Tensor:
 
 
 def preprocess(img: Image.Image, size: int, mode: str = "pad") -> ProcessedImage:
-    """RGB image -> normalised [3, size, size] tensor.
+    """Image (any mode: `to_rgb8`) -> normalised [3, size, size] tensor.
 
     mode "pad": the release (pad with the CLIP mean, PIL bicubic resize of the square).
     mode "crop": the plain CLIP processor (shortest edge to `size`, centre crop); no padding.
     """
-    img = img.convert("RGB")
+    img = to_rgb8(img, PAD_COLOR)
     w, h = img.size
     if mode == "pad":
         sq = pad_to_square(img).resize((size, size), Image.BICUBIC)

@@ -46,13 +46,32 @@ def resolve_device(device: str) -> str:
     return device
 
 
+def looks_local(path_or_id: str) -> bool:
+    """A path, not a hub id: './x', '/x', '~/x', 'x/', 'a/b/c', or 'a/b' where the folder a/ exists here."""
+    p = Path(path_or_id).expanduser()
+    return (p.exists() or path_or_id.startswith((".", "/", "~")) or path_or_id.endswith("/")
+            or path_or_id.count("/") != 1 or p.parent.is_dir())
+
+
+def _did_you_mean(p: Path) -> str:
+    import difflib
+
+    parent = p.parent if str(p.parent) else Path(".")
+    try:
+        names = [c.name for c in parent.iterdir() if c.is_dir()]
+    except OSError:
+        return ""
+    match = difflib.get_close_matches(p.name, names, n=1, cutoff=0.6)
+    return f"; did you mean {parent / match[0] if str(p.parent) != '.' else match[0]}?" if match else ""
+
+
 def local_folder(path_or_id: str, patterns=("*.json", "*.safetensors", "*.model", "*.bin")) -> Path:
     p = Path(path_or_id).expanduser()
     if p.is_dir():
         return p
-    if p.exists() or path_or_id.startswith((".", "/")) or path_or_id.count("/") != 1:
-        raise FlexEvalError(f"model folder {path_or_id} not found; give a checkpoint folder or a hub id like "
-                            "senfu/llava-v1.5-7b-flexattn")
+    if looks_local(path_or_id):  # a mistyped local path is not looked up on the hub
+        raise FlexEvalError(f"model folder {path_or_id} not found{_did_you_mean(p)} (give a checkpoint folder, or "
+                            "a hub id like senfu/llava-v1.5-7b-flexattn)")
     return snapshot(path_or_id, allow_patterns=list(patterns),
                     hint=f"offline, download it elsewhere (huggingface-cli download {path_or_id}) and pass its "
                          "folder with --model")
@@ -212,7 +231,17 @@ def load_clip(cfg: FlexConfig, folder: Path, embedded: dict | None, raw: dict):
     path = next((c for c in candidates if (c / "config.json").is_file()), None)
     if path is not None:
         return _load_clip_folder(CLIPVisionModel, CLIPVisionConfig, path)
-    return _load_clip_folder(CLIPVisionModel, CLIPVisionConfig, local_folder(name))
+    try:
+        found = local_folder(name)
+    except FlexEvalError as e:  # --model is the LLaVA checkpoint: the fix for a missing tower is elsewhere
+        why = str(e).split(";")[0].split(" (give")[0]
+        hub = "" if looks_local(name) else (f"download it where a network exists (`huggingface-cli download "
+                                             f"{name}`, into the hub cache this machine reads), or ")
+        raise FlexEvalError(
+            f"the vision tower {name} (mm_vision_tower in {folder / 'config.json'}) is not here ({why}): {hub}copy "
+            f"its folder (config.json + weights) to {folder / Path(name).name}, where it is looked for first"
+        ) from e
+    return _load_clip_folder(CLIPVisionModel, CLIPVisionConfig, found)
 
 
 def _load_clip_folder(model_cls, config_cls, path: Path):

@@ -140,7 +140,7 @@ def test_generation_batch_invariance_and_all_benchmarks(env, tmp_path):
         cfg = RunConfig(bench="all", model=str(model_dir), data_dir=data, out=tmp_path / f"res{bs}", workers=1,
                         quiet=True, batch_size=bs, max_new_tokens=5)
         run_benchmarks(cfg)
-        outs[bs] = {b: _lines(tmp_path / f"res{bs}" / "tiny" / b / "predictions.jsonl")
+        outs[bs] = {b: _lines(tmp_path / f"res{bs}" / "tiny" / b / "max-new-tokens-5" / "predictions.jsonl")
                     for b in ("magnifierbench", "textvqa", "rsvqa_hrben")}
     for b, recs in outs["1"].items():
         assert [x["generated_ids"] for x in recs] == [x["generated_ids"] for x in outs["3"][b]], b
