@@ -19,8 +19,12 @@ from torch.utils.data import DataLoader, Dataset
 
 from flexeval import __version__
 from flexeval.benchmarks import get_benchmark, list_benchmarks
-from flexeval.benchmarks.base import Benchmark, Choice, Generate, Sample, open_image
+from flexeval.benchmarks.base import DEFAULT_MAX_IMAGE_PIXELS, Benchmark, Choice, Generate, Sample, open_image
+from flexeval.check import check_samples, check_tag
 from flexeval.errors import FlexEvalError
+from flexeval.interrupt import note_progress
+from flexeval.lock import hold_run_lock
+from flexeval.nonfinite import DEFAULT_LIMIT, NonFiniteGuard, choice_problem, per_subset, score_record
 from flexeval.store import PredictionStore, fingerprint, write_json_atomic
 from flexeval.tables import format_rows, score_records, write_accuracy_csv, write_report
 
@@ -46,6 +50,8 @@ class RunConfig:
     seed: int = 0
     quiet: bool = False
     max_new_tokens: int | None = None
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS  # decompression-bomb guard (benchmarks/base.py)
+    max_non_finite: int = DEFAULT_LIMIT  # more NaN/inf items than this stop the run (flexeval/nonfinite.py)
 
 
 def log(msg: str) -> None:
@@ -91,8 +97,8 @@ def model_identity(model) -> dict:
 class _ImageDataset(Dataset):
     """Decodes and preprocesses images in worker processes; a bad image becomes an error record."""
 
-    def __init__(self, samples: list[Sample], requests: list, preprocessor):
-        self.samples, self.requests, self.pre = samples, requests, preprocessor
+    def __init__(self, samples: list[Sample], requests: list, preprocessor, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS):
+        self.samples, self.requests, self.pre, self.max_pixels = samples, requests, preprocessor, max_pixels
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -102,7 +108,8 @@ class _ImageDataset(Dataset):
         if s.image is None:
             return i, None, "no image"
         try:
-            return i, self.pre(open_image(s.image, where=f"{s.id}"), self.requests[i].image_mode), None
+            image = open_image(s.image, where=f"{s.id}", max_pixels=self.max_pixels)
+            return i, self.pre(image, self.requests[i].image_mode), None
         except FlexEvalError as e:
             return i, None, str(e)
 
@@ -167,16 +174,20 @@ def _choice_records(model, batch, reqs):
     recs = []
     for r, res in zip(reqs, out):
         best = int(np.argmin(res.option_nll))  # first minimum: a tie goes to the lowest index
-        recs.append({"prediction": r.options[best], "option_nll": res.option_nll,
-                     "n_prompt_tokens": res.n_prompt_tokens, "hd_selected_ratio": res.hd_selected_ratio})
+        bad = choice_problem(res.option_nll)  # NaN would argmin to option 0, the correct one on V*
+        recs.append({"prediction": None if bad else r.options[best], "option_nll": res.option_nll,
+                     "n_prompt_tokens": res.n_prompt_tokens, "hd_selected_ratio": res.hd_selected_ratio,
+                     **({"non_finite": bad} if bad else {})})
     return recs
 
 
 def _generate_records(model, batch, reqs, max_new_tokens):
     out = model.generate([r.prompt for r in reqs], [im for _, im in batch],
                          max_new_tokens=max(max_new_tokens or r.max_new_tokens for r in reqs))
-    return [{"prediction": res.text, "generated_ids": res.token_ids, "n_prompt_tokens": res.n_prompt_tokens,
-             "n_new_tokens": len(res.token_ids), "hd_selected_ratio": res.hd_selected_ratio} for res in out]
+    return [{"prediction": None if res.non_finite else res.text, "generated_ids": res.token_ids,
+             "n_prompt_tokens": res.n_prompt_tokens, "n_new_tokens": len(res.token_ids),
+             "hd_selected_ratio": res.hd_selected_ratio,
+             **({"non_finite": "logits not finite during generation"} if res.non_finite else {})} for res in out]
 
 
 def run_benchmark(bench: Benchmark, model, cfg: RunConfig, data_dir: Path, protocol: str) -> dict:
@@ -184,6 +195,7 @@ def run_benchmark(bench: Benchmark, model, cfg: RunConfig, data_dir: Path, proto
 
     t0 = time.time()
     samples = bench.load(data_dir, split=cfg.split)
+    check_samples(bench.name, samples, data_dir)  # no items, or an id twice: an error, not an empty table
     counts = bench.count_report(samples)
     if counts["mismatch"]:
         log(f"[{bench.name}] item counts differ from the published ones: {counts['mismatch']}")
@@ -199,16 +211,22 @@ def run_benchmark(bench: Benchmark, model, cfg: RunConfig, data_dir: Path, proto
                              "flexeval_scoring_inputs": 1})
     tag = model_tag(cfg, model)
     bench_dir = Path(cfg.out) / tag / bench.name
-    bench_dir.mkdir(parents=True, exist_ok=True)
+    lock = hold_run_lock(bench_dir, log)  # creates the folder; a second run on it refuses here
     store = PredictionStore(bench_dir, config_fp)
+    note_progress(bench.name, bench_dir, store, keys)  # for the one line Ctrl-C / a full disk prints
     done = store.completed()
+    guard = NonFiniteGuard(model.dtype, cfg.max_non_finite, where=str(bench_dir))
+    guard.add(done[k] for k in set(keys) if k in done)
     pending = [i for i, k in enumerate(keys) if k not in done]
     log(f"[{bench.name}] {len(samples)} items, {len(samples) - len(pending)} already done, {len(pending)} to run "
         f"-> {bench_dir}")
     sizer = BatchSizer(cfg.batch_size, str(model.device))
     stats = {"batches": 0, "model_seconds": 0.0}
     if pending:
-        _run_pending(bench, model, cfg, samples, requests, keys, pending, store, sizer, stats, protocol)
+        try:
+            _run_pending(bench, model, cfg, samples, requests, keys, pending, store, sizer, stats, protocol, guard)
+        finally:
+            store.close()  # the shard's flock goes even when a stop raises (an in-process rerun needs it)
     store.close()
     records = store.finalize(keys)
     scored, rows = score_records(bench, records, protocol, where=str(bench_dir / "predictions.jsonl"))
@@ -233,6 +251,9 @@ def run_benchmark(bench: Benchmark, model, cfg: RunConfig, data_dir: Path, proto
             "mean_new_tokens": _mean([r.get("n_new_tokens") for r in records]),
             "mean_hd_selected_ratio": _mean(ratios),
             "skipped": sum(1 for r in records if r.get("skipped")),
+            "skipped_per_subset": per_subset(records, "skipped"),
+            "non_finite": sum(1 for r in records if r.get("non_finite")),
+            "non_finite_per_subset": per_subset(records, "non_finite"),
         },
         "accuracy": rows,
     }
@@ -241,6 +262,10 @@ def run_benchmark(bench: Benchmark, model, cfg: RunConfig, data_dir: Path, proto
     if skipped:
         log(f"[{bench.name}] {len(skipped)} items were not run and count as wrong, e.g. {skipped[0]['id']}: "
             f"{skipped[0]['skipped']} (all are marked 'skipped' in predictions.jsonl)")
+    if run["stats"]["non_finite"]:
+        log(f"[{bench.name}] {run['stats']['non_finite']} items gave NaN/inf outputs and count as wrong, per subset "
+            f"{run['stats']['non_finite_per_subset']} (marked 'non_finite' in predictions.jsonl)")
+    lock.release()
     print(format_rows(rows))
     print(f"accuracy table: {bench_dir / 'accuracy.csv'}")
     return run
@@ -251,12 +276,12 @@ def _mean(xs):
     return round(float(np.mean(xs)), 6) if xs else None
 
 
-def _run_pending(bench, model, cfg, samples, requests, keys, pending, store, sizer, stats, protocol):
+def _run_pending(bench, model, cfg, samples, requests, keys, pending, store, sizer, stats, protocol, guard):
     from tqdm import tqdm
 
     sub_samples = [samples[i] for i in pending]
     sub_requests = [requests[i] for i in pending]
-    dataset = _ImageDataset(sub_samples, sub_requests, model.preprocessor)
+    dataset = _ImageDataset(sub_samples, sub_requests, model.preprocessor, cfg.max_image_pixels)
     bar = tqdm(total=len(pending), desc=bench.name, unit="sample", disable=cfg.quiet, dynamic_ncols=True)
     buffer: list = []
 
@@ -282,8 +307,9 @@ def _run_pending(bench, model, cfg, samples, requests, keys, pending, store, siz
             s = sub_samples[j]
             rec = {"key": keys[pending[j]], "id": s.id, "subset": s.subset, "question": s.question,
                    "target": s.target, "options": list(s.options), **records[j], "meta": s.meta}
-            out.append({**rec, **bench.score(rec, protocol)})
+            out.append({**rec, **score_record(bench, rec, protocol)})
         store.append(out)  # flushed and fsync'ed: a kill after this loses nothing
+        guard.add(out)  # stops the run once too many items are NaN/inf (what is stored is kept)
         stats["batches"] += 1
         bar.update(len(items))
 
@@ -305,9 +331,8 @@ def _group_run(sizer: BatchSizer, batch, reqs, fn):
 
 # ---------------------------------------------------------------- entry point
 
-def run_benchmarks(cfg: RunConfig) -> list[dict]:
-    from flexeval.model import RunOptions, load_pretrained
-
+def plan_benchmarks(cfg: RunConfig) -> list[tuple[Benchmark, Path, str]]:
+    """(benchmark, data folder, protocol) for each benchmark the run covers; bad names raise."""
     if cfg.bench == "all":
         benches = list_benchmarks()
         root = Path(cfg.data_dir or "data")
@@ -327,12 +352,21 @@ def run_benchmarks(cfg: RunConfig) -> list[dict]:
                 b.check_protocol(cfg.protocol)  # raises with the choices
             log(f"[{b.name}] has no protocol '{cfg.protocol}'; using its default '{b.protocols[0]}'")
         protocols[b.name] = cfg.protocol if cfg.protocol in b.protocols else b.protocols[0]
+    return [(b, dirs[b.name], protocols[b.name]) for b in benches]
+
+
+def run_benchmarks(cfg: RunConfig) -> list[dict]:
+    from flexeval.model import RunOptions, load_pretrained
+
+    if cfg.tag:
+        check_tag(cfg.tag)  # before the model loads: a tag like ../../x would write outside --out
+    plan = plan_benchmarks(cfg)
     options = RunOptions(selection=cfg.selection, threshold=cfg.threshold, first_hd_layer=cfg.first_layer,
                          zoom=cfg.zoom, seed=cfg.seed)
     torch.manual_seed(cfg.seed)
     log(f"loading {cfg.model} ...")
     model = load_pretrained(cfg.model, dtype=cfg.dtype, device=cfg.device, options=options)
-    runs = [run_benchmark(b, model, cfg, dirs[b.name], protocols[b.name]) for b in benches]
+    runs = [run_benchmark(b, model, cfg, data_dir, protocol) for b, data_dir, protocol in plan]
     if cfg.bench == "all":
         print(write_report(Path(cfg.out)))
         print(f"summary: {Path(cfg.out) / 'summary.csv'} and {Path(cfg.out) / 'summary.md'}")

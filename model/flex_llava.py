@@ -43,6 +43,7 @@ class GenerationResult:
     n_prompt_tokens: int
     hd_selected_ratio: float | None = None  # mean over high-res rows and layers
     selected_per_layer: dict = field(default_factory=dict)  # prefill last row: layer -> count
+    non_finite: bool = False  # NaN/inf in a logit row this sample decoded from: its text is meaningless
 
 
 @dataclass
@@ -186,6 +187,7 @@ class FlexLlava:
         steps = 1
         out = torch.zeros(b, 0, dtype=torch.long, device=self.device)
         done = torch.zeros(b, dtype=torch.bool, device=self.device)
+        non_finite = ~torch.isfinite(logits).all(-1)  # no sync: read once at the end
         pos = positions[:, -1]
         for step in range(max_new_tokens):
             nxt = logits.argmax(-1)
@@ -204,6 +206,8 @@ class FlexLlava:
                 sums[k] = sums[k] + v
             steps += 1
             logits = self.lm.lm_head(hidden[:, -1])
+            non_finite |= ~done & ~torch.isfinite(logits).all(-1)
+        non_finite = non_finite.tolist()
         ratios = self._hd_ratio({k: v[:, 0] / steps for k, v in sums.items()}, b)
         results = []
         for i in range(b):
@@ -212,7 +216,7 @@ class FlexLlava:
                 toks = toks[: toks.index(self.tokenizer.eos_id) + 1]
             results.append(GenerationResult(
                 token_ids=toks, text=self.tokenizer.decode(toks).strip(), n_prompt_tokens=int(valid[i].sum()),
-                hd_selected_ratio=ratios[i],
+                hd_selected_ratio=ratios[i], non_finite=non_finite[i],
                 selected_per_layer={str(k): int(v[i]) for k, v in selected_prefill.items()}))
         if return_prefill_logits:
             return results, prefill_logits
