@@ -76,18 +76,38 @@ def decode_image_bytes(value: Any) -> bytes:
     raise TypeError(f"unsupported image value of type {type(value).__name__}")
 
 
-def open_image(image: ImageSource, where: str = "") -> Image.Image:
+# A decompression bomb guard chosen on purpose (PIL's own is 89 Mpx warn / 179 Mpx refuse): real V*
+# images reach 5759x1440 = 8.3 Mpx; 40 Mpx is ~5x that, ~120 MB as decoded RGB per image in flight.
+# Configurable per run (`--max-image-pixels`); an image over it is a counted, reported skipped row.
+DEFAULT_MAX_IMAGE_PIXELS = 40_000_000
+Image.MAX_IMAGE_PIXELS = None  # PIL's global guard off: `max_pixels` below is the one limit
+
+
+def image_header_problem(image: ImageSource, where: str = "", max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> str | None:
+    """Reads only the header: None, or why the image cannot be used (unreadable, too many pixels)."""
+    name = where or (image if isinstance(image, str) else "<embedded image bytes>")
+    try:
+        with Image.open(io.BytesIO(image) if isinstance(image, bytes) else image) as img:
+            w, h = img.size
+    except Exception as e:  # PIL raises many types
+        return f"cannot decode image {name}: {e}; replace the file or re-fetch the data"
+    if max_pixels and w * h > max_pixels:  # a large file is not a broken one: replacing it is no fix
+        return (f"image {name} is {w}x{h} = {w * h / 1e6:.1f} Mpx, over the limit of {max_pixels / 1e6:g} Mpx "
+                f"(a guard against decompression bombs); if the file is genuine, raise --max-image-pixels")
+    return None
+
+
+def open_image(image: ImageSource, where: str = "", max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Image.Image:
     """Decode an image source in its own mode (16-bit, float, alpha kept: the model side turns it
     into 8-bit RGB, `model.image.to_rgb8`); a multi-page file gives its first page (frame 0).
-    A broken file is a FlexEvalError naming it."""
+    A broken or over-limit file is a FlexEvalError naming it."""
+    problem = image_header_problem(image, where, max_pixels)
+    if problem:
+        raise FlexEvalError(problem)
     name = where or (image if isinstance(image, str) else "<embedded image bytes>")
     try:
         img = Image.open(io.BytesIO(image) if isinstance(image, bytes) else image)
         img.load()
-    except Image.DecompressionBombError as e:  # a large file is not a broken one: replacing it is no fix
-        raise FlexEvalError(f"image {name} is larger than PIL's decompression-bomb guard allows ({e}); the file is "
-                            f"fine: if you trust it, raise the pixel limit (PIL.Image.MAX_IMAGE_PIXELS, now "
-                            f"{Image.MAX_IMAGE_PIXELS})") from e
     except Exception as e:  # PIL raises many types
         raise FlexEvalError(f"cannot decode image {name}: {e}; replace the file or re-fetch the data") from e
     return img

@@ -116,6 +116,7 @@ def _load_json(data_dir: Path) -> list[Sample]:
             if not seen[image_id]:
                 missing.append(str(image))
         samples.append(_sample(entry, str(image), where))
+    _refuse_duplicate_ids(samples, f"{path} field 'data'")
     if missing:
         raise FlexEvalError(f"TextVQA: {len(missing)} image(s) listed in {path} are missing, e.g. "
                             f"{', '.join(missing[:3])}; restore {data_dir / IMAGE_DIR}/ from the release")
@@ -142,7 +143,23 @@ def _load_parquet(files: list[Path]) -> list[Sample]:
                 raise FlexEvalError(f"{where}: field 'image' holds no embedded image ({e}); re-download it") from e
             image = by_image_id.setdefault(str(row.get("image_id")), image) if row.get("image_id") else image
             samples.append(_sample(row, image, where))
+    _refuse_duplicate_ids(samples, f"{', '.join(str(f) for f in files)}")
     return samples
+
+
+def _refuse_duplicate_ids(samples: list[Sample], where: str) -> None:
+    """question_id identifies an item (results, resume); a repeat would be counted twice or overwrite."""
+    first: dict[str, int] = {}
+    repeats = []
+    for k, s in enumerate(samples):
+        if s.id in first:
+            repeats.append(f"question_id {s.id} (items {first[s.id]} and {k})")
+        else:
+            first[s.id] = k
+    if repeats:
+        raise FlexEvalError(f"{where}: {len(repeats)} repeated question_id(s): {'; '.join(repeats[:10])}"
+                            f"{' ...' if len(repeats) > 10 else ''}; each question must appear once - remove the "
+                            f"repeats or restore the release file")
 
 
 def _sample(entry: dict, image: str | bytes, where: str) -> Sample:

@@ -28,6 +28,28 @@ def _natural_key(name: str) -> list:
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
 
 
+def _check_options(js: Path, options: Any) -> None:
+    """The release's options: >= 2 distinct non-empty strings, the correct one first. An empty option,
+    or a duplicate of options[0], would win or tie the lowest-NLL choice and score as correct."""
+    fix = "restore the release file (the correct option first, then the distractors)"
+    if not isinstance(options, list) or len(options) < 2:
+        raise FlexEvalError(f"{js}: field 'options' must be a list of >= 2 strings, got {options!r:.80}; {fix}")
+    for k, o in enumerate(options):
+        if not isinstance(o, str) or not o.strip():
+            raise FlexEvalError(f"{js}: options[{k}] = {o!r:.80} is not a non-empty string; {fix}")
+    seen: dict[str, int] = {}
+    for k, o in enumerate(options):
+        if o.strip() in seen:
+            raise FlexEvalError(f"{js}: options[{k}] = {o!r:.80} repeats options[{seen[o.strip()]}]; "
+                                f"a tie would be scored as the first option; {fix}")
+        seen[o.strip()] = k
+
+
+def _orphan_images(folder: Path) -> list[Path]:
+    return sorted((p for p in folder.iterdir() if p.suffix in IMAGE_EXTS and not p.with_suffix(".json").is_file()),
+                  key=lambda p: _natural_key(p.name))
+
+
 class VStar(Benchmark):
     name = "vstar"
     aliases = ("v*", "vstar_bench", "v_star", "vstarbench")
@@ -44,19 +66,27 @@ class VStar(Benchmark):
                 f"Put a full snapshot of the HF dataset repo {HUB_REPO} there "
                 f"(`flexeval data fetch --bench vstar --out {data_dir}` where a network exists)."
             )
-        samples = []
+        samples, problems = [], []
         for subset in SUBSETS:
             folder = data_dir / subset
             for js in sorted(folder.glob("*.json"), key=lambda p: _natural_key(p.name)):
-                samples.append(self._load_item(subset, js))
+                try:
+                    samples.append(self._load_item(subset, js))
+                except FlexEvalError as e:  # collected: the user sees every broken item at once
+                    problems.append(str(e))
+            problems += [f"{img}: an image without its JSON ({img.with_suffix('.json').name}); restore the JSON "
+                         f"or remove the image" for img in _orphan_images(folder)]
+        if problems:
+            raise FlexEvalError(f"V* data in {data_dir} has {len(problems)} problem(s):\n  - " + "\n  - ".join(problems))
         return samples
 
     def _load_item(self, subset: str, js: Path) -> Sample:
         item = read_json(js)
         question = require_field(item, "question", str(js))
         options = require_field(item, "options", str(js))
-        if not isinstance(question, str) or not isinstance(options, list) or len(options) < 2:
-            raise FlexEvalError(f"{js}: 'question' must be a string and 'options' a list of >= 2 strings")
+        if not isinstance(question, str) or not question.strip():
+            raise FlexEvalError(f"{js}: field 'question' must be a non-empty string; restore the release file")
+        _check_options(js, options)
         image = next((js.with_suffix(ext) for ext in IMAGE_EXTS if js.with_suffix(ext).is_file()), None)
         if image is None:
             raise FlexEvalError(
@@ -68,7 +98,7 @@ class VStar(Benchmark):
             question=question,
             image=str(image),
             target=str(options[0]),
-            options=tuple(str(o) for o in options),
+            options=tuple(options),
         )
 
     def request(self, sample: Sample, protocol: str) -> Choice:

@@ -48,8 +48,12 @@ def run(
     seed: int = typer.Option(0, "--seed", help="seed for the random selection ablation"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars, log lines only"),
     max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", help="override the benchmark's generation length"),
+    max_image_pixels: int = typer.Option(40_000_000, "--max-image-pixels", help="refuse larger images (a decompression-bomb guard; real V* images reach 8.3 Mpx); such an item is a skipped row"),
+    max_non_finite: int = typer.Option(3, "--max-non-finite", help="stop when more items than this give NaN/inf outputs (they always count as wrong)"),
+    check: bool = typer.Option(False, "--check", help="validate the data, the model folder and --out without running the model; list every problem"),
 ) -> None:
     """Evaluate a model on a benchmark; writes predictions.jsonl, accuracy.csv and run.json."""
+    from flexeval.interrupt import is_write_error, stop_message
     from flexeval.runner import RunConfig, run_benchmarks
 
     try:
@@ -57,10 +61,30 @@ def run(
                         batch_size=batch_size, protocol=protocol, dtype=dtype, device=device,
                         selection=selection, threshold=threshold, first_layer=first_layer, zoom=zoom,
                         split=split, workers=workers, tag=tag, seed=seed, quiet=quiet,
-                        max_new_tokens=max_new_tokens)
+                        max_new_tokens=max_new_tokens, max_image_pixels=max_image_pixels,
+                        max_non_finite=max_non_finite)
+        if check:
+            _check(cfg)
+            return
         run_benchmarks(cfg)
     except FlexEvalError as e:
         _fail(e)
+    except KeyboardInterrupt as e:  # one line: what was kept, how to continue
+        typer.secho(stop_message(e), fg=typer.colors.YELLOW, err=True)
+        raise typer.Exit(130) from None
+    except OSError as e:
+        if not is_write_error(e):
+            raise
+        _fail(stop_message(e))
+
+
+def _check(cfg) -> None:
+    from flexeval.check import check_run, format_check
+
+    problems, notes = check_run(cfg)
+    typer.echo(format_check(problems, notes))
+    if problems:
+        raise typer.Exit(1)
 
 
 @app.command("list")

@@ -2,7 +2,7 @@
 
 Python's json writes bare `NaN` / `Infinity`, which strict readers (JavaScript, jq, pandas with
 the C parser in strict mode, Go, serde) reject. Writing null instead loses the kind of the value,
-so the object that held it says so: `"non_finite": {"<path>": "NaN" | "Infinity" | "-Infinity"}`,
+so the object that held it says so: `"non_finite_values": {"<path>": "NaN" | "Infinity" | "-Infinity"}`,
 with paths like `option_nll[2]` or `accuracy[1].accuracy`.
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-NON_FINITE_KEY = "non_finite"
+NON_FINITE_KEY = "non_finite_values"
 
 
 def _kind(x: float) -> str:
@@ -37,7 +37,7 @@ def replace_non_finite(obj: Any, path: str = "") -> tuple[Any, dict[str, str]]:
 
 def strict_object(obj: Any) -> Any:
     """obj ready for json.dumps(allow_nan=False): non-finite floats as null, listed under
-    `non_finite` when obj is a dict (an earlier list there is kept and extended)."""
+    `non_finite_values` when obj is a dict (an earlier list there is kept and extended)."""
     clean, found = replace_non_finite(obj)
     if found and isinstance(clean, dict):
         clean[NON_FINITE_KEY] = {**(clean.get(NON_FINITE_KEY) or {}), **found}

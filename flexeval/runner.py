@@ -27,11 +27,15 @@ from torch.utils.data import DataLoader, Dataset
 
 from flexeval import __version__
 from flexeval.benchmarks import data_folders, select_benchmarks
-from flexeval.benchmarks.base import Benchmark, Sample, open_image
+from flexeval.benchmarks.base import DEFAULT_MAX_IMAGE_PIXELS, Benchmark, Sample, open_image
+from flexeval.check import check_samples, check_tag
 from flexeval.command import run_command
 from flexeval.errors import FlexEvalError
 from flexeval.identity import checkpoint_content, local_model_name
+from flexeval.interrupt import note_progress
 from flexeval.layout import results_dir, variant_name
+from flexeval.lock import hold_run_lock
+from flexeval.nonfinite import DEFAULT_LIMIT, NonFiniteGuard, choice_problem, per_subset
 from flexeval.preflight import check_model_options, check_run_options, count_sentence, load_samples, split_for
 from flexeval.requests import Choice, Generate, Request
 from flexeval.store import PredictionStore, fingerprint, write_json_atomic
@@ -59,6 +63,8 @@ class RunConfig:
     seed: int = 0
     quiet: bool = False
     max_new_tokens: int | None = None
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS  # decompression-bomb guard (benchmarks/base.py)
+    max_non_finite: int = DEFAULT_LIMIT  # more NaN/inf items than this stop the run (flexeval/nonfinite.py)
 
 
 def log(msg: str) -> None:
@@ -102,8 +108,8 @@ def model_identity(model) -> dict:
 class _ImageDataset(Dataset):
     """Decodes and preprocesses images in worker processes; a bad image becomes an error message."""
 
-    def __init__(self, items: list[Item], preprocessor):
-        self.items, self.pre = items, preprocessor
+    def __init__(self, items: list[Item], preprocessor, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS):
+        self.items, self.pre, self.max_pixels = items, preprocessor, max_pixels
 
     def __len__(self) -> int:
         return len(self.items)
@@ -113,7 +119,8 @@ class _ImageDataset(Dataset):
         if s.image is None:
             return i, None, "no image"
         try:
-            return i, self.pre(open_image(s.image, where=f"{s.id}"), self.items[i].request.image_mode), None
+            image = open_image(s.image, where=f"{s.id}", max_pixels=self.max_pixels)
+            return i, self.pre(image, self.items[i].request.image_mode), None
         except FlexEvalError as e:
             return i, None, str(e)
 
@@ -183,13 +190,17 @@ def request_fingerprint(req: Request) -> str:
 
 def choice_record(req: Choice, res) -> dict:
     best = int(np.argmin(res.option_nll))  # first minimum: a tie goes to the lowest index
-    return {"prediction": req.options[best], "option_nll": res.option_nll,
-            "n_prompt_tokens": res.n_prompt_tokens, "hd_selected_ratio": res.hd_selected_ratio}
+    bad = choice_problem(res.option_nll)  # NaN would argmin to option 0, the correct one on V*
+    return {"prediction": None if bad else req.options[best], "option_nll": res.option_nll,
+            "n_prompt_tokens": res.n_prompt_tokens, "hd_selected_ratio": res.hd_selected_ratio,
+            **({"non_finite": bad} if bad else {})}
 
 
 def generation_record(req: Generate, res) -> dict:
-    return {"prediction": res.text, "generated_ids": res.token_ids, "n_prompt_tokens": res.n_prompt_tokens,
-            "n_new_tokens": len(res.token_ids), "hd_selected_ratio": res.hd_selected_ratio}
+    return {"prediction": None if res.non_finite else res.text, "generated_ids": res.token_ids,
+            "n_prompt_tokens": res.n_prompt_tokens, "n_new_tokens": len(res.token_ids),
+            "hd_selected_ratio": res.hd_selected_ratio,
+            **({"non_finite": "logits not finite during generation"} if res.non_finite else {})}
 
 
 @dataclass(frozen=True)
@@ -250,22 +261,24 @@ class Progress:
         self.bar.update(n)
 
 
-def run_items(items: list[Item], model, store: PredictionStore, sizer: BatchSizer, workers: int | None,
-              progress: Progress) -> RunStats:
+def run_items(items: list[Item], model, store: PredictionStore, sizer: BatchSizer, cfg: RunConfig,
+              progress: Progress, guard: NonFiniteGuard) -> RunStats:
     """Images decoded in workers, batches of `sizer.size`, each batch's records appended and fsync'ed."""
     stats = RunStats()
     if not items:
         return stats
     progress.status("starting the image decoders")
     batch: list = []
-    for entry in _loader(_ImageDataset(items, model.preprocessor), workers):
+    for entry in _loader(_ImageDataset(items, model.preprocessor, cfg.max_image_pixels), cfg.workers):
         batch.append(entry)
         progress.status(f"first batch: {len(batch)}/{sizer.size} images decoded")
         if len(batch) >= sizer.size:
             _run_batch(items, batch, model, store, sizer, stats, progress)
+            guard.add(items[i].record for i, _, _ in batch)  # too many NaN/inf items stop the run (stored ones kept)
             batch = []
     if batch:
         _run_batch(items, batch, model, store, sizer, stats, progress)
+        guard.add(items[i].record for i, _, _ in batch)
     return stats
 
 
@@ -309,6 +322,9 @@ def run_figures(records: list[dict]) -> dict:
         "mean_new_tokens": _mean([r.get("n_new_tokens") for r in records]),
         "mean_hd_selected_ratio": _mean([r.get("hd_selected_ratio") for r in records]),
         "skipped": sum(1 for r in records if r.get("skipped")),
+        "skipped_per_subset": per_subset(records, "skipped"),
+        "non_finite": sum(1 for r in records if r.get("non_finite")),
+        "non_finite_per_subset": per_subset(records, "non_finite"),
     }
 
 
@@ -326,6 +342,7 @@ def run_benchmark(bench: Benchmark, model, cfg: RunConfig, data_dir: Path, proto
     split = split_for(bench, cfg.split, several=cfg.bench == "all")
     if samples is None:
         samples = bench.load(data_dir, split=split)
+    check_samples(bench.name, samples, data_dir)  # no items, or an id twice: an error, not an empty table
     counts = bench.count_report(samples)
     if counts["mismatch"]:
         log(count_sentence(bench.name, counts))
@@ -339,14 +356,21 @@ def run_benchmark(bench: Benchmark, model, cfg: RunConfig, data_dir: Path, proto
     generates = any(isinstance(it.request, Generate) for it in items)
     variant = variant_name(bench, protocol, split, cfg.limit, len(samples), cfg.max_new_tokens if generates else None)
     out_dir = results_dir(bench_dir, variant)
+    lock = hold_run_lock(bench_dir, log)  # creates the folder; a second run on it refuses here
     out_dir.mkdir(parents=True, exist_ok=True)
     store = PredictionStore(bench_dir, config_fp)
-    pending = pending_items(items, store)
+    note_progress(bench.name, bench_dir, store, [it.key for it in items])  # for the line Ctrl-C / a full disk prints
+    pending, guard = pending_items(items, store), NonFiniteGuard(model.dtype, cfg.max_non_finite, where=str(bench_dir))
+    done = store.completed()
+    guard.add(done[it.key] for it in items if it.key in done)  # NaN/inf items of an earlier try count too
     log(f"[{bench.name}] {len(items)} items, {len(items) - len(pending)} already done, {len(pending)} to run "
         f"-> {out_dir}")
     sizer = BatchSizer(cfg.batch_size, str(model.device))
-    with tqdm(total=len(pending), desc=bench.name, unit="sample", disable=cfg.quiet, dynamic_ncols=True) as bar:
-        stats = run_items(pending, model, store, sizer, cfg.workers, Progress(bar))
+    try:
+        with tqdm(total=len(pending), desc=bench.name, unit="sample", disable=cfg.quiet, dynamic_ncols=True) as bar:
+            stats = run_items(pending, model, store, sizer, cfg, Progress(bar), guard)
+    finally:
+        store.close()  # the shard's flock goes even when a stop raises (an in-process rerun needs it)
     where = str(out_dir / "predictions.jsonl")
     records, rows = score_records(bench, store.collect([it.key for it in items]), protocol, where=where)
     store.write_predictions(records, out_dir)
@@ -359,7 +383,8 @@ def run_benchmark(bench: Benchmark, model, cfg: RunConfig, data_dir: Path, proto
                  "data_dir": data_dir, "counts": counts}
     run = run_summary(bench, model, cfg, where_run, identity, records, rows, timing)
     write_json_atomic(out_dir / "run.json", run)
-    report_run(bench, out_dir, records, rows)
+    lock.release()
+    report_run(bench, out_dir, records, rows, run["stats"])
     return run
 
 
@@ -385,11 +410,14 @@ def run_summary(bench, model, cfg, where_run: dict, identity: dict, records, row
     }
 
 
-def report_run(bench: Benchmark, out_dir: Path, records: list[dict], rows: list[dict]) -> None:
+def report_run(bench: Benchmark, out_dir: Path, records: list[dict], rows: list[dict], stats: dict) -> None:
     skipped = [r for r in records if r.get("skipped")]
     if skipped:
         log(f"[{bench.name}] {len(skipped)} items were not run and count as wrong, e.g. {skipped[0]['id']}: "
             f"{skipped[0]['skipped']} (all are marked 'skipped' in predictions.jsonl)")
+    if stats["non_finite"]:
+        log(f"[{bench.name}] {stats['non_finite']} items gave NaN/inf outputs and count as wrong, per subset "
+            f"{stats['non_finite_per_subset']} (marked 'non_finite' in predictions.jsonl)")
     print(format_rows(rows))
     print(f"accuracy table: {out_dir / 'accuracy.csv'}")
 
@@ -409,27 +437,35 @@ def resolve_protocols(benches: list[Benchmark], protocol: str | None, is_all: bo
     return protocols
 
 
+def plan_benchmarks(cfg: RunConfig) -> list[tuple[Benchmark, Path, str]]:
+    """(benchmark, data folder, protocol) for each benchmark the run covers; bad names raise."""
+    benches = select_benchmarks(cfg.bench)
+    dirs = data_folders(cfg.bench, cfg.data_dir, must_exist=True)
+    protocols = resolve_protocols(benches, cfg.protocol, cfg.bench == "all")
+    return [(b, dirs[b.name], protocols[b.name]) for b in benches]
+
+
 def run_benchmarks(cfg: RunConfig) -> list[dict]:
     from flexeval.model import RunOptions, load_pretrained
 
     check_run_options(cfg)
-    benches = select_benchmarks(cfg.bench)
-    dirs = data_folders(cfg.bench, cfg.data_dir, must_exist=True)
-    protocols = resolve_protocols(benches, cfg.protocol, cfg.bench == "all")
+    if cfg.tag:
+        check_tag(cfg.tag)  # before the model loads: a tag like ../../x would write outside --out
+    plan = plan_benchmarks(cfg)
     options = RunOptions(selection=cfg.selection, threshold=cfg.threshold, first_hd_layer=cfg.first_layer,
                          zoom=cfg.zoom, seed=cfg.seed)
     # Everything a typo can break is checked before the model loads (flexeval/preflight.py).
     check_model_options(cfg.model, options)
     several = cfg.bench == "all"
     if cfg.split and several:
-        log(f"--split {cfg.split} applies to {', '.join(b.name for b in benches if b.splits) or 'no benchmark'}")
-    samples = {b.name: load_samples(b, dirs[b.name], split_for(b, cfg.split, several),
-                                    explicit_dir=cfg.data_dir is not None and not several) for b in benches}
+        log(f"--split {cfg.split} applies to {', '.join(b.name for b, _, _ in plan if b.splits) or 'no benchmark'}")
+    samples = {b.name: load_samples(b, data_dir, split_for(b, cfg.split, several),
+                                    explicit_dir=cfg.data_dir is not None and not several) for b, data_dir, _ in plan}
     torch.manual_seed(cfg.seed)
     log(f"loading {cfg.model} ...")
     model = load_pretrained(cfg.model, dtype=cfg.dtype, device=cfg.device, options=options)
-    runs = [run_benchmark(b, model, cfg, dirs[b.name], protocols[b.name], samples[b.name]) for b in benches]
-    if cfg.bench == "all":
+    runs = [run_benchmark(b, model, cfg, data_dir, protocol, samples[b.name]) for b, data_dir, protocol in plan]
+    if several:
         print(write_report(Path(cfg.out)))
         print(f"summary: {Path(cfg.out) / 'summary.csv'} and {Path(cfg.out) / 'summary.md'}")
     else:

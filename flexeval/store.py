@@ -68,7 +68,7 @@ def record_line(record: dict) -> bytes:
 
     Insertion order is kept (no sort_keys), so the bytes depend only on the record as given;
     json.dumps escapes newlines inside strings, so a record is always exactly one line.
-    Strict JSON: a non-finite number is written as null and named in the record's `non_finite`.
+    Strict JSON: a non-finite number is written as null and named in the record's `non_finite_values`.
     """
     return (json.dumps(strict_object(record), ensure_ascii=False, allow_nan=False) + "\n").encode("utf-8")
 
@@ -124,7 +124,7 @@ def write_text_atomic(path: Path, text: str) -> None:
 
 def write_json_atomic(path: Path, obj: Any) -> None:
     """Pretty JSON (indent 2, key order kept); Paths and other odd values become strings; strict JSON
-    (non-finite numbers as null, named under a top-level `non_finite`)."""
+    (non-finite numbers as null, named under a top-level `non_finite_values`)."""
     text = json.dumps(strict_object(obj), indent=2, ensure_ascii=False, default=str, allow_nan=False)
     write_text_atomic(path, text + "\n")
 

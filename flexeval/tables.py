@@ -19,6 +19,7 @@ from typing import Callable
 
 from flexeval.errors import FlexEvalError
 from flexeval.layout import benchmark_folder, is_variant_folder
+from flexeval.nonfinite import score_record
 from flexeval.store import PREDICTIONS, read_records, write_text_atomic
 
 ACCURACY_COLUMNS = ["benchmark", "subset", "n", "correct", "accuracy"]
@@ -131,7 +132,7 @@ def score_records(benchmark, records: list[dict], protocol: str | None,
     scored = []
     for rec in records:
         try:
-            scored.append({**rec, **benchmark.score(rec, protocol)})
+            scored.append({**rec, **score_record(benchmark, rec, protocol)})  # a non_finite item scores 0
         except (KeyError, TypeError, IndexError) as e:
             raise FlexEvalError(
                 f"{where}: record {rec.get('key', rec.get('id'))!r} cannot be scored by {benchmark.name} "

@@ -48,6 +48,7 @@ class GenerationResult:
     n_prompt_tokens: int
     hd_selected_ratio: float | None = None  # mean over this row's high-res forward rows and layers
     selected_per_layer: dict = field(default_factory=dict)  # prefill last row: layer -> count
+    non_finite: bool = False  # NaN/inf in a logit row this sample decoded from: its text is meaningless
 
 
 @dataclass
@@ -227,21 +228,21 @@ class FlexLlava:
                                self._prefill_visible(batch.valid), hires)
         prefill_logits = self.lm.lm_head(hidden) if return_prefill_logits else None
         selected_prefill = {k: v[:, 0].tolist() for k, v in hires.trace.selected.items()} if hires else {}
-        tokens, counts, n_calls = self._decode(self.lm.lm_head(hidden[:, -1]), hires, cache, batch, max_new)
+        tokens, counts, n_calls, non_finite = self._decode(self.lm.lm_head(hidden[:, -1]), hires, cache, batch, max_new)
         ratios = self._mean_fraction([c / n_calls for c in counts.values()]) if hires else [None] * b
         results = []
         for i in range(b):
             results.append(GenerationResult(
                 token_ids=tokens[i], text=self.tokenizer.decode(tokens[i]).strip(),
-                n_prompt_tokens=int(batch.valid[i].sum()), hd_selected_ratio=ratios[i],
+                n_prompt_tokens=int(batch.valid[i].sum()), hd_selected_ratio=ratios[i], non_finite=non_finite[i],
                 selected_per_layer={str(k): int(v[i]) for k, v in selected_prefill.items()}))
         return results, prefill_logits
 
     def _decode(self, logits, hires: HiResContext | None, cache: KVCache, batch: _Embedded, max_new: list[int]):
-        """The greedy loop after the prefill. Returns each row's tokens (through EOS) and, with high-res,
+        """The greedy loop after the prefill. Returns each row's tokens (through EOS), with high-res
         each row's selected-token counts summed over its forward calls (layer -> [B]) and the number of
-        those calls: a row that has stopped (EOS or its own max_new_tokens) still rides along in the
-        batch but no longer counts."""
+        those calls, and whether a logit row the sample decoded from held NaN/inf: a row that has
+        stopped (EOS or its own max_new_tokens) still rides along in the batch but no longer counts."""
         b, t = batch.valid.shape
         limit = torch.tensor(max_new, device=self.device)
         key_valid = torch.zeros(b, t + max(max_new), dtype=torch.bool, device=self.device)
@@ -250,6 +251,7 @@ class FlexLlava:
         n_calls = torch.ones(b, dtype=torch.long, device=self.device)
         tokens = torch.zeros(b, 0, dtype=torch.long, device=self.device)
         done = torch.zeros(b, dtype=torch.bool, device=self.device)
+        non_finite = ~torch.isfinite(logits).all(-1)  # no sync: read once at the end
         pos = batch.positions[:, -1]
         for step in range(max(max_new)):
             nxt = logits.argmax(-1)
@@ -266,7 +268,9 @@ class FlexLlava:
                 counts[k] = counts[k] + v[:, 0] * active
             n_calls = n_calls + active.long()
             logits = self.lm.lm_head(hidden[:, -1])
-        return [self._through_eos(row.tolist(), n) for row, n in zip(tokens, max_new)], counts, n_calls
+            non_finite |= active & ~torch.isfinite(logits).all(-1)
+        tokens = [self._through_eos(row.tolist(), n) for row, n in zip(tokens, max_new)]
+        return tokens, counts, n_calls, non_finite.tolist()
 
     def _through_eos(self, toks: list[int], max_new: int) -> list[int]:
         toks = toks[:max_new]

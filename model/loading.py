@@ -20,6 +20,7 @@ from .config import FlexConfig, RunOptions
 from .flex_llava import FlexLlava
 from .llama import LlavaLM
 from .tokenizer import LlavaTokenizer
+from .validate import header_problems, non_finite_problems, raise_problems, shape_problems, tokenizer_problems
 from .vision import VisionTower
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
@@ -82,16 +83,23 @@ def read_state_dict(folder: Path) -> dict[str, torch.Tensor]:
 
     files = sorted(folder.glob("*.safetensors"))
     if files:
+        raise_problems(header_problems(files), f"checkpoint {folder}")
         sd = {}
         for f in files:
-            sd.update(load_file(str(f)))
+            try:
+                sd.update(load_file(str(f)))
+            except Exception as e:  # safetensors raises its own types; the header check caught the usual ones
+                raise FlexEvalError(f"{f}: cannot be read as safetensors ({type(e).__name__}: {e}); re-download it") from e
         return sd
     bins = sorted(folder.glob("pytorch_model*.bin"))
     if not bins:
         raise FlexEvalError(f"no weights in {folder} (expected *.safetensors or pytorch_model*.bin)")
     sd = {}
     for f in bins:
-        sd.update(torch.load(str(f), map_location="cpu", weights_only=True))
+        try:
+            sd.update(torch.load(str(f), map_location="cpu", weights_only=True))
+        except Exception as e:  # zip/pickle errors of a damaged file
+            raise FlexEvalError(f"{f}: cannot be read ({type(e).__name__}: {e}); re-download it") from e
     return sd
 
 
@@ -128,15 +136,32 @@ def parse_config(folder: Path, raw: dict) -> FlexConfig:
         raise _unsupported(folder, "extra", sorted(unknown), f"known keys are {sorted(KNOWN_EXTRA)}")
     if "zoom_ratio" in extra:
         cfg.has_hd, cfg.format = True, "release"
-        cfg.zoom_ratio = int(extra["zoom_ratio"])
-        cfg.lowres_size = int(extra.get("lowres_size", 336))
-        cfg.highres_size = int(extra.get("highres_size", cfg.lowres_size * cfg.zoom_ratio))
-        cfg.threshold = float(int(extra.get("threshold", 64)))  # the release's default when absent is 64
+        cfg.zoom_ratio = _extra_int(folder, extra, "zoom_ratio", None, (2, 3, 4))
+        cfg.lowres_size = _extra_int(folder, extra, "lowres_size", 336)
+        cfg.highres_size = _extra_int(folder, extra, "highres_size", cfg.lowres_size * cfg.zoom_ratio)
+        cfg.threshold = float(_extra_int(folder, extra, "threshold", 64, range(0, 255)))  # release default: 64
         if cfg.highres_size != cfg.lowres_size * cfg.zoom_ratio:
             raise _unsupported(folder, "extra.highres_size", cfg.highres_size, "it must be lowres_size * zoom_ratio")
     else:
         cfg.format = "llava"
     return cfg
+
+
+def _extra_int(folder: Path, extra: dict, key: str, default, allowed=None) -> int:
+    """An integer `extra` value. The release config stores them as strings ("3") and reads them with
+    int(): "3.5", 3.5 or "x" would be a traceback or a silent truncation there, an error here."""
+    value = extra.get(key, default)
+    text = str(value).strip()
+    if isinstance(value, bool) or not isinstance(value, (int, str)) or not text.isdigit() or (
+            allowed is None and int(text) == 0):
+        raise _unsupported(folder, f"extra.{key}", value, "it must be a positive integer (the release writes "
+                           '"3" / "336" / "48")')
+    number = int(text)
+    if allowed is not None and number not in allowed:
+        shown = f"{allowed.start}..{allowed.stop - 1}" if isinstance(allowed, range) else " or ".join(map(str, allowed))
+        raise _unsupported(folder, f"extra.{key}", value, f"choose {shown} (the release uses zoom_ratio 3 and "
+                           "threshold 48)")
+    return number
 
 
 def _llama_fields(folder: Path, text: dict) -> FlexConfig:
@@ -227,8 +252,7 @@ def load_clip(cfg: FlexConfig, folder: Path, embedded: dict | None, raw: dict):
             raise FlexEvalError(f"{folder}: vision tower weights missing: {missing[:5]}")
         return clip
     name = cfg.vision_tower
-    candidates = [Path(name), folder / name, folder / Path(name).name]
-    path = next((c for c in candidates if (c / "config.json").is_file()), None)
+    path = local_clip_folder(folder, name)
     if path is not None:
         return _load_clip_folder(CLIPVisionModel, CLIPVisionConfig, path)
     try:
@@ -242,6 +266,12 @@ def load_clip(cfg: FlexConfig, folder: Path, embedded: dict | None, raw: dict):
             f"its folder (config.json + weights) to {folder / Path(name).name}, where it is looked for first"
         ) from e
     return _load_clip_folder(CLIPVisionModel, CLIPVisionConfig, found)
+
+
+def local_clip_folder(folder: Path, name: str) -> Path | None:
+    """The vision tower's folder when it is on disk (as given, inside the checkpoint, or beside it)."""
+    candidates = [Path(name), folder / name, folder / Path(name).name]
+    return next((c for c in candidates if (c / "config.json").is_file()), None)
 
 
 def _load_clip_folder(model_cls, config_cls, path: Path):
@@ -279,6 +309,9 @@ def load_pretrained(path_or_id: str | os.PathLike, dtype="auto", device: str = "
     lm = LlavaLM(cfg)
     # A release checkpoint may carry unused tensors (e.g. rotary inv_freq); everything we need must be there.
     sd = {k: v for k, v in sd.items() if not k.endswith("rotary_emb.inv_freq")}
+    own = {k: tuple(v.shape) for k, v in lm.state_dict().items()}
+    raise_problems(shape_problems({k: (str(v.dtype), tuple(v.shape)) for k, v in sd.items()}, own, str(folder)),
+                   f"checkpoint {folder}")
     missing, unexpected = lm.load_state_dict(sd, strict=False)
     unexpected = [k for k in unexpected if not k.startswith("model.vision_tower")]
     if missing or unexpected:
@@ -287,8 +320,12 @@ def load_pretrained(path_or_id: str | os.PathLike, dtype="auto", device: str = "
     clip = load_clip(cfg, folder, embedded, raw)
     vision = VisionTower(clip, cfg.vision_select_layer)
     tok = LlavaTokenizer(folder / "tokenizer.model")
+    raise_problems(tokenizer_problems(tok.path, tok.sp.vocab_size(), lm.model.embed_tokens.weight.shape[0],
+                                      str(folder)), f"checkpoint {folder}")
     lm.to(device=device, dtype=torch_dtype).eval()
     vision.to(device=device, dtype=torch_dtype).eval()
+    named = list(lm.named_parameters()) + [(f"vision.{k}", v) for k, v in vision.named_parameters()]
+    raise_problems(non_finite_problems(named, str(folder), torch_dtype), f"checkpoint {folder}")
     # folder: where the files are (a hub snapshot for a hub id)
     return FlexLlava(lm, vision, tok, cfg, options, device=device, dtype=torch_dtype, source=str(path_or_id),
                      folder=folder)
