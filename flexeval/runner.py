@@ -18,9 +18,17 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from flexeval import __version__
-from flexeval.benchmarks import get_benchmark, list_benchmarks
+from flexeval.benchmarks import get_benchmark
 from flexeval.benchmarks.base import Benchmark, Choice, Generate, Sample, open_image
+from flexeval.benchmarks.question_style import changes_questions, check_question_style, styled_sample
 from flexeval.errors import FlexEvalError
+from flexeval.run_options import (
+    IdList,
+    check_unprefixed_ids_found,
+    parse_bench_list,
+    read_id_file,
+    select_items,
+)
 from flexeval.store import PredictionStore, fingerprint, write_json_atomic
 from flexeval.tables import format_rows, score_records, write_accuracy_csv, write_report
 
@@ -31,7 +39,7 @@ class RunConfig:
     model: str
     data_dir: Path | None = None
     out: Path = Path("results")
-    limit: int | None = None
+    limit: int | float | None = None  # N items, or a fraction 0 < x < 1 (run_options.limit_count)
     batch_size: str = "auto"
     protocol: str | None = None
     dtype: str = "auto"
@@ -46,6 +54,10 @@ class RunConfig:
     seed: int = 0
     quiet: bool = False
     max_new_tokens: int | None = None
+    # issue 15 (run_options.py, benchmarks/question_style.py): item selection and question style
+    offset: int = 0
+    ids_file: Path | None = None
+    question_style: str = "release"
 
 
 def log(msg: str) -> None:
@@ -72,6 +84,8 @@ def model_tag(cfg: RunConfig, model) -> str:
             parts.append(f"zoom{r['zoom']}")
     if cfg.dtype not in ("auto", None):
         parts.append(str(cfg.dtype))
+    if cfg.question_style not in (None, "release"):  # issue 15: other prompts, other folder
+        parts.append(f"qs-{cfg.question_style}")
     return "-".join(parts)
 
 
@@ -179,17 +193,21 @@ def _generate_records(model, batch, reqs, max_new_tokens):
              "n_new_tokens": len(res.token_ids), "hd_selected_ratio": res.hd_selected_ratio} for res in out]
 
 
-def run_benchmark(bench: Benchmark, model, cfg: RunConfig, data_dir: Path, protocol: str) -> dict:
+def run_benchmark(bench: Benchmark, model, cfg: RunConfig, data_dir: Path, protocol: str,
+                  ids: IdList | None = None, n_benches: int = 1) -> dict:
     from flexeval.meta import data_fingerprint, environment_info
 
     t0 = time.time()
-    samples = bench.load(data_dir, split=cfg.split)
+    samples = bench.load(data_dir, split=cfg.split, protocol=protocol)
     counts = bench.count_report(samples)
     if counts["mismatch"]:
         log(f"[{bench.name}] item counts differ from the published ones: {counts['mismatch']}")
-    if cfg.limit is not None:
-        samples = samples[: cfg.limit]
-    requests = [bench.request(s, protocol) for s in samples]
+    # issue 15: --ids, --offset, --limit N or fraction (run_options.select_items); --question-style
+    samples, selection = select_items(samples, bench.name, ids, cfg.offset, cfg.limit, n_benches)
+    if cfg.question_style != "release" and not changes_questions(bench.name, cfg.question_style):
+        log(f"[{bench.name}] --question-style {cfg.question_style} changes nothing here "
+            "(see benchmarks/question_style.py)")
+    requests = [bench.request(styled_sample(bench.name, s, cfg.question_style), protocol) for s in samples]
     if cfg.max_new_tokens:
         requests = [Generate(r.prompt, cfg.max_new_tokens, r.image_mode) if isinstance(r, Generate) else r
                     for r in requests]
@@ -222,7 +240,7 @@ def run_benchmark(bench: Benchmark, model, cfg: RunConfig, data_dir: Path, proto
                   **identity, "device": str(model.device), "architecture": model.cfg.to_dict()},
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
         "data": {"dir": str(Path(data_dir).resolve()), "fingerprint": data_fingerprint([Path(data_dir)]),
-                 "counts": counts, "limit": cfg.limit, "evaluated": len(records)},
+                 "counts": counts, "limit": cfg.limit, "evaluated": len(records), "selection": selection},
         "environment": environment_info(),
         "timing": {"wall_s": round(wall, 3), "ran": len(pending), "reused": len(samples) - len(pending),
                    "model_s": round(stats["model_seconds"], 3),
@@ -308,22 +326,26 @@ def _group_run(sizer: BatchSizer, batch, reqs, fn):
 def run_benchmarks(cfg: RunConfig) -> list[dict]:
     from flexeval.model import RunOptions, load_pretrained
 
-    if cfg.bench == "all":
-        benches = list_benchmarks()
+    names = parse_bench_list(cfg.bench)  # issue 15: "vstar,textvqa" as well as one name or "all"
+    several = len(names) > 1 or cfg.bench == "all"
+    check_question_style(cfg.question_style)
+    ids = read_id_file(cfg.ids_file, names)
+    if several:
+        benches = [get_benchmark(n) for n in names]
         root = Path(cfg.data_dir or "data")
         dirs = {b.name: root / b.name for b in benches}
         missing = [str(d) for d in dirs.values() if not d.exists()]
         if missing:
-            raise FlexEvalError(f"--bench all expects one folder per benchmark under {root}; missing: "
+            raise FlexEvalError(f"--bench {cfg.bench} expects one folder per benchmark under {root}; missing: "
                                 f"{', '.join(missing)} (`flexeval data make-sample --bench all --out {root}` "
                                 "writes sample data; `flexeval data fetch --bench all` the real data)")
     else:
-        benches = [get_benchmark(cfg.bench)]
+        benches = [get_benchmark(names[0])]
         dirs = {benches[0].name: Path(cfg.data_dir or Path("data") / benches[0].name)}
     protocols = {}
     for b in benches:
         if cfg.protocol and cfg.protocol not in b.protocols:
-            if cfg.bench != "all":
+            if not several:
                 b.check_protocol(cfg.protocol)  # raises with the choices
             log(f"[{b.name}] has no protocol '{cfg.protocol}'; using its default '{b.protocols[0]}'")
         protocols[b.name] = cfg.protocol if cfg.protocol in b.protocols else b.protocols[0]
@@ -332,8 +354,9 @@ def run_benchmarks(cfg: RunConfig) -> list[dict]:
     torch.manual_seed(cfg.seed)
     log(f"loading {cfg.model} ...")
     model = load_pretrained(cfg.model, dtype=cfg.dtype, device=cfg.device, options=options)
-    runs = [run_benchmark(b, model, cfg, dirs[b.name], protocols[b.name]) for b in benches]
-    if cfg.bench == "all":
+    runs = [run_benchmark(b, model, cfg, dirs[b.name], protocols[b.name], ids, len(benches)) for b in benches]
+    check_unprefixed_ids_found(ids, [r["data"]["selection"] for r in runs])
+    if several:
         print(write_report(Path(cfg.out)))
         print(f"summary: {Path(cfg.out) / 'summary.csv'} and {Path(cfg.out) / 'summary.md'}")
     return runs
