@@ -29,6 +29,7 @@ from flexeval.run_options import (
     read_id_file,
     select_items,
 )
+from flexeval.stats import METHOD as INTERVAL_METHOD
 from flexeval.store import PredictionStore, fingerprint, write_json_atomic
 from flexeval.tables import format_rows, score_records, write_accuracy_csv, write_report
 
@@ -253,6 +254,7 @@ def run_benchmark(bench: Benchmark, model, cfg: RunConfig, data_dir: Path, proto
             "skipped": sum(1 for r in records if r.get("skipped")),
         },
         "accuracy": rows,
+        "accuracy_intervals": INTERVAL_METHOD,  # issue 15: how stderr / ci95_* were computed
     }
     write_json_atomic(bench_dir / "run.json", run)
     skipped = [r for r in records if r.get("skipped")]

@@ -31,6 +31,11 @@ BOOTSTRAP_SEED = 0
 CI_LEVEL = 0.95
 _CHUNK_CELLS = 4_000_000  # resample indices drawn at most this many at a time (memory bound)
 
+# Recorded in run.json, so a cited interval says how it was made.
+METHOD = {"stderr": "sample standard deviation (ddof=1) / sqrt(n); a mean of K strata: sqrt(sum of squares) / K",
+          "interval": "percentile bootstrap over items, resampled within each stratum",
+          "resamples": BOOTSTRAP_RESAMPLES, "seed": BOOTSTRAP_SEED, "level": CI_LEVEL}
+
 ItemScores = list[list[float]]  # strata of per-item scores; the row's value = mean of strata means
 
 
