@@ -159,6 +159,17 @@ def accuracy_rows(benchmark: str, scored: list[dict], subsets: list[str] | None 
     return rows
 
 
+def subset_item_scores(scored: list[dict], subsets: list[str] | None = None) -> dict[str, list[list[float]]]:
+    """The per-item scores behind each `accuracy_rows` row, as one stratum each (flexeval/stats.py
+    turns them into standard errors and bootstrap intervals); rows are keyed by subset name."""
+    by_subset: dict[str, list[float]] = {s: [] for s in subsets or []}
+    for r in scored:
+        by_subset.setdefault(r["subset"], []).append(float(r["score"]))
+    out = {s: [v] for s, v in by_subset.items()}
+    out["overall"] = [[float(r["score"]) for r in scored]]
+    return out
+
+
 def _row(benchmark: str, subset: str, scores: list[float]) -> dict:
     n = len(scores)
     correct = round(sum(scores), 6)
@@ -194,6 +205,11 @@ class Benchmark:
     def table(self, records: list[dict], protocol: str) -> list[dict]:
         """accuracy.csv rows from scored records (each has `subset` and `score`)."""
         return accuracy_rows(self.name, records, list(self.subsets))
+
+    def row_scores(self, records: list[dict], protocol: str) -> dict[str, list[list[float]]]:
+        """Per-item scores behind each row of `table` (strata of scores; the row = mean of the strata
+        means), for its standard error and bootstrap interval. A benchmark with extra rows adds them."""
+        return subset_item_scores(records, list(self.subsets))
 
     def make_sample(self, out_dir: Path, n: int = 8, seed: int = 0) -> Path:
         raise NotImplementedError

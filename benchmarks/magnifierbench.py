@@ -144,12 +144,20 @@ class MagnifierBench(Benchmark):
         rows = super().table(scored, protocol)
         n = len(scored)
         strict_correct = sum(float(r["strict_score"]) for r in scored)
-        disagree = sum(1 for r in scored
-                       if r["parsed"] not in ("skipped", "no_image") and (r["strict"] or "other") != r["parsed"])
+        disagree = sum(1 for r in scored if _disagrees(r))
         for subset, correct in (("overall_strict", strict_correct), ("parse_disagreements", disagree)):
             rows.append({"benchmark": self.name, "subset": subset, "n": n, "correct": round(correct, 6),
                          "accuracy": round(100.0 * correct / n, 4) if n else float("nan")})
         return rows
+
+    def row_scores(self, records: list[dict], protocol: str) -> dict[str, list[list[float]]]:
+        """`overall_strict`: the per-item strict scores; `parse_disagreements`: a 0/1 indicator per item
+        (1 = the two parses differ), so its interval is that of a disagreement rate."""
+        scored = [r if "strict_score" in r else {**r, **self.score(r, protocol)} for r in records]
+        out = super().row_scores(scored, protocol)
+        out["overall_strict"] = [[float(r["strict_score"]) for r in scored]]
+        out["parse_disagreements"] = [[float(_disagrees(r)) for r in scored]]
+        return out
 
     # ----------------------------------------------------------- sample data
     def make_sample(self, out_dir: Path, n: int = 6, seed: int = 0, fmt: str = "parquet") -> Path:
@@ -198,6 +206,11 @@ class MagnifierBench(Benchmark):
         from flexeval.hub import fetch_dataset
 
         return fetch_dataset(HUB_REPO, out_dir, what="MagnifierBench (data/test-*.parquet)")
+
+
+def _disagrees(scored: dict) -> bool:
+    """The release parser and the strict parse differ (a strict failure counts as "other")."""
+    return scored["parsed"] not in ("skipped", "no_image") and (scored["strict"] or "other") != scored["parsed"]
 
 
 # -------------------------------------------------------------------- loaders

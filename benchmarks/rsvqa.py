@@ -11,7 +11,8 @@ Protocols: "paper" = strip the reply's surrounding whitespace (as GeoChat's scri
 lower-cased exact match, so "Yes." is wrong; "lenient" also strips trailing punctuation.
 Table: presence, comparison, `average` (their mean accuracy, the seed's headline number; its
 `n` is the total and `correct` the summed corrects, so accuracy != correct / n on that row only),
-then the micro `overall`.
+then the micro `overall`. The standard error and bootstrap interval of `average` treat it as the
+mean of two strata (resampled within each subset), see flexeval/stats.py.
 max_new_tokens = 16: every presence/comp answer is "yes" or "no", so a reply cut at 16 tokens
 scores exactly as the full reply would (both are wrong).
 """
@@ -28,7 +29,7 @@ from typing import Any
 from flexeval.errors import FlexEvalError
 from flexeval.requests import Generate
 
-from .base import Benchmark, Sample, accuracy_rows, count_against, read_json, require_field
+from .base import Benchmark, Sample, accuracy_rows, count_against, read_json, require_field, subset_item_scores
 from .conversation import SHORT_ANSWER_SUFFIX, llava_v1_prompt
 
 ZENODO_RECORD = "6344367"
@@ -150,6 +151,13 @@ class RSVQAHRBEN(Benchmark):
                    "correct": round(sum(r["correct"] for r in parts), 6),
                    "accuracy": float("nan") if math.isnan(mean) else round(mean, 4)}
         return rows[:-1] + [average, rows[-1]]
+
+    def row_scores(self, records: list[dict], protocol: str) -> dict[str, list[list[float]]]:
+        """`average` is the mean of the presence and comparison accuracies, so its uncertainty is that
+        of a mean of two independent strata: the bootstrap resamples within each subset."""
+        out = subset_item_scores(records, list(SUBSETS))
+        out["average"] = [out["presence"][0], out["comparison"][0]]
+        return out
 
     def make_sample(self, out_dir: Path, n: int = 6, seed: int = 0) -> Path:
         """A small database in the release layout: all four split files (each listing every entry,

@@ -3,6 +3,10 @@
 Release layout: `direct_attributes/` (115 items, 4 options) and `relative_position/` (76 items,
 2 options), each item an image `sa_N.<ext>` beside `sa_N.json` holding
 `{"target_object", "bbox", "question", "options"}`; the correct option is always `options[0]`.
+The snapshot's top level also holds `test_questions.jsonl`: one line an item, the same questions
+with their options lettered in a shuffled order, `{"image": "<subset>/sa_N.<ext>", "text":
+"<question>\n(A) <opt>\n(B) <opt>...", "label": "<letter>", "category", "question_id"}`; it is
+read only by `--protocol letter` (see benchmarks/vstar_letter.py).
 """
 
 from __future__ import annotations
@@ -14,10 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from flexeval.errors import FlexEvalError
-from flexeval.requests import Choice
+from flexeval.requests import Choice, Generate
 
 from .base import Benchmark, Sample, read_json, require_field
 from .conversation import SHORT_ANSWER_SUFFIX, VSTAR_OFFICIAL_SYSTEM, llava_v1_prompt
+from .vstar_letter import LETTER_MAX_NEW_TOKENS, letter_prompt, read_lettered, score_letter, write_lettered
 
 SUBSETS = ("direct_attributes", "relative_position")
 IMAGE_EXTS = (".jpg", ".JPG", ".jpeg", ".JPEG", ".png", ".PNG", ".webp")
@@ -53,11 +58,11 @@ def _orphan_images(folder: Path) -> list[Path]:
 class VStar(Benchmark):
     name = "vstar"
     aliases = ("v*", "vstar_bench", "v_star", "vstarbench")
-    protocols = ("paper", "official")
+    protocols = ("paper", "official", "letter")
     subsets = SUBSETS
     expected_counts = {"direct_attributes": 115, "relative_position": 76, "overall": 191}
 
-    def load(self, data_dir: Path, **options: Any) -> list[Sample]:
+    def load(self, data_dir: Path, protocol: str | None = None, **options: Any) -> list[Sample]:
         data_dir = Path(data_dir)
         missing = [s for s in SUBSETS if not (data_dir / s).is_dir()]
         if missing:
@@ -78,6 +83,8 @@ class VStar(Benchmark):
                          f"or remove the image" for img in _orphan_images(folder)]
         if problems:
             raise FlexEvalError(f"V* data in {data_dir} has {len(problems)} problem(s):\n  - " + "\n  - ".join(problems))
+        if protocol == "letter":  # only then: the other protocols' item fingerprints stay as they were
+            samples = read_lettered(data_dir, samples)
         return samples
 
     def _load_item(self, subset: str, js: Path) -> Sample:
@@ -101,8 +108,11 @@ class VStar(Benchmark):
             options=tuple(options),
         )
 
-    def request(self, sample: Sample, protocol: str) -> Choice:
+    def request(self, sample: Sample, protocol: str) -> Choice | Generate:
         protocol = self.check_protocol(protocol)
+        if protocol == "letter":
+            question = letter_prompt(sample)
+            return Generate(prompt=llava_v1_prompt(question), question=question, max_new_tokens=LETTER_MAX_NEW_TOKENS)
         if protocol == "official":
             # penghao-wu/vstar: other system prompt, no answer-format suffix, EOS after the option,
             # image not padded (the CLIP processor resizes the short side and centre-crops).
@@ -112,6 +122,8 @@ class VStar(Benchmark):
         return Choice(prompt=llava_v1_prompt(question), question=question, options=sample.options)
 
     def score(self, record: dict, protocol: str) -> dict:
+        if self.check_protocol(protocol) == "letter":
+            return score_letter(record)
         # The correct option is always options[0]; the runner resolved ties to the lowest index.
         return {"score": float(record["prediction"] == record["options"][0])}
 
@@ -125,6 +137,7 @@ class VStar(Benchmark):
         objects = ["cup", "flag", "umbrella", "bag", "car", "kite"]
         exts = [".jpg", ".png", ".JPG", ".jpeg"]
         counter = 1
+        lettered = []  # (image path, subset, question, options) for test_questions.jsonl
         for subset in SUBSETS:
             (out_dir / subset).mkdir(parents=True, exist_ok=True)
             for _ in range(n):
@@ -146,6 +159,8 @@ class VStar(Benchmark):
                 meta = {"target_object": [a] if subset == "direct_attributes" else [a, b],
                         "bbox": boxes, "question": question, "options": opts}
                 (out_dir / subset / f"{stem}.json").write_text(json.dumps(meta))
+                lettered.append((f"{subset}/{stem}{ext}", subset, question, opts))
+        write_lettered(out_dir, lettered, rng)
         return out_dir
 
     def fetch(self, out_dir: Path) -> Path:

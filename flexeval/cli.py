@@ -28,12 +28,13 @@ def _fail(e: Exception) -> None:
 
 @app.command()
 def run(
-    bench: str = typer.Option(..., "--bench", "-b", help="vstar | magnifierbench | textvqa | rsvqa_hrben | all"),
+    bench: str = typer.Option(..., "--bench", "-b",
+                              help="vstar | magnifierbench | textvqa | rsvqa_hrben | all, or a list: vstar,textvqa"),
     model: str = typer.Option(DEFAULT_MODEL, "--model", "-m", help="checkpoint folder or hub id"),
     data_dir: Optional[Path] = typer.Option(
         None, "--data-dir", "-d", help="benchmark folder (with --bench all: a root holding one folder per benchmark)"),
     out: Path = typer.Option(Path("results"), "--out", "-o", help="results root"),
-    limit: Optional[int] = typer.Option(None, "--limit", help="only the first N items (a quick look)"),
+    limit: Optional[str] = typer.Option(None, "--limit", help="only the first N items, or a fraction 0<x<1 of them (ceil)"),
     batch_size: str = typer.Option("auto", "--batch-size", help="N or 'auto' (largest that fits; backs off on OOM)"),
     protocol: Optional[str] = typer.Option(None, "--protocol", help="paper (default) | official | ... per benchmark"),
     dtype: str = typer.Option("auto", "--dtype", help="auto (fp16 on CUDA, fp32 on CPU) | float16 | bfloat16 | float32"),
@@ -51,18 +52,30 @@ def run(
     max_image_pixels: int = typer.Option(40_000_000, "--max-image-pixels", help="refuse larger images (a decompression-bomb guard; real V* images reach 8.3 Mpx); such an item is a skipped row"),
     max_non_finite: int = typer.Option(3, "--max-non-finite", help="stop when more items than this give NaN/inf outputs (they always count as wrong)"),
     check: bool = typer.Option(False, "--check", help="validate the data, the model folder and --out without running the model; list every problem"),
+    # issue 15: lmms-eval / lm-eval conveniences (flexeval/run_options.py, benchmarks/question_style.py)
+    offset: int = typer.Option(0, "--offset", help="skip the first K items (before --limit)"),
+    ids: Optional[Path] = typer.Option(None, "--ids", help="file with one item id a line (optionally bench:id)"),
+    gen_kwargs: Optional[str] = typer.Option(None, "--gen-kwargs", help="key=value,...: max_new_tokens (greedy only)"),
+    question_style: str = typer.Option("release", "--question-style", help="release | lmms-eval (TextVQA: question.capitalize())"),
 ) -> None:
     """Evaluate a model on a benchmark; writes predictions.jsonl, accuracy.csv and run.json."""
     from flexeval.interrupt import is_write_error, stop_message
+    from flexeval.run_options import parse_gen_kwargs, parse_limit
     from flexeval.runner import RunConfig, run_benchmarks
 
     try:
-        cfg = RunConfig(bench=bench, model=model, data_dir=data_dir, out=out, limit=limit,
+        generation = parse_gen_kwargs(gen_kwargs)
+        if "max_new_tokens" in generation:
+            if max_new_tokens not in (None, generation["max_new_tokens"]):
+                raise FlexEvalError(f"--max-new-tokens {max_new_tokens} and --gen-kwargs "
+                                    f"max_new_tokens={generation['max_new_tokens']} disagree; give one")
+            max_new_tokens = generation["max_new_tokens"]
+        cfg = RunConfig(bench=bench, model=model, data_dir=data_dir, out=out, limit=parse_limit(limit),
                         batch_size=batch_size, protocol=protocol, dtype=dtype, device=device,
                         selection=selection, threshold=threshold, first_layer=first_layer, zoom=zoom,
                         split=split, workers=workers, tag=tag, seed=seed, quiet=quiet,
                         max_new_tokens=max_new_tokens, max_image_pixels=max_image_pixels,
-                        max_non_finite=max_non_finite)
+                        max_non_finite=max_non_finite, offset=offset, ids_file=ids, question_style=question_style)
         if check:
             _check(cfg)
             return
@@ -108,6 +121,23 @@ def rescore(path: Path = typer.Argument(..., help="a benchmark results folder, o
             typer.echo(f"rescored {p}")
     except FlexEvalError as e:
         _fail(e)
+
+
+@app.command()
+def compare(
+    run_a: Path = typer.Argument(..., help="results folder of run A (results/<tag>/<bench>, or results/<tag>)"),
+    run_b: Path = typer.Argument(..., help="results folder of run B, the same benchmark(s)"),
+    show: int = typer.Option(20, "--show", help="flipped items listed per benchmark"),
+    json_out: bool = typer.Option(False, "--json", help="print everything as one JSON object"),
+) -> None:
+    """Paired comparison on the items both runs have: per-subset B - A, its bootstrap interval, flipped items."""
+    from flexeval.compare import compare_runs, comparison_json, format_comparison
+
+    try:
+        result = compare_runs(run_a, run_b)
+    except FlexEvalError as e:
+        _fail(e)
+    typer.echo(json.dumps(comparison_json(result)) if json_out else format_comparison(result, show=show).rstrip())
 
 
 @app.command()

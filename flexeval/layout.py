@@ -18,12 +18,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-VARIANT_PREFIXES = ("protocol-", "split-", "max-new-tokens-", "limit-")
+VARIANT_PREFIXES = ("protocol-", "split-", "max-new-tokens-", "limit-", "items-")
 
 
-def variant_name(bench, protocol: str, split: str | None, limit: int | None, n_items: int,
+def variant_name(bench, protocol: str, split: str | None, items: str | None = None,
                  max_new_tokens: int | None = None) -> str:
-    """'' for the default view (default protocol and split, all items), else the variant folder name."""
+    """'' for the default view (default protocol and split, all items), else the variant folder name.
+    `items`: None for every item, else `limit-<n>` (the first n) or `items-<n>-<digest>` (an --ids /
+    --offset selection), from `items_part`."""
     parts = []
     if protocol != bench.protocols[0]:
         parts.append(f"protocol-{protocol}")
@@ -31,9 +33,22 @@ def variant_name(bench, protocol: str, split: str | None, limit: int | None, n_i
         parts.append(f"split-{split}")
     if max_new_tokens:  # the caller passes None for a benchmark that generates nothing
         parts.append(f"max-new-tokens-{max_new_tokens}")
-    if limit is not None and limit < n_items:
-        parts.append(f"limit-{limit}")
+    if items:
+        parts.append(items)
     return "+".join(parts)
+
+
+def items_part(selected_ids: list[str], n_loaded: int, first_n: bool) -> str | None:
+    """The variant part of an item selection: None (all items), `limit-<n>` (the first n, from
+    --limit alone) or `items-<n>-<digest of the ids>` (--ids, --offset)."""
+    import hashlib
+
+    if len(selected_ids) == n_loaded:
+        return None
+    if first_n:
+        return f"limit-{len(selected_ids)}"
+    digest = hashlib.sha256("\n".join(selected_ids).encode()).hexdigest()[:8]
+    return f"items-{len(selected_ids)}-{digest}"
 
 
 def results_dir(bench_dir: Path, variant: str) -> Path:

@@ -55,13 +55,13 @@ def _looks_like_data_root(folder: Path, bench_names: list[str]) -> bool:
     return folder.name == "data" or any((folder / name).is_dir() for name in bench_names)
 
 
-def load_samples(bench, data_dir: Path, split: str | None, explicit_dir: bool) -> list:
+def load_samples(bench, data_dir: Path, split: str | None, explicit_dir: bool, protocol: str | None = None) -> list:
     """bench.load, with a message that fits when the folder given is the data root, not the benchmark's."""
     from flexeval.benchmarks import list_benchmarks
 
     data_dir = Path(data_dir)
     try:
-        return bench.load(data_dir, split=split)
+        return bench.load(data_dir, split=split, protocol=protocol)
     except FlexEvalError as e:
         names = [b.name for b in list_benchmarks()]
         if not explicit_dir or data_dir.name == bench.name or not _looks_like_data_root(data_dir, names):

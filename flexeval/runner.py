@@ -26,18 +26,21 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from flexeval import __version__
-from flexeval.benchmarks import data_folders, select_benchmarks
+from flexeval.benchmarks import data_folders, select_benchmarks, several_benchmarks
 from flexeval.benchmarks.base import DEFAULT_MAX_IMAGE_PIXELS, Benchmark, Sample, open_image
+from flexeval.benchmarks.question_style import changes_questions, check_question_style, styled_sample
 from flexeval.check import check_samples, check_tag
 from flexeval.command import run_command
 from flexeval.errors import FlexEvalError
 from flexeval.identity import checkpoint_content, local_model_name
 from flexeval.interrupt import note_progress
-from flexeval.layout import results_dir, variant_name
+from flexeval.layout import items_part, results_dir, variant_name
 from flexeval.lock import hold_run_lock
 from flexeval.nonfinite import DEFAULT_LIMIT, NonFiniteGuard, choice_problem, per_subset
 from flexeval.preflight import check_model_options, check_run_options, count_sentence, load_samples, split_for
 from flexeval.requests import Choice, Generate, Request
+from flexeval.run_options import IdList, check_unprefixed_ids_found, read_id_file, select_items
+from flexeval.stats import METHOD as INTERVAL_METHOD
 from flexeval.store import PredictionStore, fingerprint, write_json_atomic
 from flexeval.tables import format_rows, score_records, write_accuracy_csv, write_report
 
@@ -48,7 +51,7 @@ class RunConfig:
     model: str
     data_dir: Path | None = None
     out: Path = Path("results")
-    limit: int | None = None
+    limit: int | float | None = None  # N items, or a fraction 0 < x < 1 (run_options.limit_count)
     batch_size: str = "auto"
     protocol: str | None = None
     dtype: str = "auto"
@@ -65,6 +68,9 @@ class RunConfig:
     max_new_tokens: int | None = None
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS  # decompression-bomb guard (benchmarks/base.py)
     max_non_finite: int = DEFAULT_LIMIT  # more NaN/inf items than this stop the run (flexeval/nonfinite.py)
+    offset: int = 0  # item selection (flexeval/run_options.py): --offset, --ids, --limit N or a fraction
+    ids_file: Path | None = None
+    question_style: str = "release"  # benchmarks/question_style.py: lmms-eval's question.capitalize()
 
 
 def log(msg: str) -> None:
@@ -91,6 +97,8 @@ def model_tag(cfg: RunConfig, model) -> str:
             parts.append(f"zoom{r.zoom}")
     if cfg.dtype not in ("auto", None):
         parts.append(str(cfg.dtype))
+    if cfg.question_style not in (None, "release"):  # other prompts, other folder
+        parts.append(f"qs-{cfg.question_style}")
     return "-".join(parts)
 
 
@@ -223,11 +231,12 @@ class RunStats:
 
 # ---------------------------------------------------------------- the phases of one benchmark
 
-def build_items(bench: Benchmark, samples: list[Sample], protocol: str, max_new_tokens: int | None) -> list[Item]:
-    """Each sample's request (the benchmark's, with --max-new-tokens applied) and store key."""
+def build_items(bench: Benchmark, samples: list[Sample], protocol: str, max_new_tokens: int | None,
+                question_style: str = "release") -> list[Item]:
+    """Each sample's request (the benchmark's, in --question-style, with --max-new-tokens applied) and store key."""
     items = []
     for s in samples:
-        req = bench.request(s, protocol)
+        req = bench.request(styled_sample(bench.name, s, question_style), protocol)
         if type(req) not in REQUEST_KINDS:
             raise FlexEvalError(f"{bench.name}: item {s.id} asks for a {type(req).__name__} request; the runner "
                                 f"answers {', '.join(t.__name__ for t in REQUEST_KINDS)} (add it to REQUEST_KINDS)")
@@ -334,27 +343,31 @@ def _mean(xs):
 
 
 def run_benchmark(bench: Benchmark, model, cfg: RunConfig, data_dir: Path, protocol: str,
-                  samples: list[Sample] | None = None) -> dict:
+                  samples: list[Sample] | None = None, ids: IdList | None = None) -> dict:
     """One benchmark; `samples`: already loaded (run_benchmarks loads every benchmark before the model)."""
     from tqdm import tqdm
 
     t0 = time.time()
-    split = split_for(bench, cfg.split, several=cfg.bench == "all")
+    several = several_benchmarks(cfg.bench)
+    split = split_for(bench, cfg.split, several=several)
     if samples is None:
-        samples = bench.load(data_dir, split=split)
+        samples = bench.load(data_dir, split=split, protocol=protocol)
     check_samples(bench.name, samples, data_dir)  # no items, or an id twice: an error, not an empty table
     counts = bench.count_report(samples)
     if counts["mismatch"]:
         log(count_sentence(bench.name, counts))
-    items = build_items(bench, samples[: cfg.limit] if cfg.limit is not None else samples, protocol,
-                        cfg.max_new_tokens)
+    chosen, selection = select_items(samples, bench.name, ids, cfg.offset, cfg.limit, 2 if several else 1)
+    if cfg.question_style != "release" and not changes_questions(bench.name, cfg.question_style):
+        log(f"[{bench.name}] --question-style {cfg.question_style} changes nothing here (benchmarks/question_style.py)")
+    items = build_items(bench, chosen, protocol, cfg.max_new_tokens, cfg.question_style)
     identity = model_identity(model)
     config_fp = fingerprint({"benchmark": bench.name, "protocol": protocol, "model": identity,
                              "flexeval_scoring_inputs": 1})
     bench_dir = results_folder(cfg, model, bench)
     # Other protocols, splits and --limit runs get their own folder (flexeval/layout.py); shards are shared.
     generates = any(isinstance(it.request, Generate) for it in items)
-    variant = variant_name(bench, protocol, split, cfg.limit, len(samples), cfg.max_new_tokens if generates else None)
+    subset = items_part([s.id for s in chosen], len(samples), first_n=ids is None and not cfg.offset)
+    variant = variant_name(bench, protocol, split, subset, cfg.max_new_tokens if generates else None)
     out_dir = results_dir(bench_dir, variant)
     lock = hold_run_lock(bench_dir, log)  # creates the folder; a second run on it refuses here
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -380,7 +393,7 @@ def run_benchmark(bench: Benchmark, model, cfg: RunConfig, data_dir: Path, proto
               "samples_per_s": round(len(pending) / stats.model_seconds, 4) if stats.model_seconds else None,
               "batch_size_final": sizer.size, "batches": stats.batches}
     where_run = {"protocol": protocol, "split": split, "variant": variant, "config_fingerprint": config_fp,
-                 "data_dir": data_dir, "counts": counts}
+                 "data_dir": data_dir, "counts": counts, "selection": selection}
     run = run_summary(bench, model, cfg, where_run, identity, records, rows, timing)
     write_json_atomic(out_dir / "run.json", run)
     lock.release()
@@ -402,11 +415,13 @@ def run_summary(bench, model, cfg, where_run: dict, identity: dict, records, row
                   **identity, "device": str(model.device), "architecture": model.cfg.to_dict()},
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
         "data": {"dir": str(data_dir.resolve()), "fingerprint": data_fingerprint([data_dir]),
-                 "counts": where_run["counts"], "limit": cfg.limit, "evaluated": len(records)},
+                 "counts": where_run["counts"], "limit": cfg.limit, "evaluated": len(records),
+                 "selection": where_run["selection"]},
         "environment": environment_info(),
         "timing": timing,
         "stats": run_figures(records),
         "accuracy": rows,
+        "accuracy_intervals": INTERVAL_METHOD,  # how stderr / ci95_* were computed (flexeval/stats.py)
     }
 
 
@@ -441,7 +456,7 @@ def plan_benchmarks(cfg: RunConfig) -> list[tuple[Benchmark, Path, str]]:
     """(benchmark, data folder, protocol) for each benchmark the run covers; bad names raise."""
     benches = select_benchmarks(cfg.bench)
     dirs = data_folders(cfg.bench, cfg.data_dir, must_exist=True)
-    protocols = resolve_protocols(benches, cfg.protocol, cfg.bench == "all")
+    protocols = resolve_protocols(benches, cfg.protocol, several_benchmarks(cfg.bench))
     return [(b, dirs[b.name], protocols[b.name]) for b in benches]
 
 
@@ -449,6 +464,7 @@ def run_benchmarks(cfg: RunConfig) -> list[dict]:
     from flexeval.model import RunOptions, load_pretrained
 
     check_run_options(cfg)
+    check_question_style(cfg.question_style)
     if cfg.tag:
         check_tag(cfg.tag)  # before the model loads: a tag like ../../x would write outside --out
     plan = plan_benchmarks(cfg)
@@ -456,15 +472,18 @@ def run_benchmarks(cfg: RunConfig) -> list[dict]:
                          zoom=cfg.zoom, seed=cfg.seed)
     # Everything a typo can break is checked before the model loads (flexeval/preflight.py).
     check_model_options(cfg.model, options)
-    several = cfg.bench == "all"
+    several = several_benchmarks(cfg.bench)
+    ids = read_id_file(cfg.ids_file, [b.name for b, _, _ in plan])
     if cfg.split and several:
         log(f"--split {cfg.split} applies to {', '.join(b.name for b, _, _ in plan if b.splits) or 'no benchmark'}")
     samples = {b.name: load_samples(b, data_dir, split_for(b, cfg.split, several),
-                                    explicit_dir=cfg.data_dir is not None and not several) for b, data_dir, _ in plan}
+                                    explicit_dir=cfg.data_dir is not None and not several, protocol=protocol)
+               for b, data_dir, protocol in plan}
     torch.manual_seed(cfg.seed)
     log(f"loading {cfg.model} ...")
     model = load_pretrained(cfg.model, dtype=cfg.dtype, device=cfg.device, options=options)
-    runs = [run_benchmark(b, model, cfg, data_dir, protocol, samples[b.name]) for b, data_dir, protocol in plan]
+    runs = [run_benchmark(b, model, cfg, data_dir, protocol, samples[b.name], ids) for b, data_dir, protocol in plan]
+    check_unprefixed_ids_found(ids, [r["data"]["selection"] for r in runs])
     if several:
         print(write_report(Path(cfg.out)))
         print(f"summary: {Path(cfg.out) / 'summary.csv'} and {Path(cfg.out) / 'summary.md'}")

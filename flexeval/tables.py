@@ -4,7 +4,8 @@ and the `flexeval list` overview of the data folders.
 Files read and written (per `<results>/<model-tag>/<bench>/` and its variant folders, flexeval/layout.py):
   predictions.jsonl  the raw records (never rewritten here)
   run.json           read for "benchmark", "protocol" and model.kind ("flexattention" | "llava-1.5")
-  accuracy.csv       benchmark,subset,n,correct,accuracy (percent)
+  accuracy.csv       benchmark,subset,n,correct,accuracy,stderr,ci95_low,ci95_high (percent; the last
+                     three from flexeval/stats.py; files with only the first five still read)
 and `<results>/summary.csv`, `<results>/summary.md` for the report.
 """
 
@@ -20,9 +21,12 @@ from typing import Callable
 from flexeval.errors import FlexEvalError
 from flexeval.layout import benchmark_folder, is_variant_folder
 from flexeval.nonfinite import score_record
+from flexeval.stats import add_intervals
 from flexeval.store import PREDICTIONS, read_records, write_text_atomic
 
-ACCURACY_COLUMNS = ["benchmark", "subset", "n", "correct", "accuracy"]
+LEGACY_ACCURACY_COLUMNS = ["benchmark", "subset", "n", "correct", "accuracy"]  # before intervals
+INTERVAL_COLUMNS = ["stderr", "ci95_low", "ci95_high"]  # flexeval/stats.py; percent
+ACCURACY_COLUMNS = [*LEGACY_ACCURACY_COLUMNS, *INTERVAL_COLUMNS]
 SUMMARY_COLUMNS = ["model", *ACCURACY_COLUMNS]
 DASH = "–"  # a missing cell
 
@@ -73,14 +77,22 @@ def _fmt_number(x: float, decimals: int = 4) -> str:
     return f"{x:.{decimals}f}".rstrip("0").rstrip(".")
 
 
+def _fmt_percent(x: float | None) -> str:
+    """A percent cell: 4 decimals; NaN or None (not computed, e.g. an old accuracy.csv) as 'nan'."""
+    return "nan" if x is None or math.isnan(float(x)) else f"{float(x):.4f}"
+
+
+def _row_cells(r: dict) -> list:
+    return [r["benchmark"], r["subset"], int(r["n"]), _fmt_number(r["correct"]), _fmt_percent(r["accuracy"]),
+            *(_fmt_percent(r.get(c)) for c in INTERVAL_COLUMNS)]
+
+
 def accuracy_csv_text(rows: list[dict]) -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(ACCURACY_COLUMNS)
     for r in rows:
-        acc = float(r["accuracy"])
-        w.writerow([r["benchmark"], r["subset"], int(r["n"]), _fmt_number(r["correct"]),
-                    "nan" if math.isnan(acc) else f"{acc:.4f}"])
+        w.writerow(_row_cells(r))
     return buf.getvalue()
 
 
@@ -93,16 +105,19 @@ def read_accuracy_csv(path: Path) -> list[dict]:
     try:
         with open(path, encoding="utf-8", newline="") as f:
             reader = csv.DictReader(f)
-            if reader.fieldnames != ACCURACY_COLUMNS:
+            if reader.fieldnames not in (ACCURACY_COLUMNS, LEGACY_ACCURACY_COLUMNS):
                 raise FlexEvalError(
-                    f"{path}: columns are {reader.fieldnames}, expected {','.join(ACCURACY_COLUMNS)}; "
+                    f"{path}: columns are {reader.fieldnames}, expected {','.join(ACCURACY_COLUMNS)} "
+                    f"(or the older {','.join(LEGACY_ACCURACY_COLUMNS)}); "
                     f"regenerate it with `flexeval rescore {Path(path).parent}`"
                 )
             rows = []
             for i, r in enumerate(reader, start=2):
                 try:
+                    # An older file has no intervals: NaN, shown as a dash in the report.
                     rows.append({"benchmark": r["benchmark"], "subset": r["subset"], "n": int(r["n"]),
-                                 "correct": float(r["correct"]), "accuracy": float(r["accuracy"])})
+                                 "correct": float(r["correct"]), "accuracy": float(r["accuracy"]),
+                                 **{c: float(r.get(c) or "nan") for c in INTERVAL_COLUMNS}})
                 except (TypeError, ValueError) as e:
                     raise FlexEvalError(f"{path}: line {i} has a non-numeric n/correct/accuracy ({e}); "
                                         f"regenerate it with `flexeval rescore {Path(path).parent}`") from e
@@ -113,9 +128,12 @@ def read_accuracy_csv(path: Path) -> list[dict]:
 
 def format_rows(rows: list[dict]) -> str:
     """accuracy rows as an aligned text table (for the terminal)."""
-    body = [[r["benchmark"], r["subset"], str(r["n"]), _fmt_number(r["correct"]),
-             f"{float(r['accuracy']):.2f}"] for r in rows]
-    return aligned([ACCURACY_COLUMNS, *body])
+    def pct(x):
+        return DASH if x is None or math.isnan(float(x)) else f"{float(x):.2f}"
+
+    body = [[r["benchmark"], r["subset"], str(r["n"]), _fmt_number(r["correct"]), pct(r["accuracy"]),
+             pct(r.get("stderr")), f"[{pct(r.get('ci95_low'))}, {pct(r.get('ci95_high'))}]"] for r in rows]
+    return aligned([[*LEGACY_ACCURACY_COLUMNS, "stderr", "95% interval"], *body])
 
 
 def aligned(table: list[list[str]]) -> str:
@@ -127,7 +145,8 @@ def aligned(table: list[list[str]]) -> str:
 
 def score_records(benchmark, records: list[dict], protocol: str | None,
                   where: str = "predictions") -> tuple[list[dict], list[dict]]:
-    """Score each record (benchmark.score's fields merged into a copy) and build the table rows."""
+    """Score each record (benchmark.score's fields merged into a copy) and build the table rows,
+    each with its standard error and seeded bootstrap interval (flexeval/stats.py)."""
     protocol = benchmark.check_protocol(protocol)
     scored = []
     for rec in records:
@@ -138,7 +157,9 @@ def score_records(benchmark, records: list[dict], protocol: str | None,
                 f"{where}: record {rec.get('key', rec.get('id'))!r} cannot be scored by {benchmark.name} "
                 f"({type(e).__name__}: {e}); the record lacks a field the scorer needs — rerun the benchmark"
             ) from e
-    return scored, benchmark.table(scored, protocol)
+    # issue 15: intervals over items for every row (stats.py; benchmark.row_scores says which items)
+    rows = add_intervals(benchmark.table(scored, protocol), benchmark.row_scores(scored, protocol))
+    return scored, rows
 
 
 def _read_run_json(bench_dir: Path) -> dict:
@@ -160,15 +181,8 @@ def rescore_dir(bench_dir: Path) -> list[dict]:
     The benchmark and protocol come from run.json; without it, the folder name and the
     benchmark's default protocol.
     """
-    from flexeval.benchmarks import get_benchmark
-
     bench_dir = Path(bench_dir)
-    run = _read_run_json(bench_dir)
-    benchmark = get_benchmark(run.get("benchmark") or benchmark_folder(bench_dir).name)
-    pred_path = bench_dir / PREDICTIONS
-    records = read_records(pred_path)
-    check_record_count(pred_path, records, run)
-    _, rows = score_records(benchmark, records, run.get("protocol"), where=str(pred_path))
+    _, _, _, rows = scored_dir(bench_dir)
     write_accuracy_csv(bench_dir / "accuracy.csv", rows)
     return rows
 
@@ -189,6 +203,21 @@ def check_record_count(pred_path: Path, records: list[dict], run: dict) -> None:
     found = f"{len(records)} complete records" + (" and a cut last line" if torn else "")
     said = f" but {pred_path.parent / 'run.json'} says the run evaluated {expected}" if expected is not None else ""
     raise FlexEvalError(f"{pred_path} holds {found}{said}; the file was damaged or edited: {fix}")
+
+
+def scored_dir(bench_dir: Path):
+    """(benchmark, protocol, scored records, rows) of a results folder, from predictions.jsonl alone;
+    the benchmark and protocol from run.json, else the folder name and the default protocol."""
+    from flexeval.benchmarks import get_benchmark
+
+    run = _read_run_json(Path(bench_dir))
+    benchmark = get_benchmark(run.get("benchmark") or benchmark_folder(Path(bench_dir)).name)
+    protocol = benchmark.check_protocol(run.get("protocol"))
+    pred_path = Path(bench_dir) / PREDICTIONS
+    records = read_records(pred_path)
+    check_record_count(pred_path, records, run)
+    scored, rows = score_records(benchmark, records, protocol, where=str(pred_path))
+    return benchmark, protocol, scored, rows
 
 
 def rescore_tree(path: Path, echo: Callable[[str], None] | None = print) -> list[Path]:
@@ -238,6 +267,12 @@ def _cell(x: float | None, derived: bool = False) -> str:
     return f"{x:.1f}" + ("*" if derived else "")
 
 
+def _interval_cell(low: float | None, high: float | None) -> str:
+    if low is None or high is None or math.isnan(low) or math.isnan(high):
+        return DASH
+    return f"{low:.1f}–{high:.1f}"
+
+
 def _diff(x: float | None, ref: float | None) -> str:
     if x is None or ref is None or math.isnan(x):
         return DASH
@@ -263,6 +298,10 @@ def summary_markdown(entries: list[dict]) -> str:
         kinds = sorted({e["kind"] for e in mine if e["kind"]})
         kind = kinds[0] if len(kinds) == 1 else None
         row([f"{tag} ({kind or 'kind unknown'})", *(_cell(acc.get((b, s))) for _, b, s in REPORT_COLUMNS)])
+        ci = {(r["benchmark"], r["subset"]): (r.get("ci95_low"), r.get("ci95_high")) for e in mine for r in e["rows"]}
+        ci_cells = [_interval_cell(*ci.get((b, s), (None, None))) for _, b, s in REPORT_COLUMNS]
+        if any(c != DASH for c in ci_cells):  # issue 15: older accuracy.csv files have no intervals
+            row([f"95% interval {tag}", *ci_cells])
         if kind in PAPER_ROWS:
             ref_name, ref = PAPER_ROWS[kind]
             row([f"Δ {tag} − {ref_name}",
@@ -276,7 +315,9 @@ def summary_markdown(entries: list[dict]) -> str:
             "; no difference row: run.json model.kind is " + (" and ".join(kinds) if kinds else "missing"))
         notes.append(f"- `{tag}`: " + "; ".join(parts) + why)
 
-    lines += ["", "Accuracy in percent. Δ rows: the model minus the paper row of the same model kind.",
+    lines += ["", "Accuracy in percent. Δ rows: the model minus the paper row of the same model kind. "
+              "95% interval rows: percentile bootstrap over items (seeded; RSVQA average resampled within "
+              "each subset); standard errors are in accuracy.csv and summary.csv.",
               "\\* derived, not printed in the paper: V* attribute = (overall x 191 - spatial x 76) / 115 "
               "(LLaVA-1.5-7B 48/115, FlexAttention-7B 55/115). RSVQA presence/comparison are not published.",
               "Compare with the paper only for full runs (n as published) under protocol=paper.", "", *notes]
@@ -299,8 +340,7 @@ def write_report(results_dir: Path) -> str:
     rank = {b: i for i, b in enumerate(order)}
     for e in sorted(entries, key=lambda e: (e["tag"], rank.get(e["bench"], len(order)), e["bench"])):
         for r in e["rows"]:
-            w.writerow([e["tag"], r["benchmark"], r["subset"], r["n"], _fmt_number(r["correct"]),
-                        "nan" if math.isnan(r["accuracy"]) else f"{r['accuracy']:.4f}"])
+            w.writerow([e["tag"], *_row_cells(r)])
     write_text_atomic(results_dir / "summary.csv", buf.getvalue())
     md = summary_markdown(entries)
     write_text_atomic(results_dir / "summary.md", md)
@@ -315,11 +355,13 @@ def _short_reason(e: Exception, limit: int = 70) -> str:
 
 
 def list_benchmarks_table(data_root: Path) -> str:
-    """Each benchmark: expected folder, whether it is there, items loaded, published count."""
+    """Each benchmark: expected folder, whether it is there, items loaded, published count, and
+    its protocols (the default first) and input recipes."""
     from flexeval.benchmarks import list_benchmarks
+    from flexeval.run_options import RECIPES
 
     data_root = Path(data_root)
-    table = [["benchmark", "folder", "present", "items", "published", "note"]]
+    table = [["benchmark", "folder", "present", "items", "published", "protocols", "recipes", "note"]]
     for b in list_benchmarks():
         folder = data_root / b.name
         published = b.expected_counts.get("overall") or sum(b.expected_counts.values()) or "?"
@@ -337,5 +379,6 @@ def list_benchmarks_table(data_root: Path) -> str:
                 items = f"missing: {_short_reason(e)}"
             except Exception as e:  # an adapter bug must not hide the other rows; shown, not skipped
                 items = f"error: {type(e).__name__}: {_short_reason(e)}"
-        table.append([b.name, str(folder), "yes" if folder.is_dir() else "no", items, str(published), note])
+        table.append([b.name, str(folder), "yes" if folder.is_dir() else "no", items, str(published),
+                      ",".join(b.protocols), ",".join(RECIPES), note])
     return aligned(table)

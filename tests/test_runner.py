@@ -57,7 +57,7 @@ def test_vstar_scores_are_the_reference_mean_nll_argmin(env, tmp_path):
         assert p["score"] == float(p["prediction"] == s.options[0])
     # accuracy.csv from the predictions, by hand
     rows = (bench_dir / "accuracy.csv").read_text().splitlines()
-    assert rows[0] == "benchmark,subset,n,correct,accuracy"
+    assert rows[0] == "benchmark,subset,n,correct,accuracy,stderr,ci95_low,ci95_high"
     by = {}
     for p in preds:
         by.setdefault(p["subset"], []).append(p["prediction"] == p["options"][0])
@@ -145,7 +145,7 @@ def test_generation_batch_invariance_and_all_benchmarks(env, tmp_path):
     for b, recs in outs["1"].items():
         assert [x["generated_ids"] for x in recs] == [x["generated_ids"] for x in outs["3"][b]], b
     summary = (tmp_path / "res1" / "summary.csv").read_text().splitlines()
-    assert summary[0] == "model,benchmark,subset,n,correct,accuracy"
+    assert summary[0] == "model,benchmark,subset,n,correct,accuracy,stderr,ci95_low,ci95_high"
     benches = {line.split(",")[1] for line in summary[1:]}
     assert benches == {"vstar", "magnifierbench", "textvqa", "rsvqa_hrben"}
     md = (tmp_path / "res1" / "summary.md").read_text()

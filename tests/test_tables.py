@@ -56,12 +56,16 @@ def test_rescore_vstar_by_hand(tmp_path, capsys):
 
     written = rescore_tree(tmp_path / "results")  # found below the root
     assert written == [bench_dir / "accuracy.csv"]
-    # 2/3 attribute, 1/2 spatial, 3/5 overall
+    # 2/3 attribute, 1/2 spatial, 3/5 overall. Standard errors sqrt(var_ddof1 / n): [1,1,0] -> sqrt((1/3)/3)
+    # = 1/3; [1,0] -> sqrt(0.5/2) = 0.5; [1,0,1,1,0] -> sqrt(0.3/5) = 0.24495. Bootstrap 2.5/97.5% points:
+    # [1,1,0]: P(all 0) = 1/27 > 2.5% and P(all 1) = 8/27 > 2.5% -> [0, 100]; [1,0] likewise [0, 100];
+    # overall: resampled right answers k ~ Bin(5, 0.6), P(k <= 0) = 1.0% < 2.5% < P(k <= 1) = 8.7%, and
+    # P(k = 5) = 7.8% > 2.5% -> [20, 100].
     assert (bench_dir / "accuracy.csv").read_text() == (
-        "benchmark,subset,n,correct,accuracy\n"
-        "vstar,direct_attributes,3,2,66.6667\n"
-        "vstar,relative_position,2,1,50.0000\n"
-        "vstar,overall,5,3,60.0000\n"
+        "benchmark,subset,n,correct,accuracy,stderr,ci95_low,ci95_high\n"
+        "vstar,direct_attributes,3,2,66.6667,33.3333,0.0000,100.0000\n"
+        "vstar,relative_position,2,1,50.0000,50.0000,0.0000,100.0000\n"
+        "vstar,overall,5,3,60.0000,24.4949,20.0000,100.0000\n"
     )
     assert (bench_dir / "predictions.jsonl").read_bytes() == before  # the raw store is not rewritten
     assert "66.67" in capsys.readouterr().out
@@ -111,8 +115,10 @@ def test_write_report(tmp_path):
 
     with open(tmp_path / "summary.csv", newline="") as f:
         rows = list(csv.reader(f))
-    assert rows[0] == ["model", "benchmark", "subset", "n", "correct", "accuracy"]
-    assert rows[1:] == [
+    assert rows[0] == ["model", "benchmark", "subset", "n", "correct", "accuracy", "stderr", "ci95_low", "ci95_high"]
+    # these accuracy.csv files are in the older five-column format: no intervals, reported as nan
+    assert all(r[6:] == ["nan", "nan", "nan"] for r in rows[1:])
+    assert [r[:6] for r in rows[1:]] == [
         ["flex-7b", "vstar", "direct_attributes", "115", "60", "52.1739"],
         ["flex-7b", "vstar", "relative_position", "76", "50", "65.7895"],
         ["flex-7b", "vstar", "overall", "191", "110", "57.5916"],
@@ -151,6 +157,8 @@ def test_list_benchmarks_table(tmp_path):
     assert set(by_name) == {b.name for b in list_benchmarks()}
     vstar = by_name["vstar"].split()
     assert vstar[1:5] == [str(tmp_path / "vstar"), "yes", "4", "191"]
+    assert vstar[5:7] == ["paper,official,letter", "release,native"]  # protocols (default first), recipes
+    assert by_name["rsvqa_hrben"].split()[-2:] == ["paper,lenient", "release,native"]
     for name, line in by_name.items():
         if name != "vstar":
             assert "missing" in line and " no " in line
