@@ -59,11 +59,24 @@ class KVCache:
 
 @dataclass
 class Trace:
-    """Optional per-call record of selections: layer -> [B, R] selected token counts."""
+    """Optional per-call record of selections: layer -> [B, R] selected token counts.
+
+    Attention maps (the appendix's A.2 / A.3): for every layer in `map_layers`, `maps[layer]` is the
+    post-softmax low-res attention of the call's last `n_hd_rows` rows over the image columns
+    `map_cols` [B, 576], summed over heads in the model dtype: [B, R, 576]. At layers >= S with
+    attention selection it is the very tensor the selection reads; at other layers (and with no
+    high-res at all) the same rows' attention is computed the same way, for the picture only.
+    """
 
     selected: dict = field(default_factory=dict)
     masks: dict = field(default_factory=dict)
     keep_masks: bool = False
+    map_layers: frozenset = frozenset()
+    map_cols: torch.Tensor | None = None
+    maps: dict = field(default_factory=dict)
+
+    def wants_map(self, layer: int) -> bool:
+        return layer in self.map_layers
 
 
 def forward(lm: LlavaLM, embeds: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: KVCache,
@@ -100,13 +113,13 @@ def _attention(i, attn, q, keys, values, visible, hd, n_hd_rows, prev_sel, row_p
     if not use_hd or n_hd_rows < t:
         out = F.scaled_dot_product_attention(q, keys, values, attn_mask=visible[:, None])
         if not use_hd:
+            if trace is not None and trace.wants_map(i):  # the picture only: this layer's output stays SDPA's
+                scores = _lowres_scores(q[:, :, t - n_hd_rows:], keys, visible[:, t - n_hd_rows:])
+                trace.maps[i] = image_attention(torch.softmax(scores, dim=-1), trace.map_cols, q.dtype)
             return out, None
     r = n_hd_rows
     q_hd_rows = q[:, :, t - r:]
-    # As the release: q.k in the model dtype divided by sqrt(d), softmax in float32. Only these
-    # [B, H, R, keys] scores are upcast, never the cache.
-    scores = ((q_hd_rows @ keys.transpose(-1, -2)) / math.sqrt(d)).float()
-    scores = scores.masked_fill(~visible[:, None, t - r:], float("-inf"))
+    scores = _lowres_scores(q_hd_rows, keys, visible[:, t - r:])
     probs_lowres = torch.softmax(scores, dim=-1)  # the low-res-only softmax: selection reads this
     new_sel = _select(i, probs_lowres, hd, row_positions, q.dtype, trace)
     hd_kv = _project_selected(attn, hd, prev_sel, n_rep) if i > hd.select_layer and prev_sel is not None else None
@@ -123,12 +136,29 @@ def _attention(i, attn, q, keys, values, visible, hd, n_hd_rows, prev_sel, row_p
     return out, new_sel
 
 
+def _lowres_scores(q_rows, keys, visible_rows):
+    # As the release: q.k in the model dtype divided by sqrt(d), softmax in float32. Only these
+    # [B, H, R, keys] scores are upcast, never the cache.
+    scores = ((q_rows @ keys.transpose(-1, -2)) / math.sqrt(q_rows.shape[-1])).float()
+    return scores.masked_fill(~visible_rows[:, None], float("-inf"))
+
+
+def image_attention(probs: torch.Tensor, img_cols: torch.Tensor, dtype) -> torch.Tensor:
+    """[B, H, R, keys] post-softmax attention -> [B, R, 576] over the image columns, summed over heads
+    in the model dtype (as the release's selection)."""
+    b, h, r, _ = probs.shape
+    cols = img_cols[:, None, None, :].expand(b, h, r, img_cols.shape[1])
+    return probs.gather(-1, cols).to(dtype).sum(1)
+
+
 def _select(i, probs_lowres, hd: HDState, row_positions, dtype, trace):
     b, h, r, _ = probs_lowres.shape
-    n_img = hd.img_cols.shape[1]
+    img = None
+    if hd.selection == "attention" or (trace is not None and trace.wants_map(i)):
+        img = image_attention(probs_lowres, hd.img_cols, dtype)
+        if trace is not None and trace.wants_map(i):
+            trace.maps[i] = img
     if hd.selection == "attention":
-        cols = hd.img_cols[:, None, None, :].expand(b, h, r, n_img)
-        img = probs_lowres.gather(-1, cols).to(dtype).sum(1)  # summed over heads, in the model dtype
         sel = attention_selection(img, hd.pad_cells, hd.threshold, hd.hd_grid)
     elif hd.selection == "random":
         sel = random_selection(hd.sample_keys, i, row_positions, hd.random_ratio, hd.seed, hd.hd_grid,

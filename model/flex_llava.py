@@ -46,6 +46,15 @@ class GenerationResult:
 
 
 @dataclass
+class AttentionMaps:
+    """One query row's maps (see `FlexLlava.attention_maps`), on the CPU in float32."""
+
+    maps: dict  # layer -> [576] head-summed post-softmax low-res attention over the image tokens (row-major 24x24)
+    masks: dict  # layer -> [(24*zoom)^2] bool high-res tokens selected at that layer (used by the next layer)
+    n_hd_tokens: int  # (24*zoom)^2, or 0 without high-res
+
+
+@dataclass
 class ChoiceResult:
     option_nll: list[float]
     n_prompt_tokens: int
@@ -217,6 +226,35 @@ class FlexLlava:
         if return_prefill_logits:
             return results, prefill_logits
         return results
+
+    # ---- attention maps (appendix A.2 / A.3) ----
+    @torch.no_grad()
+    def attention_maps(self, prompts: list[str], images: list[ProcessedImage], continuations: list[list[int]],
+                       layers: list[int]) -> list[AttentionMaps]:
+        """The maps of the row whose input is the last continuation token (the last prompt token when
+        the continuations are empty), at `layers`.
+
+        One teacher-forced call over prompt + continuation in which the last len(continuation) + 1 rows
+        use high-res keys, each with its own selection: exactly the rows generation ran with high-res
+        (the score_options suffix does the same), so the maps are generation's. All continuations of
+        one call have the same length (the rows that use high-res must be the same for every sample).
+        """
+        if len({len(c) for c in continuations}) > 1:
+            raise ValueError("attention_maps: all continuations of one call must have the same length")
+        ids_list = [self.tokenizer.encode_prompt(p) + list(c) for p, c in zip(prompts, continuations)]
+        low, hd_feats = self.encode_images(images)
+        embeds, valid, positions, img_cols = self._embed(ids_list, low)
+        b, t, _ = embeds.shape
+        rows = len(continuations[0]) + 1
+        hd = self._hd_state(images, hd_feats, img_cols, positions, [self._sample_key(i) for i in ids_list])
+        trace = Trace(keep_masks=True, map_layers=frozenset(layers), map_cols=img_cols)
+        cos, sin = rope_cos_sin(positions, self.cfg.head_dim, self.cfg.rope_theta, self.dtype)
+        forward(self.lm, embeds, cos, sin, self._new_cache(b, t), self._prefill_visible(valid), hd, rows,
+                positions[:, -rows:], trace)
+        n_hd = (self.grid * self.zoom) ** 2 if self.use_hd else 0
+        return [AttentionMaps(maps={k: v[i, -1].float().cpu() for k, v in sorted(trace.maps.items())},
+                              masks={k: v[i, -1].cpu() for k, v in sorted(trace.masks.items())}, n_hd_tokens=n_hd)
+                for i in range(b)]
 
     # ---- likelihood scoring ----
     @torch.no_grad()
