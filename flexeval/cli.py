@@ -128,6 +128,47 @@ def inspect(
             typer.echo(f"{k}: {v}")
 
 
+# ---- issue 9: attention maps (A.2) and GQA grounding (A.3) ----
+
+@app.command()
+def attention(
+    model: str = typer.Option(DEFAULT_MODEL, "--model", "-m", help="checkpoint folder or hub id"),
+    image: Optional[Path] = typer.Option(None, "--image", help="one image (with --prompt)"),
+    prompt: Optional[str] = typer.Option(None, "--prompt", help="the question (wrapped in the LLaVA v1 template)"),
+    bench: Optional[str] = typer.Option(None, "--bench", "-b", help="instead of --image: items of a benchmark"),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", "-d", help="the benchmark's folder"),
+    ids: Optional[str] = typer.Option(None, "--ids", help="ID,ID,... items of --bench"),
+    limit: Optional[int] = typer.Option(None, "--limit", help="the first N items of --bench"),
+    layers: str = typer.Option("8,9,10,11", "--layers", help="0-based layers, comma-separated, or 'all'"),
+    token: str = typer.Option("answer", "--token", help="which query row: answer | prompt-end | N (see docs)"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o",
+                                       help="--image: the PNG to write; --bench: results root (default results)"),
+    dtype: str = typer.Option("float32", "--dtype", help="float32 | bfloat16 | float16"),
+    device: str = typer.Option("cpu", "--device", help="cpu | cuda"),
+    selection: Optional[str] = typer.Option(None, "--selection", help="attention | random | center | all | none"),
+    tag: Optional[str] = typer.Option(None, "--tag", help="model tag used as the results folder name"),
+    max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", help="answer length (default 16)"),
+) -> None:
+    """Attention-map pictures: the map of one query row over the original image, one panel per layer."""
+    from flexeval.attention import attention_for_bench, attention_for_image
+
+    try:
+        if (image is None) == (bench is None):
+            raise FlexEvalError("give either --image IMG --prompt Q --out FILE.png, or --bench B --data-dir D")
+        if image is not None:
+            if prompt is None or out is None:
+                raise FlexEvalError("--image needs --prompt and --out FILE.png")
+            info = attention_for_image(model, image, prompt, layers, token, out, dtype, device, selection,
+                                       max_new_tokens or 16)
+            typer.echo(f"answer: {info['answer']}\nmap of the {info['token']}'s row, layers {info['layers']}: {out}")
+        else:
+            for p in attention_for_bench(bench, model, data_dir, ids, limit, layers, token, out or Path("results"),
+                                         dtype, device, selection, tag=tag, max_new_tokens=max_new_tokens):
+                typer.echo(f"wrote {p}")
+    except FlexEvalError as e:
+        _fail(e)
+
+
 @model_app.command("make-tiny")
 def make_tiny(out: Path = typer.Option(..., "--out"), seed: int = typer.Option(0, "--seed"),
               fmt: str = typer.Option("release", "--format", help="release | llava | llava-hf")) -> None:
