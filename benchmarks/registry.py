@@ -16,6 +16,7 @@ def _load_all() -> dict[str, Benchmark]:
         ("magnifierbench", "MagnifierBench"),
         ("textvqa", "TextVQA"),
         ("rsvqa", "RSVQAHRBEN"),
+        ("gqa", "GQA"),  # analysis only (flexeval grounding): not in ORDER, so not in --bench all / the report
     ):
         try:
             mod = __import__(f"{__package__}.{module}", fromlist=[cls])

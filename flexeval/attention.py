@@ -172,18 +172,24 @@ def render(image, result: MapResult, question: str, layers: list[int], out: Path
     fig.suptitle(f"Q: {q}\nA: {a}   [map of the {token_label(result.token)}'s row; outline: selected high-res "
                  f"blocks]{title_extra}", fontsize=10)
     fig.tight_layout(rect=(0, 0, 1, 0.97))
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".png")
+    return save_figure(fig, Path(out), dpi=110)
+
+
+def save_figure(fig, path: Path, dpi: int) -> Path:
+    """Save a matplotlib figure as PNG atomically (temp file + rename) and close it."""
+    import matplotlib.pyplot as plt
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
     os.close(fd)
     try:
-        fig.savefig(tmp, dpi=110)
-        os.replace(tmp, out)
+        fig.savefig(tmp, dpi=dpi)
+        os.replace(tmp, path)
     finally:
         plt.close(fig)
         if os.path.exists(tmp):
             os.unlink(tmp)
-    return out
+    return path
 
 
 # ---------------------------------------------------------------- the two CLI modes

@@ -169,6 +169,67 @@ def attention(
         _fail(e)
 
 
+grounding_app = typer.Typer(invoke_without_command=True, no_args_is_help=True,
+                            help="GQA grounding score of the attention maps per layer (`flexeval grounding --model M "
+                                 "--data-dir D`), or of an attention file (`flexeval grounding score ...`).")
+app.add_typer(grounding_app, name="grounding")
+
+
+@grounding_app.callback()
+def grounding(
+    ctx: typer.Context,
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="checkpoint folder or hub id"),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", "-d", help="GQA folder (val_balanced_questions.json, "
+                                                                          "val_sceneGraphs.json, images/)"),
+    layers: str = typer.Option("all", "--layers", help="0-based layers, comma-separated, or 'all'"),
+    limit: Optional[int] = typer.Option(None, "--limit", help="only the first N questions"),
+    out: Path = typer.Option(Path("results-grounding"), "--out", "-o", help="one folder per model + grounding.csv/png"),
+    token: str = typer.Option("answer", "--token", help="answer | prompt-end | N (see `flexeval attention`)"),
+    map_size: int = typer.Option(24, "--map-size", help="M of the M x M map scored (the official script's --mapSize)"),
+    batch_size: str = typer.Option("auto", "--batch-size", help="N or 'auto'"),
+    dtype: str = typer.Option("auto", "--dtype", help="auto | float16 | bfloat16 | float32"),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
+    selection: Optional[str] = typer.Option(None, "--selection", help="attention | random | center | all | none"),
+    workers: Optional[int] = typer.Option(None, "--workers", help="image decoding worker processes"),
+    tag: Optional[str] = typer.Option(None, "--tag", help="model tag used as the folder name"),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+) -> None:
+    """Score where the model looks, per layer, with the official GQA grounding definition."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from flexeval.grounding_run import GroundingConfig, run_grounding
+
+    try:
+        if model is None or data_dir is None:
+            raise FlexEvalError("flexeval grounding needs --model M and --data-dir D (or the `score` subcommand)")
+        summary = run_grounding(GroundingConfig(model=model, data_dir=data_dir, out=out, layers=layers, token=token,
+                                                map_size=map_size, limit=limit, batch_size=batch_size, dtype=dtype,
+                                                device=device, selection=selection, workers=workers, tag=tag,
+                                                quiet=quiet))
+    except FlexEvalError as e:
+        _fail(e)
+    for r in summary["layers"]:
+        typer.echo(f"layer {r['layer']:>3}: {r['score']:7.2f}  (n={r['n']})")
+    typer.echo(f"grounding table: {summary['files']['csv']}\nplot: {summary['files']['png']}")
+
+
+@grounding_app.command("score")
+def grounding_score_cmd(
+    questions: Path = typer.Option(..., "--questions", help="val_balanced_questions.json"),
+    scenes: Path = typer.Option(..., "--scenes", help="val_sceneGraphs.json"),
+    attentions: Path = typer.Option(..., "--attentions", help='[{"questionId": ..., "attention": M x M, x-first}]'),
+    map_size: Optional[int] = typer.Option(None, "--map-size", help="check every map is M x M"),
+) -> None:
+    """The official eval.py --grounding score of a precomputed attention file."""
+    from flexeval.grounding import score_attention_file
+
+    try:
+        res = score_attention_file(questions, scenes, attentions, map_size)
+    except FlexEvalError as e:
+        _fail(e)
+    typer.echo(f"Grounding: {res['score']:.2f}% ({res['n']} balanced questions)")
+
+
 @model_app.command("make-tiny")
 def make_tiny(out: Path = typer.Option(..., "--out"), seed: int = typer.Option(0, "--seed"),
               fmt: str = typer.Option("release", "--format", help="release | llava | llava-hf")) -> None:
