@@ -146,7 +146,7 @@ def render(image, result: MapResult, question: str, layers: list[int], out: Path
     rows = math.ceil(n / cols)
     panel_w = 4.2
     panel_h = panel_w * dh / dw + 0.6
-    fig, axes = plt.subplots(rows, cols, figsize=(panel_w * cols, panel_h * rows + 1.1), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(max(panel_w * cols, 5.5), panel_h * rows + 1.3), squeeze=False)
     for ax in axes.flat[n:]:
         ax.axis("off")
     for ax, layer in zip(axes.flat, layers):
@@ -169,9 +169,13 @@ def render(image, result: MapResult, question: str, layers: list[int], out: Path
     q = textwrap.shorten(question.replace("\n", " "), 150)
     printable = "".join(c if c.isprintable() else "?" for c in result.answer.replace("\n", " "))
     a = textwrap.shorten(printable, 80) or "(empty)"
-    fig.suptitle(f"Q: {q}\nA: {a}   [map of the {token_label(result.token)}'s row; outline: selected high-res "
-                 f"blocks]{title_extra}", fontsize=10)
-    fig.tight_layout(rect=(0, 0, 1, 0.97))
+    width = int(max(panel_w * cols, 5.5) * 13)  # characters that fit the figure at fontsize 10
+    lines = [textwrap.fill(f"Q: {q}", width), textwrap.fill(f"A: {a}{title_extra}", width),
+             textwrap.fill(f"map of the {token_label(result.token)}'s row; outline: selected high-res blocks", width)]
+    text = "\n".join(lines)
+    fig_h = fig.get_size_inches()[1]
+    fig.suptitle(text, fontsize=10)
+    fig.tight_layout(rect=(0, 0, 1, 1 - (text.count("\n") + 1.6) * 0.19 / fig_h))
     return save_figure(fig, Path(out), dpi=110)
 
 
@@ -260,3 +264,79 @@ def attention_for_bench(bench: str, model: str, data_dir: Path | None, ids: str 
             name = "".join(c if c.isalnum() or c in "-_." else "_" for c in s.id) + ".png"
             written.append(render(pil, res, s.question, picked, folder / name, title_extra=f"  item {s.id}"))
     return written
+
+
+# ---------------------------------------------------------------- the planted-hot-spot check
+
+PLANTED_SIZES = {"wide": (1600, 900), "tall": (700, 1400), "square": (1000, 1000)}
+
+
+def planted_hotspot(orig_size: tuple[int, int], marker_xy: tuple[int, int], image_size: int = 1008) -> dict:
+    """A generated image with a red disc at `marker_xy`, through the model's real image path
+    (model/image.py preprocess); the 24x24 cell the disc lands in is found from the preprocessed
+    pixels, an attention map is forced to that one cell (and the high-res tokens under it selected),
+    and both are mapped back to the original frame as the pictures do. -> image, maps and where the
+    hot spot lands vs where the disc is."""
+    from PIL import Image, ImageDraw
+
+    from flexeval.model.image import CLIP_MEAN, CLIP_STD, preprocess
+
+    w, h = orig_size
+    img = Image.new("RGB", (w, h), (70, 110, 90))
+    draw = ImageDraw.Draw(img)
+    for k in range(0, w, max(1, w // 10)):  # a faint grid, so the frame is visible in the picture
+        draw.line([(k, 0), (k, h)], fill=(90, 130, 110), width=2)
+    rad = max(w, h) // 120
+    x0, y0 = marker_xy
+    draw.ellipse([x0 - rad, y0 - rad, x0 + rad, y0 + rad], fill=(255, 0, 0))
+    pixels = preprocess(img, image_size).pixels
+    rgb = pixels * torch.tensor(CLIP_STD)[:, None, None] + torch.tensor(CLIP_MEAN)[:, None, None]
+    red = (rgb[0] > 0.8) & (rgb[1] < 0.3) & (rgb[2] < 0.3)
+    ys, xs = torch.nonzero(red, as_tuple=True)
+    cell_px = image_size / 24
+    row, col = int(ys.float().mean() / cell_px), int(xs.float().mean() / cell_px)
+    lowres = torch.zeros(24, 24)
+    lowres[row, col] = 1.0
+    hd = torch.zeros(72, 72, dtype=torch.bool)
+    hd[row * 3:row * 3 + 3, col * 3:col * 3 + 3] = True
+    heat = square_to_frame(lowres, orig_size, (h, w))
+    fy, fx = np.unravel_index(int(np.argmax(heat)), heat.shape)
+    sel = square_to_frame(hd.float(), orig_size, (h, w), mode="nearest") > 0.5
+    sy, sx = np.nonzero(sel)
+    return {"image": img, "cell": (row, col), "expected": (x0, y0), "found": (int(fx), int(fy)),
+            "selected_box": (int(sx.min()), int(sy.min()), int(sx.max()), int(sy.max())),
+            "cell_side_px": max(w, h) / 24, "lowres": lowres.flatten(), "hd": hd.flatten()}
+
+
+def planted_check_png(out: Path) -> Path:
+    """The check picture: wide, tall and square images, each with a planted one-cell map; the hot spot
+    and the outline must sit on the red disc."""
+    from flexeval.model.flex_llava import AttentionMaps
+
+    out = Path(out)
+    paths = []
+    for name, (w, h) in PLANTED_SIZES.items():
+        r = planted_hotspot((w, h), (int(w * 0.7), int(h * 0.3)))
+        res = MapResult(answer=f"red disc at {r['expected']}, hot spot at {r['found']}, cell {r['cell']}",
+                        generated_ids=[], maps=AttentionMaps({0: r["lowres"]}, {0: r["hd"]}, 72 * 72), token=0)
+        paths.append(render(r["image"], res, f"planted hot spot, {name} {w}x{h}", [0],
+                            out.with_name(f"{out.stem}-{name}.png")))
+    return _stack_pngs(paths, out)
+
+
+def _stack_pngs(paths: list[Path], out: Path) -> Path:
+    from PIL import Image
+
+    ims = [Image.open(p).convert("RGB") for p in paths]
+    canvas = Image.new("RGB", (sum(i.width for i in ims), max(i.height for i in ims)), "white")
+    x = 0
+    for im in ims:
+        canvas.paste(im, (x, 0))
+        x += im.width
+    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".png")
+    os.close(fd)
+    canvas.save(tmp, format="PNG")
+    os.replace(tmp, out)
+    for p in paths:
+        p.unlink()
+    return out
