@@ -23,7 +23,7 @@ def _rel(a, b) -> float:
 
 @pytest.fixture(scope="module")
 def picked(samples):
-    return [0, 1, 2]  # wide, tall, square
+    return [0, 1]  # wide, tall (batched together: different padding axes)
 
 
 @pytest.mark.parametrize("continuation", [[], CONTINUATION], ids=["prompt-end", "answer-token-2"])
