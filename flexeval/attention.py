@@ -145,7 +145,7 @@ def render(image, result: MapResult, question: str, layers: list[int], out: Path
     cols = min(4, n)
     rows = math.ceil(n / cols)
     panel_w = 4.2
-    panel_h = panel_w * dh / dw + 0.6
+    panel_h = panel_w * 0.8 * dh / dw + 0.5  # the colour bar takes ~20% of a panel's width
     fig, axes = plt.subplots(rows, cols, figsize=(max(panel_w * cols, 5.5), panel_h * rows + 1.3), squeeze=False)
     for ax in axes.flat[n:]:
         ax.axis("off")
@@ -205,7 +205,7 @@ def _load(model: str, dtype: str, device: str, selection: str | None):
 
 
 def attention_for_image(model: str, image: Path, prompt: str, layers: str, token: str, out: Path,
-                        dtype: str = "float32", device: str = "cpu", selection: str | None = None,
+                        dtype: str = "auto", device: str = "auto", selection: str | None = None,
                         max_new_tokens: int = 16) -> dict:
     """`flexeval attention --image`: one picture; the prompt is wrapped in the LLaVA v1 template."""
     from flexeval.benchmarks.base import open_image
@@ -224,7 +224,7 @@ def attention_for_image(model: str, image: Path, prompt: str, layers: str, token
 
 
 def attention_for_bench(bench: str, model: str, data_dir: Path | None, ids: str | None, limit: int | None,
-                        layers: str, token: str, out: Path, dtype: str = "float32", device: str = "cpu",
+                        layers: str, token: str, out: Path, dtype: str = "auto", device: str = "auto",
                         selection: str | None = None, protocol: str | None = None, tag: str | None = None,
                         batch_size: int = 4, max_new_tokens: int | None = None) -> list[Path]:
     """`flexeval attention --bench`: pictures of chosen items, under <out>/<model tag>/<bench>/attention/."""

@@ -143,8 +143,8 @@ def attention(
     token: str = typer.Option("answer", "--token", help="which query row: answer | prompt-end | N (see docs)"),
     out: Optional[Path] = typer.Option(None, "--out", "-o",
                                        help="--image: the PNG to write; --bench: results root (default results)"),
-    dtype: str = typer.Option("float32", "--dtype", help="float32 | bfloat16 | float16"),
-    device: str = typer.Option("cpu", "--device", help="cpu | cuda"),
+    dtype: str = typer.Option("auto", "--dtype", help="auto (fp16 on CUDA, fp32 on CPU; as `run`) | float16 | bfloat16 | float32"),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
     selection: Optional[str] = typer.Option(None, "--selection", help="attention | random | center | all | none"),
     tag: Optional[str] = typer.Option(None, "--tag", help="model tag used as the results folder name"),
     max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", help="answer length (default 16)"),
@@ -167,6 +167,16 @@ def attention(
                 typer.echo(f"wrote {p}")
     except FlexEvalError as e:
         _fail(e)
+
+
+@app.command("attention-check")
+def attention_check(out: Path = typer.Option(Path("attention-check.png"), "--out", "-o", help="PNG to write")) -> None:
+    """The planted-hot-spot picture (no model): maps forced to the cell of a red disc on wide, tall and square
+    images, drawn as `flexeval attention` draws them; hot spot and outline must sit on the disc."""
+    from flexeval.attention import planted_check_png
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    typer.echo(f"wrote {planted_check_png(out)}")
 
 
 grounding_app = typer.Typer(invoke_without_command=True, no_args_is_help=True,
