@@ -46,8 +46,8 @@ def run_grounding(cfg: GroundingConfig) -> dict:
         BatchSizer,
         RunConfig,
         _ImageDataset,
-        _loader,
         _request_fp,
+        feed_batches,
         log,
         model_identity,
         model_tag,
@@ -126,14 +126,7 @@ def run_grounding(cfg: GroundingConfig) -> dict:
         store.append(out)  # flushed and fsync'ed per batch
         bar.update(len(buffer))
 
-    buffer: list = []
-    for item in _loader(dataset, cfg.workers):
-        buffer.append(item)
-        if len(buffer) >= sizer.size:
-            flush(buffer)
-            buffer = []
-    if buffer:
-        flush(buffer)
+    feed_batches(dataset, cfg.workers, sizer, flush)
     bar.close()
     store.close()
     records = store.finalize(keys)

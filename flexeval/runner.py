@@ -258,7 +258,6 @@ def _run_pending(bench, model, cfg, samples, requests, keys, pending, store, siz
     sub_requests = [requests[i] for i in pending]
     dataset = _ImageDataset(sub_samples, sub_requests, model.preprocessor)
     bar = tqdm(total=len(pending), desc=bench.name, unit="sample", disable=cfg.quiet, dynamic_ncols=True)
-    buffer: list = []
 
     def flush(items):
         ready = [(j, im) for j, im, err in items if err is None]
@@ -287,14 +286,20 @@ def _run_pending(bench, model, cfg, samples, requests, keys, pending, store, siz
         stats["batches"] += 1
         bar.update(len(items))
 
-    for item in _loader(dataset, cfg.workers):
+    feed_batches(dataset, cfg.workers, sizer, flush)
+    bar.close()
+
+
+def feed_batches(dataset: Dataset, workers: int | None, sizer: BatchSizer, flush) -> None:
+    """Decoded items to flush() in batches of sizer.size (read per batch: an OOM back-off shrinks the next)."""
+    buffer: list = []
+    for item in _loader(dataset, workers):
         buffer.append(item)
         if len(buffer) >= sizer.size:
             flush(buffer)
             buffer = []
     if buffer:
         flush(buffer)
-    bar.close()
 
 
 def _group_run(sizer: BatchSizer, batch, reqs, fn):
