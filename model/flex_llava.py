@@ -241,12 +241,14 @@ class FlexLlava:
         """
         if len({len(c) for c in continuations}) > 1:
             raise ValueError("attention_maps: all continuations of one call must have the same length")
-        ids_list = [self.tokenizer.encode_prompt(p) + list(c) for p, c in zip(prompts, continuations)]
+        prompt_ids = [self.tokenizer.encode_prompt(p) for p in prompts]
+        ids_list = [p + list(c) for p, c in zip(prompt_ids, continuations)]
         low, hd_feats = self.encode_images(images)
         embeds, valid, positions, img_cols = self._embed(ids_list, low)
         b, t, _ = embeds.shape
         rows = len(continuations[0]) + 1
-        hd = self._hd_state(images, hd_feats, img_cols, positions, [self._sample_key(i) for i in ids_list])
+        # keyed by the prompt, as in generate(): the random ablation draws the same cells
+        hd = self._hd_state(images, hd_feats, img_cols, positions, [self._sample_key(i) for i in prompt_ids])
         trace = Trace(keep_masks=True, map_layers=frozenset(layers), map_cols=img_cols)
         cos, sin = rope_cos_sin(positions, self.cfg.head_dim, self.cfg.rope_theta, self.dtype)
         forward(self.lm, embeds, cos, sin, self._new_cache(b, t), self._prefill_visible(valid), hd, rows,

@@ -55,14 +55,17 @@ def test_plain_llava_maps_equal_the_reference(llava_model, samples, baseline_ima
             assert _rel(fast[b].maps[layer], ref.maps[layer][0]) < 1e-4
 
 
-def test_maps_are_generations_maps(release_model, samples, release_images, recorded_traces):
+@pytest.mark.parametrize("selection", ["attention", "random"])
+def test_maps_are_generations_maps(variant, samples, release_images, recorded_traces, selection):
     """The teacher-forced call reproduces generation: the prompt-end selections equal generate()'s prefill
-    selections, and the answer token's equal those of generate()'s first decode call."""
+    selections, and the answer token's equal those of generate()'s first decode call (also the seeded
+    random ablation, whose draw is keyed by the prompt and the row's position)."""
+    model = variant(selection=selection)
     prompt, image = samples[0].prompt, release_images[0]
     with recorded_traces() as traces:
-        gen = release_model.generate([prompt], [image], max_new_tokens=3)[0]
-    first = release_model.attention_maps([prompt], [image], [[]], [8])[0]
-    second = release_model.attention_maps([prompt], [image], [gen.token_ids[:1]], [8])[0]
+        gen = model.generate([prompt], [image], max_new_tokens=3)[0]
+    first = model.attention_maps([prompt], [image], [[]], [8])[0]
+    second = model.attention_maps([prompt], [image], [gen.token_ids[:1]], [8])[0]
     calls = [t for t in traces if t.masks]  # generate's forward calls: prefill, decode 1, decode 2
     for layer in (8, 9, 10, 11):
         assert torch.equal(first.masks[layer], calls[0].masks[layer][0, 0])
