@@ -28,6 +28,13 @@ demo: setup
 	$(BIN)/flexeval data make-sample --bench vstar --out $(DEMO)/data/vstar --n 6
 	$(BIN)/flexeval run --bench vstar --model $(DEMO)/llava-tiny-flexattn --data-dir $(DEMO)/data/vstar --out $(DEMO)/results
 	$(BIN)/flexeval report $(DEMO)/results
+	# appendix A.2 / A.3: attention pictures, the planted-hot-spot check, GQA grounding per layer (two models)
+	$(BIN)/flexeval data make-sample --bench gqa --out $(DEMO)/data/gqa --n 4
+	$(BIN)/flexeval attention --model $(DEMO)/llava-tiny-flexattn --bench gqa --data-dir $(DEMO)/data/gqa --limit 2 --layers 0,8,9,11 --out $(DEMO)/results
+	$(BIN)/flexeval attention-check --out $(DEMO)/attention-check.png
+	$(BIN)/flexeval model make-tiny --out $(DEMO)/llava-tiny-plain --seed 0 --format llava
+	$(BIN)/flexeval grounding --model $(DEMO)/llava-tiny-flexattn --data-dir $(DEMO)/data/gqa --out $(DEMO)/grounding --quiet
+	$(BIN)/flexeval grounding --model $(DEMO)/llava-tiny-plain --data-dir $(DEMO)/data/gqa --out $(DEMO)/grounding --quiet
 
 test: setup
 	$(BIN)/python -m pytest

@@ -182,6 +182,118 @@ def inspect(
             typer.echo(f"{k}: {v}")
 
 
+# ---- issue 9: attention maps (A.2) and GQA grounding (A.3) ----
+
+@app.command()
+def attention(
+    model: str = typer.Option(DEFAULT_MODEL, "--model", "-m", help="checkpoint folder or hub id"),
+    image: Optional[Path] = typer.Option(None, "--image", help="one image (with --prompt)"),
+    prompt: Optional[str] = typer.Option(None, "--prompt", help="the question (wrapped in the LLaVA v1 template)"),
+    bench: Optional[str] = typer.Option(None, "--bench", "-b", help="instead of --image: items of a benchmark"),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", "-d", help="the benchmark's folder"),
+    ids: Optional[str] = typer.Option(None, "--ids", help="ID,ID,... items of --bench"),
+    limit: Optional[int] = typer.Option(None, "--limit", help="the first N items of --bench"),
+    layers: str = typer.Option("8,9,10,11", "--layers", help="0-based layers, comma-separated, or 'all'"),
+    token: str = typer.Option("answer", "--token", help="which query row: answer | prompt-end | N (see docs)"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o",
+                                       help="--image: the PNG to write; --bench: results root (default results)"),
+    dtype: str = typer.Option("auto", "--dtype", help="auto (fp16 on CUDA, fp32 on CPU; as `run`) | float16 | bfloat16 | float32"),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
+    selection: Optional[str] = typer.Option(None, "--selection", help="attention | random | center | all | none"),
+    tag: Optional[str] = typer.Option(None, "--tag", help="model tag used as the results folder name"),
+    max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", help="answer length (default 16)"),
+) -> None:
+    """Attention-map pictures: the map of one query row over the original image, one panel per layer."""
+    from flexeval.attention import attention_for_bench, attention_for_image
+
+    try:
+        if (image is None) == (bench is None):
+            raise FlexEvalError("give either --image IMG --prompt Q --out FILE.png, or --bench B --data-dir D")
+        if image is not None:
+            if prompt is None or out is None:
+                raise FlexEvalError("--image needs --prompt and --out FILE.png")
+            info = attention_for_image(model, image, prompt, layers, token, out, dtype, device, selection,
+                                       max_new_tokens or 16)
+            typer.echo(f"answer: {info['answer']}\nmap of the {info['token']}'s row, layers {info['layers']}: {out}")
+        else:
+            for p in attention_for_bench(bench, model, data_dir, ids, limit, layers, token, out or Path("results"),
+                                         dtype, device, selection, tag=tag, max_new_tokens=max_new_tokens):
+                typer.echo(f"wrote {p}")
+    except FlexEvalError as e:
+        _fail(e)
+
+
+@app.command("attention-check")
+def attention_check(out: Path = typer.Option(Path("attention-check.png"), "--out", "-o", help="PNG to write")) -> None:
+    """The planted-hot-spot picture (no model): maps forced to the cell of a red disc on wide, tall and square
+    images, drawn as `flexeval attention` draws them; hot spot and outline must sit on the disc."""
+    from flexeval.attention import planted_check_png
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    typer.echo(f"wrote {planted_check_png(out)}")
+
+
+grounding_app = typer.Typer(invoke_without_command=True, no_args_is_help=True,
+                            help="GQA grounding score of the attention maps per layer (`flexeval grounding --model M "
+                                 "--data-dir D`), or of an attention file (`flexeval grounding score ...`).")
+app.add_typer(grounding_app, name="grounding")
+
+
+@grounding_app.callback()
+def grounding(
+    ctx: typer.Context,
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="checkpoint folder or hub id"),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", "-d", help="GQA folder (val_balanced_questions.json, "
+                                                                          "val_sceneGraphs.json, images/)"),
+    layers: str = typer.Option("all", "--layers", help="0-based layers, comma-separated, or 'all'"),
+    limit: Optional[int] = typer.Option(None, "--limit", help="only the first N questions"),
+    out: Path = typer.Option(Path("results-grounding"), "--out", "-o", help="one folder per model + grounding.csv/png"),
+    token: str = typer.Option("answer", "--token", help="answer | prompt-end | N (see `flexeval attention`)"),
+    map_size: int = typer.Option(24, "--map-size", help="M of the M x M map scored (the official script's --mapSize)"),
+    batch_size: str = typer.Option("auto", "--batch-size", help="N or 'auto'"),
+    dtype: str = typer.Option("auto", "--dtype", help="auto | float16 | bfloat16 | float32"),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
+    selection: Optional[str] = typer.Option(None, "--selection", help="attention | random | center | all | none"),
+    workers: Optional[int] = typer.Option(None, "--workers", help="image decoding worker processes"),
+    tag: Optional[str] = typer.Option(None, "--tag", help="model tag used as the folder name"),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+) -> None:
+    """Score where the model looks, per layer, with the official GQA grounding definition."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from flexeval.grounding_run import GroundingConfig, run_grounding
+
+    try:
+        if model is None or data_dir is None:
+            raise FlexEvalError("flexeval grounding needs --model M and --data-dir D (or the `score` subcommand)")
+        summary = run_grounding(GroundingConfig(model=model, data_dir=data_dir, out=out, layers=layers, token=token,
+                                                map_size=map_size, limit=limit, batch_size=batch_size, dtype=dtype,
+                                                device=device, selection=selection, workers=workers, tag=tag,
+                                                quiet=quiet))
+    except FlexEvalError as e:
+        _fail(e)
+    for r in summary["layers"]:
+        typer.echo(f"layer {r['layer']:>3}: {r['score']:7.2f}  (n={r['n']})")
+    typer.echo(f"grounding table: {summary['files']['csv']}\nplot: {summary['files']['png']}")
+
+
+@grounding_app.command("score")
+def grounding_score_cmd(
+    questions: Path = typer.Option(..., "--questions", help="val_balanced_questions.json"),
+    scenes: Path = typer.Option(..., "--scenes", help="val_sceneGraphs.json"),
+    attentions: Path = typer.Option(..., "--attentions", help='[{"questionId": ..., "attention": M x M, x-first}]'),
+    map_size: Optional[int] = typer.Option(None, "--map-size", help="check every map is M x M"),
+) -> None:
+    """The official eval.py --grounding score of a precomputed attention file."""
+    from flexeval.grounding import score_attention_file
+
+    try:
+        res = score_attention_file(questions, scenes, attentions, map_size)
+    except FlexEvalError as e:
+        _fail(e)
+    typer.echo(f"Grounding: {res['score']:.2f}% ({res['n']} balanced questions)")
+
+
 @model_app.command("make-tiny")
 def make_tiny(out: Path = typer.Option(..., "--out"), seed: int = typer.Option(0, "--seed"),
               fmt: str = typer.Option("release", "--format", help="release | llava | llava-hf")) -> None:

@@ -277,18 +277,28 @@ def run_items(items: list[Item], model, store: PredictionStore, sizer: BatchSize
     if not items:
         return stats
     progress.status("starting the image decoders")
+
+    def flush(batch: list) -> None:
+        _run_batch(items, batch, model, store, sizer, stats, progress)
+        guard.add(items[i].record for i, _, _ in batch)  # too many NaN/inf items stop the run (stored ones kept)
+
+    feed_batches(_ImageDataset(items, model.preprocessor, cfg.max_image_pixels), cfg.workers, sizer, flush, progress)
+    return stats
+
+
+def feed_batches(dataset: Dataset, workers: int | None, sizer: BatchSizer, flush, progress: Progress | None = None):
+    """Decoded (index, image, error) entries to flush() in batches of sizer.size (read per batch: an OOM
+    back-off shrinks the next). Shared by `run` and `grounding`."""
     batch: list = []
-    for entry in _loader(_ImageDataset(items, model.preprocessor, cfg.max_image_pixels), cfg.workers):
+    for entry in _loader(dataset, workers):
         batch.append(entry)
-        progress.status(f"first batch: {len(batch)}/{sizer.size} images decoded")
+        if progress is not None:
+            progress.status(f"first batch: {len(batch)}/{sizer.size} images decoded")
         if len(batch) >= sizer.size:
-            _run_batch(items, batch, model, store, sizer, stats, progress)
-            guard.add(items[i].record for i, _, _ in batch)  # too many NaN/inf items stop the run (stored ones kept)
+            flush(batch)
             batch = []
     if batch:
-        _run_batch(items, batch, model, store, sizer, stats, progress)
-        guard.add(items[i].record for i, _, _ in batch)
-    return stats
+        flush(batch)
 
 
 def _run_batch(items: list[Item], batch: list, model, store: PredictionStore, sizer: BatchSizer,

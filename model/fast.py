@@ -55,11 +55,24 @@ class HiResImages:
 
 @dataclass
 class Trace:
-    """What the high-res rows selected: layer -> [B, R] selected token counts (and masks on request)."""
+    """What the high-res rows selected: layer -> [B, R] selected token counts (and masks on request).
+
+    Attention maps (the appendix's A.2 / A.3): for every layer in `map_layers`, `maps[layer]` is the
+    post-softmax low-res attention of the call's last `n_rows` rows over the image columns
+    `map_cols` [B, 576], summed over heads in the model dtype: [B, R, 576]. At layers >= S with
+    attention selection it is the very tensor the selection reads; at other layers (and with no
+    high-res at all) the same rows' attention is computed the same way, for the picture only.
+    """
 
     selected: dict = field(default_factory=dict)
     masks: dict = field(default_factory=dict)
     keep_masks: bool = False
+    map_layers: frozenset = frozenset()
+    map_cols: torch.Tensor | None = None
+    maps: dict = field(default_factory=dict)
+
+    def wants_map(self, layer: int) -> bool:
+        return layer in self.map_layers
 
     def record(self, layer: int, selection: torch.Tensor) -> None:
         self.selected[layer] = selection.sum(-1)
@@ -72,7 +85,7 @@ class HiResContext:
     """One forward call's high-res context: which rows use it, where they sit, and the selection the
     previous layer made (layer S selects first; every layer > S reads the selection of the one before)."""
 
-    images: HiResImages
+    images: HiResImages | None  # None: no high-res keys (plain LLaVA, selection none); maps only
     options: ResolvedOptions  # selection rule, threshold, S, random ratio and seed
     n_rows: int  # the last n_rows rows of the call use high-res keys
     row_positions: torch.Tensor  # [B, n_rows] absolute positions of those rows
@@ -80,7 +93,7 @@ class HiResContext:
     previous_selection: torch.Tensor | None = None  # [B, n_rows, N] bool, made by layer i - 1
 
     def selects_at(self, layer: int) -> bool:
-        return self.n_rows > 0 and layer >= self.options.select_layer
+        return self.images is not None and self.n_rows > 0 and layer >= self.options.select_layer
 
 
 def sdpa_attention(q, keys, values, visible):
@@ -100,10 +113,7 @@ def hierarchical_attention(attn, layer: int, q, keys, values, visible, hires: Hi
     # Rows before the high-res ones: SDPA over all rows, sliced (the kernel's numbers do not depend on r).
     out_lowres_rows = sdpa_attention(q, keys, values, visible)[:, :, : t - r] if r < t else None
     q_hd = q[:, :, t - r:]  # [B, H, R, d]
-    # As the release: q.k in the model dtype divided by sqrt(d), softmax in float32. Only these
-    # [B, H, R, keys] scores are upcast, never the cache.
-    scores = ((q_hd @ keys.transpose(-1, -2)) / math.sqrt(d)).float()  # [B, H, R, K]
-    scores = scores.masked_fill(~visible[:, None, t - r:], float("-inf"))
+    scores = lowres_scores(q_hd, keys, visible[:, t - r:])  # [B, H, R, K]
     probs_lowres = torch.softmax(scores, dim=-1)  # the low-res-only softmax: selection reads this
     selection = select_hires_tokens(layer, probs_lowres, hires, q.dtype)
     hd_kv = None
@@ -122,15 +132,39 @@ def hierarchical_attention(attn, layer: int, q, keys, values, visible, hires: Hi
     return out_hd if out_lowres_rows is None else torch.cat([out_lowres_rows, out_hd], dim=2)
 
 
+def lowres_scores(q_rows, keys, visible_rows):
+    """[B, H, R, d] x [B, H, K, d] -> [B, H, R, K] masked scores. As the release: q.k in the model
+    dtype divided by sqrt(d), then float32 for the softmax. Only these scores are upcast, never the cache."""
+    scores = ((q_rows @ keys.transpose(-1, -2)) / math.sqrt(q_rows.shape[-1])).float()
+    return scores.masked_fill(~visible_rows[:, None], float("-inf"))
+
+
+def image_attention(probs: torch.Tensor, img_cols: torch.Tensor, dtype) -> torch.Tensor:
+    """[B, H, R, keys] post-softmax attention -> [B, R, 576] over the image columns, summed over heads
+    in the model dtype (as the release's selection)."""
+    b, h, r, _ = probs.shape
+    cols = img_cols[:, None, None, :].expand(b, h, r, img_cols.shape[1])
+    return probs.gather(-1, cols).to(dtype).sum(1)
+
+
+def record_map(layer: int, q, keys, visible, hires: HiResContext) -> None:
+    """A layer whose rows use no high-res keys: the map of the last `hires.n_rows` rows, for the picture
+    only (the layer's output stays SDPA's)."""
+    t, r = q.shape[2], hires.n_rows
+    probs = torch.softmax(lowres_scores(q[:, :, t - r:], keys, visible[:, t - r:]), dim=-1)
+    hires.trace.maps[layer] = image_attention(probs, hires.trace.map_cols, q.dtype)
+
+
 def select_hires_tokens(layer: int, probs_lowres, hires: HiResContext, dtype) -> torch.Tensor:
     """The selection each high-res row makes at `layer` from its low-res-only attention
     probs_lowres [B, H, R, K] -> [B, R, N] bool; recorded in the trace (the one place it is filled)."""
     b, h, r, _ = probs_lowres.shape
-    images, opts = hires.images, hires.options
-    n_img = images.img_cols.shape[1]
+    images, opts, trace = hires.images, hires.options, hires.trace
+    if opts.selection == "attention" or trace.wants_map(layer):
+        img = image_attention(probs_lowres, images.img_cols, dtype)  # [B, R, 576]
+        if trace.wants_map(layer):
+            trace.maps[layer] = img
     if opts.selection == "attention":
-        cols = images.img_cols[:, None, None, :].expand(b, h, r, n_img)
-        img = probs_lowres.gather(-1, cols).to(dtype).sum(1)  # [B, R, 576] summed over heads, in the model dtype
         sel = attention_selection(img, images.pad_cells, opts.threshold, images.hd_grid)
     elif opts.selection == "random":
         sel = random_selection(images.sample_keys, layer, hires.row_positions, opts.random_ratio, opts.seed,

@@ -52,6 +52,15 @@ class GenerationResult:
 
 
 @dataclass
+class AttentionMaps:
+    """One query row's maps (see `FlexLlava.attention_maps`), on the CPU in float32."""
+
+    maps: dict  # layer -> [576] head-summed post-softmax low-res attention over the image tokens (row-major 24x24)
+    masks: dict  # layer -> [(24*zoom)^2] bool high-res tokens selected at that layer (used by the next layer)
+    n_hd_tokens: int  # (24*zoom)^2, or 0 without high-res
+
+
+@dataclass
 class ChoiceResult:
     option_nll: list[float]
     n_prompt_tokens: int
@@ -275,6 +284,37 @@ class FlexLlava:
     def _through_eos(self, toks: list[int], max_new: int) -> list[int]:
         toks = toks[:max_new]
         return toks[: toks.index(self.tokenizer.eos_id) + 1] if self.tokenizer.eos_id in toks else toks
+
+    # ---- attention maps (appendix A.2 / A.3) ----
+    @torch.no_grad()
+    def attention_maps(self, prompts: list[str], images: list[ProcessedImage], continuations: list[list[int]],
+                       layers: list[int]) -> list[AttentionMaps]:
+        """The maps of the row whose input is the last continuation token (the last prompt token when
+        the continuations are empty), at `layers`.
+
+        One teacher-forced call over prompt + continuation in which the last len(continuation) + 1 rows
+        use high-res keys, each with its own selection: exactly the rows generation ran with high-res
+        (the choose() suffix does the same), so the maps are generation's. All continuations of
+        one call have the same length (the rows that use high-res must be the same for every sample).
+        """
+        if len({len(c) for c in continuations}) > 1:
+            raise ValueError("attention_maps: all continuations of one call must have the same length")
+        prompt_ids = [self.tokenizer.encode_prompt(p) for p in prompts]
+        ids_list = [p + list(c) for p, c in zip(prompt_ids, continuations)]
+        low, hd_feats = self.encode_images(images)
+        batch = self._embed(ids_list, low)
+        b, t, _ = batch.embeds.shape
+        rows = len(continuations[0]) + 1
+        # keyed by the prompt, as in generate(): the random ablation draws the same cells
+        hires_images = self._hires_images(images, hd_feats, batch, prompt_ids)
+        trace = Trace(keep_masks=True, map_layers=frozenset(layers), map_cols=batch.img_cols)
+        hires = HiResContext(hires_images, self.options, rows, batch.positions[:, -rows:], trace)
+        self.lm.model(batch.embeds, *self._rope(batch.positions), self._new_cache(b, t),
+                      self._prefill_visible(batch.valid), hires)
+        n_hd = (self.grid * self.zoom) ** 2 if self.use_hd else 0
+        return [AttentionMaps(maps={k: v[i, -1].float().cpu() for k, v in sorted(trace.maps.items())},
+                              masks={k: v[i, -1].cpu() for k, v in sorted(trace.masks.items())}, n_hd_tokens=n_hd)
+                for i in range(b)]
 
     # ---- likelihood scoring ----
     @torch.no_grad()

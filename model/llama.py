@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import FlexConfig
-from .fast import HiResContext, KVCache, hierarchical_attention, sdpa_attention
+from .fast import HiResContext, KVCache, hierarchical_attention, record_map, sdpa_attention
 from .rope import apply_rope, repeat_kv
 
 
@@ -59,6 +59,8 @@ class Attention(nn.Module):
             out = hierarchical_attention(self, self.layer, q, keys, values, visible, hires)
         else:
             out = sdpa_attention(q, keys, values, visible)
+            if hires is not None and hires.trace.wants_map(self.layer):  # the picture only
+                record_map(self.layer, q, keys, visible, hires)
         return self.o_proj(out.transpose(1, 2).reshape(b, t, -1))
 
 

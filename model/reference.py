@@ -23,6 +23,7 @@ from .tokenizer import IMAGE_TOKEN_ID
 class RefOutput:
     logits: torch.Tensor  # [T, V] for the rows of the (last) forward call
     selections: dict = field(default_factory=dict)  # layer -> [rows, N] bool masks made at that layer
+    maps: dict = field(default_factory=dict)  # layer -> [rows, 576] head-summed low-res attention over the image
 
 
 def _clip_project(model: FlexLlava, pixels: torch.Tensor) -> torch.Tensor:
@@ -91,7 +92,8 @@ def _select(model: FlexLlava, attn_probs: torch.Tensor, rows: list[int], img_beg
 
 
 def _forward(model: FlexLlava, embeds: torch.Tensor, positions: torch.Tensor, cache: list, hd_rows: list[int],
-             hd_feats, hd_cos, hd_sin, img_begin: int, image: ProcessedImage) -> RefOutput:
+             hd_feats, hd_cos, hd_sin, img_begin: int, image: ProcessedImage,
+             map_rows: list[int] = ()) -> RefOutput:
     """One forward call over `embeds` [T, D] with a growing cache (list of (k, v) per layer)."""
     lm, cfg = model.lm, model.cfg
     hdim, nh, nkv = cfg.head_dim, cfg.num_heads, cfg.num_kv_heads
@@ -100,7 +102,7 @@ def _forward(model: FlexLlava, embeds: torch.Tensor, positions: torch.Tensor, ca
     cos, sin = (t.to(model.dtype) for t in _rope(positions, hdim, cfg.rope_theta))
     x = embeds
     t = x.shape[0]
-    selections, prev = {}, None
+    selections, maps, prev = {}, {}, None
     for i, layer in enumerate(lm.model.layers):
         a = layer.self_attn
         h = layer.input_layernorm(x)
@@ -117,6 +119,8 @@ def _forward(model: FlexLlava, embeds: torch.Tensor, positions: torch.Tensor, ca
         scores = scores.masked_fill(~causal, float("-inf"))
         probs = torch.softmax(scores, -1)  # low-res-only attention of every row
         out = probs.to(model.dtype) @ v_all
+        if map_rows:
+            maps[i] = probs[:, list(map_rows), img_begin:img_begin + 576].to(model.dtype).sum(0)
         if hd_feats is not None and i > s_layer and hd_rows:
             # every high-res key of this layer; rows see only their own selection
             k_hd = _rotate(a.k_proj_hd(hd_feats).view(-1, nkv, hdim).transpose(0, 1), hd_cos, hd_sin)
@@ -133,7 +137,7 @@ def _forward(model: FlexLlava, embeds: torch.Tensor, positions: torch.Tensor, ca
             selections[i] = prev
         x = x + a.o_proj(out.transpose(0, 1).reshape(t, -1))
         x = x + layer.mlp(layer.post_attention_layernorm(x))
-    return RefOutput(logits=lm.lm_head(lm.model.norm(x)), selections=selections)
+    return RefOutput(logits=lm.lm_head(lm.model.norm(x)), selections=selections, maps=maps)
 
 
 def _prepare(model: FlexLlava, ids: list[int], image: ProcessedImage):
@@ -181,6 +185,23 @@ def generate(model: FlexLlava, prompt: str, image: ProcessedImage, max_new_token
                               hd_sin, p0, image))
         logits = calls[-1].logits[-1]
     return out, prefill
+
+
+@torch.no_grad()
+def attention_maps(model: FlexLlava, prompt: str, image: ProcessedImage, continuation: list[int]) -> RefOutput:
+    """Generation's calls literally (prefill, then one call per token, each of its last row high-res),
+    fed `continuation` instead of argmax; the last call's output, with the maps of its (only) last row."""
+    ids = model.tokenizer.encode_prompt(prompt)
+    embeds, hd, hd_cos, hd_sin, p0 = _prepare(model, ids, image)
+    cache = [None] * model.cfg.num_layers
+    t = embeds.shape[0]
+    out = _forward(model, embeds, torch.arange(t, device=model.device), cache, [t - 1], hd, hd_cos, hd_sin, p0,
+                   image, map_rows=[t - 1])
+    for step, tok in enumerate(continuation):
+        e = model.lm.model.embed_tokens(torch.tensor([tok], device=model.device))
+        out = _forward(model, e, torch.tensor([t + step], device=model.device), cache, [0], hd, hd_cos, hd_sin, p0,
+                       image, map_rows=[0])
+    return out
 
 
 @torch.no_grad()
