@@ -53,6 +53,8 @@ class Generate:
     prompt: str
     max_new_tokens: int = 32
     image_mode: str = "pad"  # "pad" (release: pad to square) | "crop" (CLIP processor: resize + centre crop)
+    question: str = ""  # the user turn as the benchmark words it (suffix included, no template): for models
+    # that apply their own chat template (model/hf_vlm.py)
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,7 @@ class Choice:
     options: tuple[str, ...]
     append_eos: bool = False  # official V*: the option is followed by </s>, counted in the mean
     image_mode: str = "pad"
+    question: str = ""  # as Generate.question
 
 
 Request = Union[Generate, Choice]

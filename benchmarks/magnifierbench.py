@@ -117,10 +117,11 @@ class MagnifierBench(Benchmark):
     def request(self, sample: Sample, protocol: str) -> Generate:
         protocol = self.check_protocol(protocol)
         if protocol == "official":
-            return Generate(prompt=llava_v1_prompt(official_question(sample.question)),
-                            max_new_tokens=MAX_NEW_TOKENS, image_mode="crop")
-        prompt = llava_v1_prompt(paper_instruction(sample.question) + PAPER_SUFFIX)
-        return Generate(prompt=prompt, max_new_tokens=MAX_NEW_TOKENS)
+            question = official_question(sample.question)
+            return Generate(prompt=llava_v1_prompt(question), max_new_tokens=MAX_NEW_TOKENS, image_mode="crop",
+                            question=question)
+        question = paper_instruction(sample.question) + PAPER_SUFFIX
+        return Generate(prompt=llava_v1_prompt(question), max_new_tokens=MAX_NEW_TOKENS, question=question)
 
     def score(self, record: dict, protocol: str) -> dict:
         protocol = self.check_protocol(protocol)

@@ -129,8 +129,8 @@ class RSVQAHRBEN(Benchmark):
 
     def request(self, sample: Sample, protocol: str) -> Generate:
         self.check_protocol(protocol)
-        return Generate(prompt=llava_v1_prompt(sample.question + SHORT_ANSWER_SUFFIX),
-                        max_new_tokens=MAX_NEW_TOKENS)
+        question = sample.question + SHORT_ANSWER_SUFFIX
+        return Generate(prompt=llava_v1_prompt(question), max_new_tokens=MAX_NEW_TOKENS, question=question)
 
     def score(self, record: dict, protocol: str) -> dict:
         protocol = self.check_protocol(protocol)

@@ -63,8 +63,8 @@ class TextVQA(Benchmark):
     def request(self, sample: Sample, protocol: str) -> Generate:
         self.check_protocol(protocol)
         # The question goes in verbatim; OCR tokens are never added (OCR-free protocol).
-        return Generate(prompt=llava_v1_prompt(sample.question + SHORT_ANSWER_SUFFIX),
-                        max_new_tokens=MAX_NEW_TOKENS)
+        question = sample.question + SHORT_ANSWER_SUFFIX
+        return Generate(prompt=llava_v1_prompt(question), max_new_tokens=MAX_NEW_TOKENS, question=question)
 
     def score(self, record: dict, protocol: str) -> dict:
         self.check_protocol(protocol)

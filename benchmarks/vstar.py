@@ -77,9 +77,10 @@ class VStar(Benchmark):
             # penghao-wu/vstar: other system prompt, no answer-format suffix, EOS after the option,
             # image not padded (the CLIP processor resizes the short side and centre-crops).
             prompt = llava_v1_prompt(sample.question, system=VSTAR_OFFICIAL_SYSTEM)
-            return Choice(prompt=prompt, options=sample.options, append_eos=True, image_mode="crop")
-        prompt = llava_v1_prompt(sample.question + SHORT_ANSWER_SUFFIX)
-        return Choice(prompt=prompt, options=sample.options)
+            return Choice(prompt=prompt, options=sample.options, append_eos=True, image_mode="crop",
+                          question=sample.question)
+        question = sample.question + SHORT_ANSWER_SUFFIX
+        return Choice(prompt=llava_v1_prompt(question), options=sample.options, question=question)
 
     def score(self, record: dict, protocol: str) -> dict:
         # The correct option is always options[0]; the runner resolved ties to the lowest index.

@@ -19,6 +19,10 @@ app.add_typer(model_app, name="model")
 app.add_typer(data_app, name="data")
 
 DEFAULT_MODEL = "senfu/llava-v1.5-7b-flexattn"
+MODEL_KIND_HELP = ("auto (LLaVA-1.5 / FlexAttention / llava-hf formats: FlexLlava; other transformers vision-language "
+                   "checkpoints: transformers) | flexattention | hf")
+RECIPE_HELP = ("release: LLaVA-1.5's eval recipe (pad to square, v1 template, chunked tokenisation; the default for "
+               "LLaVA-1.5 formats) | native: the checkpoint's own processor, chat template and tokenizer (transformers)")
 
 
 def _fail(e: Exception) -> None:
@@ -48,6 +52,11 @@ def run(
     seed: int = typer.Option(0, "--seed", help="seed for the random selection ablation"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars, log lines only"),
     max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", help="override the benchmark's generation length"),
+    model_kind: str = typer.Option("auto", "--model-kind", help=MODEL_KIND_HELP),
+    recipe: Optional[str] = typer.Option(None, "--recipe", help=RECIPE_HELP),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="allow a checkpoint's own Python code (transformers models)"),
+    min_pixels: Optional[int] = typer.Option(None, "--min-pixels", help="transformers image processors with a pixel budget (Qwen-VL): lower bound"),
+    max_pixels: Optional[int] = typer.Option(None, "--max-pixels", help="transformers image processors with a pixel budget (Qwen-VL): upper bound"),
 ) -> None:
     """Evaluate a model on a benchmark; writes predictions.jsonl, accuracy.csv and run.json."""
     from flexeval.runner import RunConfig, run_benchmarks
@@ -57,7 +66,8 @@ def run(
                         batch_size=batch_size, protocol=protocol, dtype=dtype, device=device,
                         selection=selection, threshold=threshold, first_layer=first_layer, zoom=zoom,
                         split=split, workers=workers, tag=tag, seed=seed, quiet=quiet,
-                        max_new_tokens=max_new_tokens)
+                        max_new_tokens=max_new_tokens, model_kind=model_kind, recipe=recipe,
+                        trust_remote_code=trust_remote_code, min_pixels=min_pixels, max_pixels=max_pixels)
         run_benchmarks(cfg)
     except FlexEvalError as e:
         _fail(e)
@@ -110,6 +120,11 @@ def inspect(
     dump_logits: Optional[Path] = typer.Option(None, "--dump-logits", help="safetensors file for prefill logits"),
     raw: bool = typer.Option(False, "--raw", help="use the prompt as is (no conversation template)"),
     selection: Optional[str] = typer.Option(None, "--selection", help="attention | random | center | all | none"),
+    model_kind: str = typer.Option("auto", "--model-kind", help=MODEL_KIND_HELP),
+    recipe: Optional[str] = typer.Option(None, "--recipe", help=RECIPE_HELP),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code"),
+    min_pixels: Optional[int] = typer.Option(None, "--min-pixels"),
+    max_pixels: Optional[int] = typer.Option(None, "--max-pixels"),
 ) -> None:
     """A window into one sample: generated tokens, selections per layer, option NLLs, logits."""
     from flexeval.model.inspect import inspect_sample
@@ -118,7 +133,9 @@ def inspect(
         result = inspect_sample(model=model, image=image, prompt=prompt,
                                 options=options.split("|") if options else None,
                                 max_new_tokens=max_new_tokens, dtype=dtype, device=device,
-                                dump_logits=dump_logits, raw=raw, selection=selection)
+                                dump_logits=dump_logits, raw=raw, selection=selection, model_kind=model_kind,
+                                recipe=recipe, min_pixels=min_pixels, max_pixels=max_pixels,
+                                trust_remote_code=trust_remote_code)
     except FlexEvalError as e:
         _fail(e)
     if json_out:

@@ -10,7 +10,7 @@ import os
 import re
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +46,12 @@ class RunConfig:
     seed: int = 0
     quiet: bool = False
     max_new_tokens: int | None = None
+    # issue 13/15: which implementation serves the checkpoint, its input recipe, HF processor knobs
+    model_kind: str = "auto"  # auto | flexattention | hf
+    recipe: str | None = None  # release | native; None: release for LLaVA-1.5 formats, else native
+    trust_remote_code: bool = False
+    min_pixels: int | None = None
+    max_pixels: int | None = None
 
 
 def log(msg: str) -> None:
@@ -70,6 +76,7 @@ def model_tag(cfg: RunConfig, model) -> str:
             parts.append(f"first{r['select_layer'] + 1}")
         if r["zoom"] != model.cfg.zoom_ratio:
             parts.append(f"zoom{r['zoom']}")
+    parts.extend(model.tag_parts() if hasattr(model, "tag_parts") else [])  # hf_vlm: recipe, pixel budget
     if cfg.dtype not in ("auto", None):
         parts.append(str(cfg.dtype))
     return "-".join(parts)
@@ -79,7 +86,7 @@ def model_identity(model) -> dict:
     """What makes two runs' predictions comparable: weights, config, knobs, dtype."""
     folder = Path(model.folder)
     files = sorted((p.name, p.stat().st_size) for p in folder.iterdir()
-                   if p.suffix in (".safetensors", ".bin", ".model", ".json"))
+                   if p.suffix in (".safetensors", ".bin", ".model", ".json", ".jinja"))
     config_text = (folder / "config.json").read_text()
     return {"source": model.source, "folder": str(folder.resolve()), "files": files,
             "config_sha": fingerprint(config_text), "format": model.cfg.format,
@@ -160,23 +167,35 @@ def _request_fp(req) -> str:
     return fingerprint(asdict(req) | {"kind": type(req).__name__})
 
 
+def _prompt_fields(res) -> dict:
+    """The exact prompt text and ids, where the model reports them (hf_vlm builds them from its template)."""
+    return {"prompt": res.prompt, "prompt_ids": res.prompt_ids} if getattr(res, "prompt_ids", None) else {}
+
+
 def _choice_records(model, batch, reqs):
-    prompts = [r.prompt for r in reqs]
-    out = model.score_options(prompts, [im for _, im in batch], [list(r.options) for r in reqs],
-                              append_eos=reqs[0].append_eos)
+    if hasattr(model, "choose"):  # issue 8's request interface (hf_vlm.HFVisionModel has it)
+        out = model.choose([(r, im) for r, (_, im) in zip(reqs, batch)])
+    else:
+        out = model.score_options([r.prompt for r in reqs], [im for _, im in batch], [list(r.options) for r in reqs],
+                                  append_eos=reqs[0].append_eos)
     recs = []
     for r, res in zip(reqs, out):
         best = int(np.argmin(res.option_nll))  # first minimum: a tie goes to the lowest index
         recs.append({"prediction": r.options[best], "option_nll": res.option_nll,
-                     "n_prompt_tokens": res.n_prompt_tokens, "hd_selected_ratio": res.hd_selected_ratio})
+                     "n_prompt_tokens": res.n_prompt_tokens, "hd_selected_ratio": res.hd_selected_ratio,
+                     **_prompt_fields(res)})
     return recs
 
 
 def _generate_records(model, batch, reqs, max_new_tokens):
-    out = model.generate([r.prompt for r in reqs], [im for _, im in batch],
-                         max_new_tokens=max(max_new_tokens or r.max_new_tokens for r in reqs))
+    if hasattr(model, "choose"):  # issue 8's request interface: each request keeps its own max_new_tokens
+        out = model.generate([(r, im) for r, (_, im) in zip(reqs, batch)])
+    else:
+        out = model.generate([r.prompt for r in reqs], [im for _, im in batch],
+                             max_new_tokens=max(max_new_tokens or r.max_new_tokens for r in reqs))
     return [{"prediction": res.text, "generated_ids": res.token_ids, "n_prompt_tokens": res.n_prompt_tokens,
-             "n_new_tokens": len(res.token_ids), "hd_selected_ratio": res.hd_selected_ratio} for res in out]
+             "n_new_tokens": len(res.token_ids), "hd_selected_ratio": res.hd_selected_ratio, **_prompt_fields(res)}
+            for res in out]
 
 
 def run_benchmark(bench: Benchmark, model, cfg: RunConfig, data_dir: Path, protocol: str) -> dict:
@@ -191,7 +210,7 @@ def run_benchmark(bench: Benchmark, model, cfg: RunConfig, data_dir: Path, proto
         samples = samples[: cfg.limit]
     requests = [bench.request(s, protocol) for s in samples]
     if cfg.max_new_tokens:
-        requests = [Generate(r.prompt, cfg.max_new_tokens, r.image_mode) if isinstance(r, Generate) else r
+        requests = [replace(r, max_new_tokens=cfg.max_new_tokens) if isinstance(r, Generate) else r
                     for r in requests]
     keys = [f"{s.fingerprint()}-{_request_fp(r)}" for s, r in zip(samples, requests)]
     identity = model_identity(model)
@@ -218,7 +237,8 @@ def run_benchmark(bench: Benchmark, model, cfg: RunConfig, data_dir: Path, proto
     run = {
         "benchmark": bench.name, "protocol": protocol, "flexeval_version": __version__,
         "config_fingerprint": config_fp,
-        "model": {"tag": tag, "kind": "flexattention" if model.cfg.has_hd else "llava-1.5",
+        "model": {"tag": tag, "kind": getattr(model, "kind", None) or ("flexattention" if model.cfg.has_hd else "llava-1.5"),
+                  "recipe": getattr(model, "recipe", "release"),
                   **identity, "device": str(model.device), "architecture": model.cfg.to_dict()},
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
         "data": {"dir": str(Path(data_dir).resolve()), "fingerprint": data_fingerprint([Path(data_dir)]),
@@ -306,7 +326,7 @@ def _group_run(sizer: BatchSizer, batch, reqs, fn):
 # ---------------------------------------------------------------- entry point
 
 def run_benchmarks(cfg: RunConfig) -> list[dict]:
-    from flexeval.model import RunOptions, load_pretrained
+    from flexeval.model import RunOptions, load_model
 
     if cfg.bench == "all":
         benches = list_benchmarks()
@@ -331,7 +351,10 @@ def run_benchmarks(cfg: RunConfig) -> list[dict]:
                          zoom=cfg.zoom, seed=cfg.seed)
     torch.manual_seed(cfg.seed)
     log(f"loading {cfg.model} ...")
-    model = load_pretrained(cfg.model, dtype=cfg.dtype, device=cfg.device, options=options)
+    model = load_model(cfg.model, dtype=cfg.dtype, device=cfg.device, options=options, model_kind=cfg.model_kind,
+                       recipe=cfg.recipe, trust_remote_code=cfg.trust_remote_code, min_pixels=cfg.min_pixels,
+                       max_pixels=cfg.max_pixels)
+    log(f"model: {getattr(model, 'kind', None) or model.cfg.format}, recipe {getattr(model, 'recipe', 'release')}")
     runs = [run_benchmark(b, model, cfg, dirs[b.name], protocols[b.name]) for b in benches]
     if cfg.bench == "all":
         print(write_report(Path(cfg.out)))

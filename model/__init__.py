@@ -2,12 +2,13 @@
 
 `load_pretrained` reads the release checkpoint (senfu/llava-v1.5-7b-flexattn), original LLaVA-1.5
 checkpoints and transformers-native llava-hf checkpoints; `FlexLlava` runs them (fast, batched);
-`reference` holds the literal, slow implementation the fast path is tested against.
+`reference` holds the literal, slow implementation the fast path is tested against. `load_model`
+also serves any transformers vision-language checkpoint (hf_vlm.HFVisionModel, `--model-kind hf`).
 See model/README.md for the map from the spec's sections to the code.
 """
 
 from .config import FlexConfig, RunOptions
 from .flex_llava import FlexLlava
-from .loading import load_pretrained
+from .loading import load_model, load_pretrained
 
-__all__ = ["FlexConfig", "RunOptions", "FlexLlava", "load_pretrained"]
+__all__ = ["FlexConfig", "RunOptions", "FlexLlava", "load_model", "load_pretrained"]

@@ -43,6 +43,8 @@ class GenerationResult:
     n_prompt_tokens: int
     hd_selected_ratio: float | None = None  # mean over high-res rows and layers
     selected_per_layer: dict = field(default_factory=dict)  # prefill last row: layer -> count
+    prompt: str | None = None  # the exact prompt text and ids, where the model builds them (hf_vlm.py)
+    prompt_ids: list[int] | None = None
 
 
 @dataclass
@@ -50,6 +52,8 @@ class ChoiceResult:
     option_nll: list[float]
     n_prompt_tokens: int
     hd_selected_ratio: float | None = None
+    prompt: str | None = None
+    prompt_ids: list[int] | None = None
 
 
 class FlexLlava:

@@ -10,11 +10,13 @@ from flexeval.errors import FlexEvalError
 
 def inspect_sample(model: str, image: Path, prompt: str, options: list[str] | None = None,
                    max_new_tokens: int = 16, dtype: str = "float32", device: str = "cpu",
-                   dump_logits: Path | None = None, raw: bool = False, selection: str | None = None) -> dict:
+                   dump_logits: Path | None = None, raw: bool = False, selection: str | None = None,
+                   model_kind: str = "auto", recipe: str | None = None, min_pixels: int | None = None,
+                   max_pixels: int | None = None, trust_remote_code: bool = False) -> dict:
     from flexeval.benchmarks.base import open_image
 
     from .config import RunOptions
-    from .loading import load_pretrained
+    from .loading import load_model
 
     if raw:
         if IMAGE_TOKEN not in prompt:
@@ -24,15 +26,25 @@ def inspect_sample(model: str, image: Path, prompt: str, options: list[str] | No
         text = llava_v1_prompt(prompt, with_image=IMAGE_TOKEN not in prompt)
     if not Path(image).is_file():
         raise FlexEvalError(f"image {image} not found")
-    m = load_pretrained(model, dtype=dtype, device=device, options=RunOptions(selection=selection))
+    m = load_model(model, dtype=dtype, device=device, options=RunOptions(selection=selection), model_kind=model_kind,
+                   recipe=recipe, min_pixels=min_pixels, max_pixels=max_pixels, trust_remote_code=trust_remote_code)
+    if hasattr(m, "choose"):  # a transformers model (native recipe): its own template and processor
+        if raw:
+            raise FlexEvalError("--raw gives FlexLlava a finished LLaVA prompt; a transformers model builds its "
+                                "prompt from the question with its chat template (drop --raw)")
+        from .hf_vlm import inspect_hf
+
+        return inspect_hf(m, open_image(str(image)), prompt, options, max_new_tokens)
     if not raw:
         m.tokenizer.check_template(text)
     processed = m.preprocess(open_image(str(image)))
     results, logits = m.generate([text], [processed], max_new_tokens=max_new_tokens, return_prefill_logits=True)
     res = results[0]
     out = {
+        "recipe": "release",
         "prompt": text,
         "prompt_ids": m.tokenizer.encode_prompt(text),
+        "pixels_sha256": pixels_sha256(processed.pixels),
         "n_prompt_tokens": res.n_prompt_tokens,
         "generated_ids": res.token_ids,
         "generated_text": res.text,
@@ -53,3 +65,10 @@ def inspect_sample(model: str, image: Path, prompt: str, options: list[str] | No
         save_file({"logits": logits[:1].float().contiguous().cpu()}, str(dump_logits))
         out["logits_file"] = str(dump_logits)
     return out
+
+
+def pixels_sha256(pixels) -> str:
+    """sha256 of the model's input pixels as float32 (C order): equal hashes, equal inputs."""
+    import hashlib
+
+    return hashlib.sha256(pixels.detach().float().cpu().contiguous().numpy().tobytes()).hexdigest()
