@@ -206,7 +206,8 @@ def _collect(results_dir: Path) -> list[dict]:
         run = _read_run_json(bench_dir)
         model = run.get("model") if isinstance(run.get("model"), dict) else {}
         found.append({"tag": bench_dir.parent.name, "kind": model.get("kind"), "bench": bench_dir.name,
-                      "protocol": run.get("protocol"), "rows": read_accuracy_csv(csv_path)})
+                      "protocol": run.get("protocol"), "recipe": model.get("recipe"),  # issue 15: input recipe
+                      "rows": read_accuracy_csv(csv_path)})
     return found
 
 
@@ -249,7 +250,8 @@ def summary_markdown(entries: list[dict]) -> str:
         parts = []
         for e in mine:
             overall = next((r for r in e["rows"] if r["subset"] == "overall"), None)
-            parts.append(f"{e['bench']} n={overall['n'] if overall else '?'} protocol={e['protocol'] or '?'}")
+            parts.append(f"{e['bench']} n={overall['n'] if overall else '?'} protocol={e['protocol'] or '?'}"
+                         + (f" recipe={e['recipe']}" if e.get("recipe") else ""))
         why = "" if kind in PAPER_ROWS else (
             "; no difference row: run.json model.kind is " + (" and ".join(kinds) if kinds else "missing"))
         notes.append(f"- `{tag}`: " + "; ".join(parts) + why)

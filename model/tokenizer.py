@@ -53,13 +53,45 @@ class FastPieces:
         return self.tok.encode(text, add_special_tokens=False).ids
 
     def decode(self, ids: list[int]) -> str:
-        return self.tok.decode(ids, skip_special_tokens=True)
+        """sentencepiece's decoding, not the tokenizer.json decoder's: they differ on invalid UTF-8 byte runs
+        (sentencepiece: one U+FFFD per bad byte, valid characters kept) and on a leading byte-piece space."""
+        out, run = [], bytearray()
+        for k, i in enumerate(ids):
+            piece = self.tok.id_to_token(i)
+            if len(piece) == 6 and piece.startswith("<0x") and piece.endswith(">"):
+                run.append(int(piece[3:5], 16))
+                continue
+            if run:
+                out.append(_utf8_per_byte(run))
+                run = bytearray()
+            text = piece.replace("\u2581", " ")
+            out.append(text[1:] if k == 0 and text.startswith(" ") else text)  # the dummy prefix
+        if run:
+            out.append(_utf8_per_byte(run))
+        return "".join(out)
 
     def vocab_size(self) -> int:
         return self._n
 
     def id_to_piece(self, i: int) -> str:
         return self.tok.id_to_token(i)
+
+
+def _utf8_per_byte(data: bytearray) -> str:
+    """UTF-8 text of byte-fallback pieces; each byte that starts no valid character becomes U+FFFD."""
+    out, k = [], 0
+    while k < len(data):
+        for n in (1, 2, 3, 4):
+            try:
+                out.append(bytes(data[k:k + n]).decode("utf-8"))
+                k += n
+                break
+            except UnicodeDecodeError:
+                continue
+        else:
+            out.append("\ufffd")
+            k += 1
+    return "".join(out)
 
 
 class LlavaTokenizer:
