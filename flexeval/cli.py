@@ -147,12 +147,17 @@ def inspect(
 
 @model_app.command("make-tiny")
 def make_tiny(out: Path = typer.Option(..., "--out"), seed: int = typer.Option(0, "--seed"),
-              fmt: str = typer.Option("release", "--format", help="release | llava | llava-hf")) -> None:
+              fmt: str = typer.Option("release", "--format", help="release | llava | llava-hf; transformers "
+                                      "checkpoints with processor and chat template: hf-llava | hf-llava-next | hf-qwen2-vl")) -> None:
     """Write a tiny random FlexAttention LLaVA in the release format (for tests and the demo)."""
     from flexeval.model.tiny import make_tiny_model
+    from flexeval.model.tiny_hf import make_tiny_hf_model
 
     try:
-        path = make_tiny_model(out, seed=seed, fmt=fmt)
+        if fmt.startswith("hf-"):
+            path = make_tiny_hf_model(out, family={"hf-llava": "llava-hf"}.get(fmt, fmt[3:]), seed=seed)
+        else:
+            path = make_tiny_model(out, seed=seed, fmt=fmt)
     except FlexEvalError as e:
         _fail(e)
     typer.echo(f"tiny model written to {path}")

@@ -100,6 +100,14 @@ def load_processor(folder: Path, trust_remote_code: bool = False, image_override
     return processor, template
 
 
+def processor_knobs(image_processor) -> set[str]:
+    """The keyword arguments an image processor declares (its `valid_kwargs` TypedDict and bases)."""
+    declared = getattr(image_processor, "valid_kwargs", None)
+    if declared is None:  # a processor without the declaration: its attributes
+        return {k for k in vars(image_processor) if not k.startswith("_")}
+    return {k for c in declared.__mro__ for k in getattr(c, "__annotations__", {})}
+
+
 def resolution_settings(image_processor) -> dict:
     """The image processor's resolution-deciding fields (JSON-ready), for run.json."""
     out = {"image_processor": type(image_processor).__name__}

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from flexeval.errors import FlexEvalError
 
 from .flex_llava import ChoiceResult, GenerationResult
-from .hf_processor import load_processor, resolution_settings
+from .hf_processor import load_processor, processor_knobs, resolution_settings
 
 
 @dataclass(frozen=True)
@@ -116,8 +116,7 @@ class HFVisionModel:
     def _check_overrides(self, overrides: dict) -> None:
         ip = self.processor.image_processor
         for k in overrides:
-            if getattr(ip, k, None) is None and "pixels" in k and getattr(getattr(ip, "size", None), k.replace(
-                    "min_pixels", "shortest_edge").replace("max_pixels", "longest_edge"), None) is None:
+            if k not in processor_knobs(ip):
                 raise FlexEvalError(f"--{k.replace('_', '-')}: the image processor {type(ip).__name__} of "
                                     f"{self.folder} has no pixel budget (a Qwen-VL style knob); its resolution "
                                     f"is set by {resolution_settings(ip)}")

@@ -138,6 +138,7 @@ def test_families_load_as_transformers_models_with_their_kind(hf_models, hf_dirs
     ({"family": "llava-hf", "recipe": "lmms"}, ["--recipe", "release", "native"]),
     ({"family": "llava-hf", "max_pixels": 10000}, ["--max-pixels", "FlexLlava"]),
     ({"family": "llava-hf", "recipe": "native", "max_pixels": 10000}, ["--max-pixels", "CLIPImageProcessor"]),
+    ({"family": "llava-next", "min_pixels": 10000}, ["--min-pixels", "LlavaNextImageProcessor"]),
 ])
 def test_bad_kind_recipe_or_knob_is_a_clear_error(hf_dirs, kw, words):
     from flexeval.model import load_model
