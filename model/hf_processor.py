@@ -64,8 +64,24 @@ def _image_only(cls):
     return ImageOnly
 
 
+def check_torchvision() -> None:
+    """transformers imports torchvision whenever it is installed (image_utils): a broken one breaks every
+    processor. Absent is fine (flexeval never needs it); present but failing is a clear error."""
+    import importlib.util
+
+    if importlib.util.find_spec("torchvision") is None:
+        return
+    try:
+        import torchvision  # noqa: F401
+    except Exception as e:
+        raise FlexEvalError(f"torchvision is installed but cannot be imported ({type(e).__name__}: {e}); transformers "
+                            "imports it whenever it is installed, so its processors fail. flexeval does not need it: "
+                            "pip uninstall torchvision (or install the build matching your torch)") from e
+
+
 def load_processor(folder: Path, trust_remote_code: bool = False, image_overrides: dict | None = None):
     """(processor, chat template) of a checkpoint folder; errors name the file to fix."""
+    check_torchvision()
     import transformers
     from transformers import AutoTokenizer
 

@@ -234,3 +234,23 @@ def test_max_pixels_changes_the_image_tokens_and_is_recorded(hf_dirs, hf_models,
     image_pad = default.tokenizer.convert_tokens_to_ids("<|image_pad|>")
     n = [m.generate([(gen(QUESTIONS[0], 1), im)])[0].prompt_ids.count(image_pad) for m in (small, default)]
     assert n[0] <= 6 < n[1] <= 24  # merged 28 px cells within each budget
+
+
+def test_a_broken_torchvision_is_a_clear_error_and_an_absent_one_is_not_needed(hf_dirs, tmp_path, monkeypatch):
+    """This venv has no torchvision (the tests above ran without it); one that is installed but fails to
+    import (PyPI's CUDA build on a CPU machine) is named, with the fix."""
+    import importlib
+    import importlib.util
+
+    from flexeval.model import load_model
+
+    assert importlib.util.find_spec("torchvision") is None
+    fake = tmp_path / "site"
+    (fake / "torchvision").mkdir(parents=True)
+    (fake / "torchvision" / "__init__.py").write_text("raise OSError('libcudart.so.12: cannot open shared object')\n")
+    monkeypatch.syspath_prepend(str(fake))
+    importlib.invalidate_caches()
+    with pytest.raises(FlexEvalError) as e:
+        load_model(hf_dirs["qwen2-vl"], dtype="float32", device="cpu")
+    assert "torchvision is installed but cannot be imported" in str(e.value) and "libcudart" in str(e.value)
+    assert "pip uninstall torchvision" in str(e.value)
