@@ -234,19 +234,23 @@ def _load_clip_folder(model_cls, config_cls, path: Path):
     return clip
 
 
+def read_config(folder: Path) -> dict:
+    cfg_path = folder / "config.json"
+    if not cfg_path.is_file():
+        raise FlexEvalError(f"{cfg_path} not found; a checkpoint folder holds config.json, weights and tokenizer.model")
+    try:
+        return json.loads(cfg_path.read_text())
+    except json.JSONDecodeError as e:
+        raise FlexEvalError(f"{cfg_path} is not valid JSON ({e})") from e
+
+
 def load_pretrained(path_or_id: str | os.PathLike, dtype="auto", device: str = "auto",
                     options: RunOptions | None = None) -> FlexLlava:
     """Load a checkpoint folder or hub id into a FlexLlava ready for inference."""
     device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, device)
     folder = local_folder(str(path_or_id))
-    cfg_path = folder / "config.json"
-    if not cfg_path.is_file():
-        raise FlexEvalError(f"{cfg_path} not found; a checkpoint folder holds config.json, weights and tokenizer.model")
-    try:
-        raw = json.loads(cfg_path.read_text())
-    except json.JSONDecodeError as e:
-        raise FlexEvalError(f"{cfg_path} is not valid JSON ({e})") from e
+    raw = read_config(folder)
     cfg = parse_config(folder, raw)
     sd = read_state_dict(folder)
     embedded = None
@@ -334,13 +338,7 @@ def load_model(path_or_id: str | os.PathLike, dtype="auto", device: str = "auto"
     """The runner's entry point: a FlexLlava (release recipe) or an HFVisionModel (native recipe)."""
     folder = local_folder(str(path_or_id), patterns=("*.json", "*.jinja", "*.safetensors", "*.model", "*.bin",
                                                      "*.txt", "*.py"))
-    cfg_path = folder / "config.json"
-    if not cfg_path.is_file():
-        raise FlexEvalError(f"{cfg_path} not found; a checkpoint folder holds config.json, weights and a tokenizer")
-    try:
-        raw = json.loads(cfg_path.read_text())
-    except json.JSONDecodeError as e:
-        raise FlexEvalError(f"{cfg_path} is not valid JSON ({e})") from e
+    raw = read_config(folder)
     kind, recipe = resolve_kind_and_recipe(folder, raw, model_kind, recipe)
     if kind == "flexattention":
         if min_pixels is not None or max_pixels is not None:

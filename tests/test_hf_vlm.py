@@ -7,7 +7,6 @@ of full forwards without a cache."""
 
 from __future__ import annotations
 
-import json
 import random
 import shutil
 from types import SimpleNamespace
