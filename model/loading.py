@@ -350,5 +350,9 @@ def load_model(path_or_id: str | os.PathLike, dtype="auto", device: str = "auto"
     from .hf_vlm import HFVisionModel
 
     device = resolve_device(device)
+    if dtype in (None, "auto") and device.startswith("cuda"):
+        # the checkpoint's own half precision (Qwen2-VL is bfloat16: float16 overflows in it); else bfloat16
+        saved = raw.get("torch_dtype") or raw.get("dtype") or (raw.get("text_config") or {}).get("torch_dtype")
+        dtype = saved if saved in ("float16", "bfloat16") else "bfloat16"
     return HFVisionModel(folder, str(path_or_id), device, resolve_dtype(dtype, device),
                          trust_remote_code=trust_remote_code, min_pixels=min_pixels, max_pixels=max_pixels, recipe=recipe)
