@@ -21,6 +21,8 @@ app.add_typer(data_app, name="data")
 DEFAULT_MODEL = "senfu/llava-v1.5-7b-flexattn"
 MODEL_KIND_HELP = ("auto (LLaVA-1.5 / FlexAttention / llava-hf formats: FlexLlava; other transformers vision-language "
                    "checkpoints: transformers) | flexattention | hf")
+IMAGE_OPTION_HELP = ("KEY=VALUE for a transformers image processor's own settings, repeatable: tiles (InternVL "
+                     "max_patches=6, Idefics3 do_image_splitting=false), sizes; checked against the processor")
 RECIPE_HELP = ("release: LLaVA-1.5's eval recipe (pad to square, v1 template, chunked tokenisation; the default for "
                "LLaVA-1.5 formats) | native: the checkpoint's own processor, chat template and tokenizer (transformers)")
 
@@ -57,6 +59,7 @@ def run(
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="allow a checkpoint's own Python code (transformers models)"),
     min_pixels: Optional[int] = typer.Option(None, "--min-pixels", help="transformers image processors with a pixel budget (Qwen-VL): lower bound"),
     max_pixels: Optional[int] = typer.Option(None, "--max-pixels", help="transformers image processors with a pixel budget (Qwen-VL): upper bound"),
+    image_option: Optional[list[str]] = typer.Option(None, "--image-option", help=IMAGE_OPTION_HELP),
 ) -> None:
     """Evaluate a model on a benchmark; writes predictions.jsonl, accuracy.csv and run.json."""
     from flexeval.runner import RunConfig, run_benchmarks
@@ -67,7 +70,8 @@ def run(
                         selection=selection, threshold=threshold, first_layer=first_layer, zoom=zoom,
                         split=split, workers=workers, tag=tag, seed=seed, quiet=quiet,
                         max_new_tokens=max_new_tokens, model_kind=model_kind, recipe=recipe,
-                        trust_remote_code=trust_remote_code, min_pixels=min_pixels, max_pixels=max_pixels)
+                        trust_remote_code=trust_remote_code, min_pixels=min_pixels, max_pixels=max_pixels,
+                        image_options=tuple(image_option or ()))
         run_benchmarks(cfg)
     except FlexEvalError as e:
         _fail(e)
@@ -125,6 +129,7 @@ def inspect(
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code"),
     min_pixels: Optional[int] = typer.Option(None, "--min-pixels"),
     max_pixels: Optional[int] = typer.Option(None, "--max-pixels"),
+    image_option: Optional[list[str]] = typer.Option(None, "--image-option", help=IMAGE_OPTION_HELP),
 ) -> None:
     """A window into one sample: generated tokens, selections per layer, option NLLs, logits."""
     from flexeval.model.inspect import inspect_sample
@@ -135,7 +140,7 @@ def inspect(
                                 max_new_tokens=max_new_tokens, dtype=dtype, device=device,
                                 dump_logits=dump_logits, raw=raw, selection=selection, model_kind=model_kind,
                                 recipe=recipe, min_pixels=min_pixels, max_pixels=max_pixels,
-                                trust_remote_code=trust_remote_code)
+                                trust_remote_code=trust_remote_code, image_options=tuple(image_option or ()))
     except FlexEvalError as e:
         _fail(e)
     if json_out:

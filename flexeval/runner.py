@@ -52,6 +52,7 @@ class RunConfig:
     trust_remote_code: bool = False
     min_pixels: int | None = None
     max_pixels: int | None = None
+    image_options: tuple[str, ...] = ()  # "KEY=VALUE" image-processor settings (tiles: max_patches=6, ...)
 
 
 def log(msg: str) -> None:
@@ -353,7 +354,7 @@ def run_benchmarks(cfg: RunConfig) -> list[dict]:
     log(f"loading {cfg.model} ...")
     model = load_model(cfg.model, dtype=cfg.dtype, device=cfg.device, options=options, model_kind=cfg.model_kind,
                        recipe=cfg.recipe, trust_remote_code=cfg.trust_remote_code, min_pixels=cfg.min_pixels,
-                       max_pixels=cfg.max_pixels)
+                       max_pixels=cfg.max_pixels, image_options=cfg.image_options)
     log(f"model: {getattr(model, 'kind', None) or model.cfg.format}, recipe {getattr(model, 'recipe', 'release')}")
     runs = [run_benchmark(b, model, cfg, dirs[b.name], protocols[b.name]) for b in benches]
     if cfg.bench == "all":

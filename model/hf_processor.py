@@ -116,6 +116,21 @@ def load_processor(folder: Path, trust_remote_code: bool = False, image_override
     return processor, template
 
 
+def parse_image_options(pairs) -> dict:
+    """["max_patches=6", "do_image_splitting=false"] -> {"max_patches": 6, "do_image_splitting": False}
+    (values read as JSON, else kept as text)."""
+    out = {}
+    for pair in pairs or ():
+        key, sep, value = str(pair).partition("=")
+        if not sep or not key.strip():
+            raise FlexEvalError(f"--image-option {pair!r}: write KEY=VALUE, e.g. --image-option max_patches=6")
+        try:
+            out[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.strip()] = value
+    return out
+
+
 def processor_knobs(image_processor) -> set[str]:
     """The keyword arguments an image processor declares (its `valid_kwargs` TypedDict and bases)."""
     declared = getattr(image_processor, "valid_kwargs", None)

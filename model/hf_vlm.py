@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import json
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -73,7 +75,8 @@ def _auto_model_class():
 
 class HFVisionModel:
     def __init__(self, folder: Path, source: str, device: str, dtype: torch.dtype, trust_remote_code: bool = False,
-                 min_pixels: int | None = None, max_pixels: int | None = None, recipe: str = "native"):
+                 min_pixels: int | None = None, max_pixels: int | None = None, recipe: str = "native",
+                 image_options: dict | None = None):
         from transformers import AutoConfig
         from transformers.utils import logging as hf_logging
 
@@ -85,7 +88,8 @@ class HFVisionModel:
         except ValueError as e:  # unknown model_type, or remote code not trusted
             raise FlexEvalError(f"{folder / 'config.json'}: transformers cannot read this config ({e}); "
                                 "if it is code in the checkpoint, pass --trust-remote-code") from e
-        overrides = {k: v for k, v in (("min_pixels", min_pixels), ("max_pixels", max_pixels)) if v is not None}
+        overrides = dict(image_options or {})
+        overrides.update({k: v for k, v in (("min_pixels", min_pixels), ("max_pixels", max_pixels)) if v is not None})
         self.processor, template = load_processor(self.folder, trust_remote_code, overrides)
         if not template:
             raise FlexEvalError(
@@ -117,9 +121,9 @@ class HFVisionModel:
         ip = self.processor.image_processor
         for k in overrides:
             if k not in processor_knobs(ip):
-                raise FlexEvalError(f"--{k.replace('_', '-')}: the image processor {type(ip).__name__} of "
-                                    f"{self.folder} has no pixel budget (a Qwen-VL style knob); its resolution "
-                                    f"is set by {resolution_settings(ip)}")
+                flag = f"--{k.replace('_', '-')}" if k in ("min_pixels", "max_pixels") else f"--image-option {k}"
+                raise FlexEvalError(f"{flag}: the image processor {type(ip).__name__} of {self.folder} has no "
+                                    f"setting '{k}'; its resolution is set by {resolution_settings(ip)}")
 
     def _eos_ids(self) -> list[int]:
         eos = self.model.generation_config.eos_token_id
@@ -141,7 +145,7 @@ class HFVisionModel:
         """Model-tag parts: the recipe, then each resolution override (a default resolution adds none)."""
         parts = [self.recipe]
         for k, v in sorted(self.overrides.items()):
-            parts.append(f"{k.replace('_pixels', 'px')}{v}")
+            parts.append(re.sub(r"[^A-Za-z0-9._]+", "", f"{k.replace('_pixels', 'px')}{json.dumps(v)}"))
         return parts
 
     @property

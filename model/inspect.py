@@ -12,7 +12,7 @@ def inspect_sample(model: str, image: Path, prompt: str, options: list[str] | No
                    max_new_tokens: int = 16, dtype: str = "float32", device: str = "cpu",
                    dump_logits: Path | None = None, raw: bool = False, selection: str | None = None,
                    model_kind: str = "auto", recipe: str | None = None, min_pixels: int | None = None,
-                   max_pixels: int | None = None, trust_remote_code: bool = False) -> dict:
+                   max_pixels: int | None = None, trust_remote_code: bool = False, image_options=()) -> dict:
     from flexeval.benchmarks.base import open_image
 
     from .config import RunOptions
@@ -27,7 +27,8 @@ def inspect_sample(model: str, image: Path, prompt: str, options: list[str] | No
     if not Path(image).is_file():
         raise FlexEvalError(f"image {image} not found")
     m = load_model(model, dtype=dtype, device=device, options=RunOptions(selection=selection), model_kind=model_kind,
-                   recipe=recipe, min_pixels=min_pixels, max_pixels=max_pixels, trust_remote_code=trust_remote_code)
+                   recipe=recipe, min_pixels=min_pixels, max_pixels=max_pixels, trust_remote_code=trust_remote_code,
+                   image_options=image_options)
     if hasattr(m, "choose"):  # a transformers model (native recipe): its own template and processor
         if raw:
             raise FlexEvalError("--raw gives FlexLlava a finished LLaVA prompt; a transformers model builds its "

@@ -334,19 +334,20 @@ def resolve_kind_and_recipe(folder: Path, raw: dict, model_kind: str, recipe: st
 
 def load_model(path_or_id: str | os.PathLike, dtype="auto", device: str = "auto", options: RunOptions | None = None,
                model_kind: str = "auto", recipe: str | None = None, trust_remote_code: bool = False,
-               min_pixels: int | None = None, max_pixels: int | None = None):
+               min_pixels: int | None = None, max_pixels: int | None = None, image_options=()):
     """The runner's entry point: a FlexLlava (release recipe) or an HFVisionModel (native recipe)."""
     folder = local_folder(str(path_or_id), patterns=("*.json", "*.jinja", "*.safetensors", "*.model", "*.bin",
                                                      "*.txt", "*.py"))
     raw = read_config(folder)
     kind, recipe = resolve_kind_and_recipe(folder, raw, model_kind, recipe)
     if kind == "flexattention":
-        if min_pixels is not None or max_pixels is not None:
-            raise FlexEvalError("--min-pixels/--max-pixels set a transformers processor's pixel budget; FlexLlava's "
-                                "resolution is the checkpoint's (336 px, FlexAttention: --zoom)")
+        if min_pixels is not None or max_pixels is not None or image_options:
+            raise FlexEvalError("--min-pixels/--max-pixels/--image-option set a transformers image processor; "
+                                "FlexLlava's resolution is the checkpoint's (336 px, FlexAttention: --zoom)")
         model = load_pretrained(folder, dtype=dtype, device=device, options=options)
         model.source, model.recipe = str(path_or_id), "release"
         return model
+    from .hf_processor import parse_image_options
     from .hf_vlm import HFVisionModel
 
     device = resolve_device(device)
@@ -355,4 +356,5 @@ def load_model(path_or_id: str | os.PathLike, dtype="auto", device: str = "auto"
         saved = raw.get("torch_dtype") or raw.get("dtype") or (raw.get("text_config") or {}).get("torch_dtype")
         dtype = saved if saved in ("float16", "bfloat16") else "bfloat16"
     return HFVisionModel(folder, str(path_or_id), device, resolve_dtype(dtype, device),
-                         trust_remote_code=trust_remote_code, min_pixels=min_pixels, max_pixels=max_pixels, recipe=recipe)
+                         trust_remote_code=trust_remote_code, min_pixels=min_pixels, max_pixels=max_pixels, recipe=recipe,
+                         image_options=parse_image_options(image_options))

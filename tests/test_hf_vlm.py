@@ -253,3 +253,18 @@ def test_a_broken_torchvision_is_a_clear_error_and_an_absent_one_is_not_needed(h
         load_model(hf_dirs["qwen2-vl"], dtype="float32", device="cpu")
     assert "torchvision is installed but cannot be imported" in str(e.value) and "libcudart" in str(e.value)
     assert "pip uninstall torchvision" in str(e.value)
+
+
+def test_image_options_reach_the_processor_are_checked_and_tagged(hf_dirs, hf_models, images):
+    from flexeval.model import load_model
+
+    via_option = load_model(hf_dirs["qwen2-vl"], dtype="float32", device="cpu",
+                            image_options=("max_pixels=4704", "do_resize=true"))
+    assert via_option.overrides == {"max_pixels": 4704, "do_resize": True}
+    assert via_option.resolution["size"]["longest_edge"] == 4704
+    assert via_option.tag_parts() == ["native", "do_resizetrue", "maxpx4704"]
+    with pytest.raises(FlexEvalError) as e:
+        load_model(hf_dirs["llava-next"], dtype="float32", device="cpu", image_options=("max_patches=6",))
+    assert "--image-option max_patches" in str(e.value) and "LlavaNextImageProcessor" in str(e.value)
+    with pytest.raises(FlexEvalError, match="KEY=VALUE"):
+        load_model(hf_dirs["qwen2-vl"], dtype="float32", device="cpu", image_options=("max_pixels",))
