@@ -19,6 +19,12 @@ app.add_typer(model_app, name="model")
 app.add_typer(data_app, name="data")
 
 DEFAULT_MODEL = "senfu/llava-v1.5-7b-flexattn"
+MODEL_KIND_HELP = ("auto (LLaVA-1.5 / FlexAttention / llava-hf formats: FlexLlava; other transformers vision-language "
+                   "checkpoints: transformers) | flexattention | hf")
+IMAGE_OPTION_HELP = ("KEY=VALUE for a transformers image processor's own settings, repeatable: tiles (InternVL "
+                     "max_patches=6, Idefics3 do_image_splitting=false), sizes; checked against the processor")
+RECIPE_HELP = ("release: LLaVA-1.5's eval recipe (pad to square, v1 template, chunked tokenisation; the default for "
+               "LLaVA-1.5 formats) | native: the checkpoint's own processor, chat template and tokenizer (transformers)")
 
 
 def _fail(e: Exception) -> None:
@@ -57,6 +63,12 @@ def run(
     ids: Optional[Path] = typer.Option(None, "--ids", help="file with one item id a line (optionally bench:id)"),
     gen_kwargs: Optional[str] = typer.Option(None, "--gen-kwargs", help="key=value,...: max_new_tokens (greedy only)"),
     question_style: str = typer.Option("release", "--question-style", help="release | lmms-eval (TextVQA: question.capitalize())"),
+    model_kind: str = typer.Option("auto", "--model-kind", help=MODEL_KIND_HELP),
+    recipe: Optional[str] = typer.Option(None, "--recipe", help=RECIPE_HELP),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="allow a checkpoint's own Python code (transformers models)"),
+    min_pixels: Optional[int] = typer.Option(None, "--min-pixels", help="transformers image processors with a pixel budget (Qwen-VL): lower bound"),
+    max_pixels: Optional[int] = typer.Option(None, "--max-pixels", help="transformers image processors with a pixel budget (Qwen-VL): upper bound"),
+    image_option: Optional[list[str]] = typer.Option(None, "--image-option", help=IMAGE_OPTION_HELP),
 ) -> None:
     """Evaluate a model on a benchmark; writes predictions.jsonl, accuracy.csv and run.json."""
     from flexeval.interrupt import is_write_error, stop_message
@@ -75,7 +87,9 @@ def run(
                         selection=selection, threshold=threshold, first_layer=first_layer, zoom=zoom,
                         split=split, workers=workers, tag=tag, seed=seed, quiet=quiet,
                         max_new_tokens=max_new_tokens, max_image_pixels=max_image_pixels,
-                        max_non_finite=max_non_finite, offset=offset, ids_file=ids, question_style=question_style)
+                        max_non_finite=max_non_finite, offset=offset, ids_file=ids, question_style=question_style,
+                        model_kind=model_kind, recipe=recipe, trust_remote_code=trust_remote_code,
+                        min_pixels=min_pixels, max_pixels=max_pixels, image_options=tuple(image_option or ()))
         if check:
             _check(cfg)
             return
@@ -164,6 +178,12 @@ def inspect(
     dump_logits: Optional[Path] = typer.Option(None, "--dump-logits", help="safetensors file for prefill logits"),
     raw: bool = typer.Option(False, "--raw", help="use the prompt as is (no conversation template)"),
     selection: Optional[str] = typer.Option(None, "--selection", help="attention | random | center | all | none"),
+    model_kind: str = typer.Option("auto", "--model-kind", help=MODEL_KIND_HELP),
+    recipe: Optional[str] = typer.Option(None, "--recipe", help=RECIPE_HELP),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code"),
+    min_pixels: Optional[int] = typer.Option(None, "--min-pixels"),
+    max_pixels: Optional[int] = typer.Option(None, "--max-pixels"),
+    image_option: Optional[list[str]] = typer.Option(None, "--image-option", help=IMAGE_OPTION_HELP),
 ) -> None:
     """A window into one sample: generated tokens, selections per layer, option NLLs, logits."""
     from flexeval.inspect import inspect_sample
@@ -172,7 +192,9 @@ def inspect(
         result = inspect_sample(model=model, image=image, prompt=prompt,
                                 options=options.split("|") if options else None,
                                 max_new_tokens=max_new_tokens, dtype=dtype, device=device,
-                                dump_logits=dump_logits, raw=raw, selection=selection)
+                                dump_logits=dump_logits, raw=raw, selection=selection, model_kind=model_kind,
+                                recipe=recipe, min_pixels=min_pixels, max_pixels=max_pixels,
+                                trust_remote_code=trust_remote_code, image_options=tuple(image_option or ()))
     except FlexEvalError as e:
         _fail(e)
     if json_out:
@@ -296,12 +318,17 @@ def grounding_score_cmd(
 
 @model_app.command("make-tiny")
 def make_tiny(out: Path = typer.Option(..., "--out"), seed: int = typer.Option(0, "--seed"),
-              fmt: str = typer.Option("release", "--format", help="release | llava | llava-hf")) -> None:
+              fmt: str = typer.Option("release", "--format", help="release | llava | llava-hf; transformers "
+                                      "checkpoints with processor and chat template: hf-llava | hf-llava-next | hf-qwen2-vl")) -> None:
     """Write a tiny random FlexAttention LLaVA in the release format (for tests and the demo)."""
     from flexeval.model.tiny import make_tiny_model
+    from flexeval.model.tiny_hf import make_tiny_hf_model
 
     try:
-        path = make_tiny_model(out, seed=seed, fmt=fmt)
+        if fmt.startswith("hf-"):
+            path = make_tiny_hf_model(out, family={"hf-llava": "llava-hf"}.get(fmt, fmt[3:]), seed=seed)
+        else:
+            path = make_tiny_model(out, seed=seed, fmt=fmt)
     except FlexEvalError as e:
         _fail(e)
     typer.echo(f"tiny model written to {path}")

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from flexeval.store import file_sha256
 
-CHECKPOINT_SUFFIXES = (".safetensors", ".bin", ".model", ".json")
+CHECKPOINT_SUFFIXES = (".safetensors", ".bin", ".model", ".json", ".jinja")  # .jinja: chat templates
 _OBJECT_ID = re.compile(r"^[0-9a-f]{40}$|^[0-9a-f]{64}$")
 
 

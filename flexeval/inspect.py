@@ -12,8 +12,10 @@ from flexeval.requests import Choice, Generate
 
 def inspect_sample(model: str, image: Path, prompt: str, options: list[str] | None = None,
                    max_new_tokens: int = 16, dtype: str = "float32", device: str = "cpu",
-                   dump_logits: Path | None = None, raw: bool = False, selection: str | None = None) -> dict:
-    from flexeval.model import RunOptions, load_pretrained
+                   dump_logits: Path | None = None, raw: bool = False, selection: str | None = None,
+                   model_kind: str = "auto", recipe: str | None = None, min_pixels: int | None = None,
+                   max_pixels: int | None = None, trust_remote_code: bool = False, image_options=()) -> dict:
+    from flexeval.model import RunOptions, load_model
 
     if raw:
         if IMAGE_TOKEN not in prompt:
@@ -23,7 +25,16 @@ def inspect_sample(model: str, image: Path, prompt: str, options: list[str] | No
         text = llava_v1_prompt(prompt, with_image=IMAGE_TOKEN not in prompt)
     if not Path(image).is_file():
         raise FlexEvalError(f"image {image} not found")
-    m = load_pretrained(model, dtype=dtype, device=device, options=RunOptions(selection=selection))
+    m = load_model(model, dtype=dtype, device=device, options=RunOptions(selection=selection), model_kind=model_kind,
+                   recipe=recipe, min_pixels=min_pixels, max_pixels=max_pixels, trust_remote_code=trust_remote_code,
+                   image_options=image_options)
+    if m.recipe == "native":  # a transformers model: its own template and processor
+        if raw:
+            raise FlexEvalError("--raw gives FlexLlava a finished LLaVA prompt; a transformers model builds its "
+                                "prompt from the question with its chat template (drop --raw)")
+        from flexeval.model.hf_vlm import inspect_hf
+
+        return inspect_hf(m, open_image(str(image)), prompt, options, max_new_tokens)
     if not raw:
         m.tokenizer.check_template(text)
     processed = m.preprocess(open_image(str(image)))
@@ -31,8 +42,10 @@ def inspect_sample(model: str, image: Path, prompt: str, options: list[str] | No
     results, logits = m.generate([(request, processed)], return_prefill_logits=True)
     res = results[0]
     out = {
+        "recipe": "release",
         "prompt": text,
         "prompt_ids": m.tokenizer.encode_prompt(text),
+        "pixels_sha256": pixels_sha256(processed.pixels),
         "n_prompt_tokens": res.n_prompt_tokens,
         "generated_ids": res.token_ids,
         "generated_text": res.text,
@@ -53,3 +66,10 @@ def inspect_sample(model: str, image: Path, prompt: str, options: list[str] | No
         save_file({"logits": logits[:1].float().contiguous().cpu()}, str(dump_logits))
         out["logits_file"] = str(dump_logits)
     return out
+
+
+def pixels_sha256(pixels) -> str:
+    """sha256 of the model's input pixels as float32 (C order): equal hashes, equal inputs."""
+    import hashlib
+
+    return hashlib.sha256(pixels.detach().float().cpu().contiguous().numpy().tobytes()).hexdigest()

@@ -26,10 +26,10 @@ def check_run_options(cfg) -> None:
             raise FlexEvalError(f"--batch-size must be a positive integer or 'auto', not {cfg.batch_size!r}")
 
 
-def check_model_options(model: str, options) -> None:
+def check_model_options(model: str, options, model_kind: str = "auto", recipe: str | None = None) -> None:
     """The run options against a local checkpoint's config.json (weights are not read). A hub id is
-    checked when it is loaded."""
-    from flexeval.model.loading import local_folder, looks_local, parse_config
+    checked when it is loaded; a transformers model (--model-kind hf) by its own loader."""
+    from flexeval.model.loading import local_folder, looks_local, parse_config, resolve_kind_and_recipe
 
     folder = Path(str(model)).expanduser()
     if not folder.is_dir() and looks_local(str(model)):
@@ -41,7 +41,9 @@ def check_model_options(model: str, options) -> None:
         raw = json.loads(cfg_path.read_text())
     except json.JSONDecodeError as e:
         raise FlexEvalError(f"{cfg_path} is not valid JSON ({e})") from e
-    options.resolve(parse_config(cfg_path.parent, raw))  # raises on a value the checkpoint cannot take
+    kind, _ = resolve_kind_and_recipe(cfg_path.parent, raw, model_kind, recipe)  # raises on a bad combination
+    if kind == "flexattention":
+        options.resolve(parse_config(cfg_path.parent, raw))  # raises on a value the checkpoint cannot take
 
 
 def split_for(bench, split: str | None, several: bool) -> str | None:

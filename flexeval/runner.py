@@ -71,6 +71,13 @@ class RunConfig:
     offset: int = 0  # item selection (flexeval/run_options.py): --offset, --ids, --limit N or a fraction
     ids_file: Path | None = None
     question_style: str = "release"  # benchmarks/question_style.py: lmms-eval's question.capitalize()
+    # which implementation serves the checkpoint (model/loading.py load_model), its input recipe, HF processor knobs
+    model_kind: str = "auto"  # auto | flexattention | hf
+    recipe: str | None = None  # release | native; None: release for LLaVA-1.5 formats, else native
+    trust_remote_code: bool = False
+    min_pixels: int | None = None
+    max_pixels: int | None = None
+    image_options: tuple[str, ...] = ()  # "KEY=VALUE" image-processor settings (tiles: max_patches=6, ...)
 
 
 def log(msg: str) -> None:
@@ -95,6 +102,7 @@ def model_tag(cfg: RunConfig, model) -> str:
             parts.append(f"first{r.select_layer + 1}")
         if r.zoom != model.cfg.zoom_ratio:
             parts.append(f"zoom{r.zoom}")
+    parts.extend(model.tag_parts() if hasattr(model, "tag_parts") else [])  # hf_vlm: recipe, pixel budget
     if cfg.dtype not in ("auto", None):
         parts.append(str(cfg.dtype))
     if cfg.question_style not in (None, "release"):  # other prompts, other folder
@@ -108,7 +116,8 @@ def model_identity(model) -> dict:
     folder = Path(model.folder)
     config_text = (folder / "config.json").read_text()
     return {"files": checkpoint_content(folder), "config_sha": fingerprint(config_text), "format": model.cfg.format,
-            "options": model.options.to_dict(), "dtype": str(model.dtype).replace("torch.", "")}
+            "options": model.options.to_dict() if hasattr(model, "options") else model.resolved,
+            "dtype": str(model.dtype).replace("torch.", "")}
 
 
 # ---------------------------------------------------------------- data workers
@@ -196,19 +205,24 @@ def request_fingerprint(req: Request) -> str:
     return fingerprint(fields | {"kind": type(req).__name__})
 
 
+def _prompt_fields(res) -> dict:
+    """The exact prompt text and ids, where the model reports them (hf_vlm builds them from its template)."""
+    return {"prompt": res.prompt, "prompt_ids": res.prompt_ids} if getattr(res, "prompt_ids", None) else {}
+
+
 def choice_record(req: Choice, res) -> dict:
     best = int(np.argmin(res.option_nll))  # first minimum: a tie goes to the lowest index
     bad = choice_problem(res.option_nll)  # NaN would argmin to option 0, the correct one on V*
     return {"prediction": None if bad else req.options[best], "option_nll": res.option_nll,
             "n_prompt_tokens": res.n_prompt_tokens, "hd_selected_ratio": res.hd_selected_ratio,
-            **({"non_finite": bad} if bad else {})}
+            **_prompt_fields(res), **({"non_finite": bad} if bad else {})}
 
 
 def generation_record(req: Generate, res) -> dict:
-    return {"prediction": None if res.non_finite else res.text, "generated_ids": res.token_ids,
+    return {"prediction": None if getattr(res, "non_finite", False) else res.text, "generated_ids": res.token_ids,
             "n_prompt_tokens": res.n_prompt_tokens, "n_new_tokens": len(res.token_ids),
-            "hd_selected_ratio": res.hd_selected_ratio,
-            **({"non_finite": "logits not finite during generation"} if res.non_finite else {})}
+            "hd_selected_ratio": res.hd_selected_ratio, **_prompt_fields(res),
+            **({"non_finite": "logits not finite during generation"} if getattr(res, "non_finite", False) else {})}
 
 
 @dataclass(frozen=True)
@@ -420,7 +434,7 @@ def run_summary(bench, model, cfg, where_run: dict, identity: dict, records, row
         "benchmark": bench.name, "protocol": protocol, "split": split, "variant": where_run["variant"],
         "flexeval_version": __version__, "config_fingerprint": where_run["config_fingerprint"],
         "command": run_command(cfg, bench.name, data_dir, protocol, split),
-        "model": {"tag": model_tag(cfg, model), "kind": "flexattention" if model.cfg.has_hd else "llava-1.5",
+        "model": {"tag": model_tag(cfg, model), "kind": model_kind(model), "recipe": model.recipe,
                   "source": model.source, "folder": str(Path(model.folder).resolve()),
                   **identity, "device": str(model.device), "architecture": model.cfg.to_dict()},
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
@@ -433,6 +447,11 @@ def run_summary(bench, model, cfg, where_run: dict, identity: dict, records, row
         "accuracy": rows,
         "accuracy_intervals": INTERVAL_METHOD,  # how stderr / ci95_* were computed (flexeval/stats.py)
     }
+
+
+def model_kind(model) -> str:
+    """run.json model.kind: flexattention | llava-1.5 (FlexLlava) or hf:<model_type> (hf_vlm.HFVisionModel)."""
+    return getattr(model, "kind", None) or ("flexattention" if model.cfg.has_hd else "llava-1.5")
 
 
 def report_run(bench: Benchmark, out_dir: Path, records: list[dict], rows: list[dict], stats: dict) -> None:
@@ -471,7 +490,7 @@ def plan_benchmarks(cfg: RunConfig) -> list[tuple[Benchmark, Path, str]]:
 
 
 def run_benchmarks(cfg: RunConfig) -> list[dict]:
-    from flexeval.model import RunOptions, load_pretrained
+    from flexeval.model import RunOptions, load_model
 
     check_run_options(cfg)
     check_question_style(cfg.question_style)
@@ -481,7 +500,7 @@ def run_benchmarks(cfg: RunConfig) -> list[dict]:
     options = RunOptions(selection=cfg.selection, threshold=cfg.threshold, first_hd_layer=cfg.first_layer,
                          zoom=cfg.zoom, seed=cfg.seed)
     # Everything a typo can break is checked before the model loads (flexeval/preflight.py).
-    check_model_options(cfg.model, options)
+    check_model_options(cfg.model, options, cfg.model_kind, cfg.recipe)
     several = several_benchmarks(cfg.bench)
     ids = read_id_file(cfg.ids_file, [b.name for b, _, _ in plan])
     if cfg.split and several:
@@ -491,7 +510,10 @@ def run_benchmarks(cfg: RunConfig) -> list[dict]:
                for b, data_dir, protocol in plan}
     torch.manual_seed(cfg.seed)
     log(f"loading {cfg.model} ...")
-    model = load_pretrained(cfg.model, dtype=cfg.dtype, device=cfg.device, options=options)
+    model = load_model(cfg.model, dtype=cfg.dtype, device=cfg.device, options=options, model_kind=cfg.model_kind,
+                       recipe=cfg.recipe, trust_remote_code=cfg.trust_remote_code, min_pixels=cfg.min_pixels,
+                       max_pixels=cfg.max_pixels, image_options=cfg.image_options)
+    log(f"model: {model_kind(model)} ({model.cfg.format}), recipe {model.recipe}")
     runs = [run_benchmark(b, model, cfg, data_dir, protocol, samples[b.name], ids) for b, data_dir, protocol in plan]
     check_unprefixed_ids_found(ids, [r["data"]["selection"] for r in runs])
     if several:

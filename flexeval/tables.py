@@ -257,7 +257,7 @@ def _collect(results_dir: Path) -> list[dict]:
         model = run.get("model") if isinstance(run.get("model"), dict) else {}
         variant = "" if bench_dir == csv_path.parent else f" [{csv_path.parent.name}]"
         found.append({"tag": bench_dir.parent.name + variant, "kind": model.get("kind"), "bench": bench_dir.name,
-                      "protocol": run.get("protocol"), "rows": read_accuracy_csv(csv_path)})
+                      "protocol": run.get("protocol"), "recipe": model.get("recipe"), "rows": read_accuracy_csv(csv_path)})
     return found
 
 
@@ -310,7 +310,8 @@ def summary_markdown(entries: list[dict]) -> str:
         parts = []
         for e in mine:
             overall = next((r for r in e["rows"] if r["subset"] == "overall"), None)
-            parts.append(f"{e['bench']} n={overall['n'] if overall else '?'} protocol={e['protocol'] or '?'}")
+            parts.append(f"{e['bench']} n={overall['n'] if overall else '?'} protocol={e['protocol'] or '?'}"
+                         + (f" recipe={e['recipe']}" if e.get("recipe") else ""))
         why = "" if kind in PAPER_ROWS else (
             "; no difference row: run.json model.kind is " + (" and ".join(kinds) if kinds else "missing"))
         notes.append(f"- `{tag}`: " + "; ".join(parts) + why)

@@ -49,6 +49,8 @@ class GenerationResult:
     hd_selected_ratio: float | None = None  # mean over this row's high-res forward rows and layers
     selected_per_layer: dict = field(default_factory=dict)  # prefill last row: layer -> count
     non_finite: bool = False  # NaN/inf in a logit row this sample decoded from: its text is meaningless
+    prompt: str | None = None  # the exact prompt text and ids, where the model builds them (hf_vlm.py)
+    prompt_ids: list[int] | None = None
 
 
 @dataclass
@@ -65,6 +67,8 @@ class ChoiceResult:
     option_nll: list[float]
     n_prompt_tokens: int
     hd_selected_ratio: float | None = None
+    prompt: str | None = None
+    prompt_ids: list[int] | None = None
 
 
 @dataclass
@@ -90,6 +94,8 @@ def _input_order(results: list, order: list[int]) -> list:
 
 
 class FlexLlava:
+    recipe = "release"  # LLaVA-1.5's eval recipe: pad to square, v1 template, chunked tokenisation
+
     def __init__(self, lm: LlavaLM, vision: VisionTower, tokenizer: LlavaTokenizer, cfg: FlexConfig,
                  options: RunOptions | None = None, device: str | torch.device = "cpu", dtype=torch.float32,
                  source: str = "", folder: str | Path | None = None):

@@ -288,19 +288,23 @@ def _load_clip_folder(model_cls, config_cls, path: Path):
     return clip
 
 
+def read_config(folder: Path) -> dict:
+    cfg_path = folder / "config.json"
+    if not cfg_path.is_file():
+        raise FlexEvalError(f"{cfg_path} not found; a checkpoint folder holds config.json, weights and tokenizer.model")
+    try:
+        return json.loads(cfg_path.read_text())
+    except json.JSONDecodeError as e:
+        raise FlexEvalError(f"{cfg_path} is not valid JSON ({e})") from e
+
+
 def load_pretrained(path_or_id: str | os.PathLike, dtype="auto", device: str = "auto",
                     options: RunOptions | None = None) -> FlexLlava:
     """Load a checkpoint folder or hub id into a FlexLlava ready for inference."""
     device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, device)
     folder = local_folder(str(path_or_id))
-    cfg_path = folder / "config.json"
-    if not cfg_path.is_file():
-        raise FlexEvalError(f"{cfg_path} not found; a checkpoint folder holds config.json, weights and tokenizer.model")
-    try:
-        raw = json.loads(cfg_path.read_text())
-    except json.JSONDecodeError as e:
-        raise FlexEvalError(f"{cfg_path} is not valid JSON ({e})") from e
+    raw = read_config(folder)
     cfg = parse_config(folder, raw)
     sd = read_state_dict(folder)
     embedded = None
@@ -319,7 +323,7 @@ def load_pretrained(path_or_id: str | os.PathLike, dtype="auto", device: str = "
                             f"unexpected {unexpected[:5]}")
     clip = load_clip(cfg, folder, embedded, raw)
     vision = VisionTower(clip, cfg.vision_select_layer)
-    tok = LlavaTokenizer(folder / "tokenizer.model")
+    tok = LlavaTokenizer.from_folder(folder)
     raise_problems(tokenizer_problems(tok.path, tok.sp.vocab_size(), lm.model.embed_tokens.weight.shape[0],
                                       str(folder)), f"checkpoint {folder}")
     lm.to(device=device, dtype=torch_dtype).eval()
@@ -329,3 +333,84 @@ def load_pretrained(path_or_id: str | os.PathLike, dtype="auto", device: str = "
     # folder: where the files are (a hub snapshot for a hub id)
     return FlexLlava(lm, vision, tok, cfg, options, device=device, dtype=torch_dtype, source=str(path_or_id),
                      folder=folder)
+
+
+# ---------------------------------------------------------------- issue 13/15: which implementation serves a checkpoint
+# FlexLlava serves the LLaVA-1.5 formats under the release recipe (pad to square, v1 template, chunked
+# tokenisation); a transformers vision-language checkpoint is served by HFVisionModel under its own
+# recipe ("native": its processor, its chat template, its tokenizer on the whole string).
+
+MODEL_KINDS = ("auto", "flexattention", "hf")
+RECIPES = ("release", "native")
+
+
+def _llava15_format(raw: dict) -> bool:
+    """A config FlexLlava reads: the release / original LLaVA-1.5 (LlavaLlamaForCausalLM) or llava-hf."""
+    archs = raw.get("architectures") or []
+    return ("LlavaLlamaForCausalLM" in archs or "mm_vision_tower" in raw or "LlavaForConditionalGeneration" in archs
+            or (raw.get("model_type") == "llava" and "text_config" not in raw))
+
+
+def _parses(folder: Path, raw: dict) -> bool:
+    try:
+        parse_config(folder, raw)
+        return True
+    except FlexEvalError:  # e.g. a llava-hf checkpoint on a Qwen or Mistral LLM: transformers serves it
+        return False
+
+
+def resolve_kind_and_recipe(folder: Path, raw: dict, model_kind: str, recipe: str | None) -> tuple[str, str]:
+    """("flexattention" | "hf", "release" | "native") for a checkpoint, or a FlexEvalError saying what to pass."""
+    from .hf_vlm import is_hf_vlm_config
+
+    if model_kind not in MODEL_KINDS:
+        raise FlexEvalError(f"unknown --model-kind '{model_kind}'; choose {', '.join(MODEL_KINDS)}")
+    if recipe not in (None, *RECIPES):
+        raise FlexEvalError(f"unknown --recipe '{recipe}'; choose release (LLaVA-1.5's eval recipe) or native "
+                            "(the checkpoint's own processor, chat template and tokenizer)")
+    ours = _llava15_format(raw)
+    hf = is_hf_vlm_config(raw) or "auto_map" in raw
+    if model_kind == "auto":
+        model_kind = "flexattention" if ours and recipe != "native" and (not hf or _parses(folder, raw)) else "hf"
+    if model_kind == "flexattention":
+        if not ours:
+            raise FlexEvalError(f"{folder / 'config.json'}: not a LLaVA-1.5 / FlexAttention / llava-hf checkpoint, so "
+                                "FlexLlava cannot serve it; use --model-kind hf (or auto)")
+        if recipe == "native":
+            raise FlexEvalError("--recipe native with --model-kind flexattention: FlexLlava implements LLaVA-1.5's "
+                                "release recipe; a llava-hf checkpoint's native recipe is served by --model-kind hf")
+        return "flexattention", "release"
+    if not hf:
+        raise FlexEvalError(f"{folder / 'config.json'}: model_type {raw.get('model_type')!r} is not a transformers "
+                            "image-text-to-text model (AutoModelForImageTextToText) nor a LLaVA-1.5 format")
+    if recipe == "release":
+        raise FlexEvalError(f"--recipe release is LLaVA-1.5's recipe (pad to square, v1 template, chunked "
+                            f"tokenisation), served by FlexLlava for LLaVA-1.5 formats only; {folder} is served "
+                            "with its own processor and chat template: use --recipe native")
+    return "hf", "native"
+
+
+def load_model(path_or_id: str | os.PathLike, dtype="auto", device: str = "auto", options: RunOptions | None = None,
+               model_kind: str = "auto", recipe: str | None = None, trust_remote_code: bool = False,
+               min_pixels: int | None = None, max_pixels: int | None = None, image_options=()):
+    """The runner's entry point: a FlexLlava (release recipe) or an HFVisionModel (native recipe)."""
+    folder = local_folder(str(path_or_id), patterns=("*.json", "*.jinja", "*.safetensors", "*.model", "*.bin",
+                                                     "*.txt", "*.py"))
+    raw = read_config(folder)
+    kind, recipe = resolve_kind_and_recipe(folder, raw, model_kind, recipe)
+    if kind == "flexattention":
+        if min_pixels is not None or max_pixels is not None or image_options:
+            raise FlexEvalError("--min-pixels/--max-pixels/--image-option set a transformers image processor; "
+                                "FlexLlava's resolution is the checkpoint's (336 px, FlexAttention: --zoom)")
+        return load_pretrained(path_or_id, dtype=dtype, device=device, options=options)
+    from .hf_processor import parse_image_options
+    from .hf_vlm import HFVisionModel
+
+    device = resolve_device(device)
+    if dtype in (None, "auto") and device.startswith("cuda"):
+        # the checkpoint's own half precision (Qwen2-VL is bfloat16: float16 overflows in it); else bfloat16
+        saved = raw.get("torch_dtype") or raw.get("dtype") or (raw.get("text_config") or {}).get("torch_dtype")
+        dtype = saved if saved in ("float16", "bfloat16") else "bfloat16"
+    return HFVisionModel(folder, str(path_or_id), device, resolve_dtype(dtype, device),
+                         trust_remote_code=trust_remote_code, min_pixels=min_pixels, max_pixels=max_pixels, recipe=recipe,
+                         image_options=parse_image_options(image_options))

@@ -212,3 +212,20 @@ def recorded_traces():
             yield created
 
     return record
+
+
+# ---- transformers vision-language checkpoints (model/tiny_hf.py): one per family, native recipe ----
+
+@pytest.fixture(scope="session")
+def hf_dirs(tmp_path_factory) -> dict:
+    from flexeval.model.tiny_hf import FAMILIES, make_tiny_hf_model
+
+    return {f: make_tiny_hf_model(tmp_path_factory.mktemp("tiny-" + f), family=f, seed=SEED) for f in FAMILIES}
+
+
+@pytest.fixture(scope="session")
+def hf_models(hf_dirs) -> dict:
+    """Each family loaded through the runner's entry point (load_model) under the native recipe."""
+    from flexeval.model import load_model
+
+    return {f: load_model(d, dtype="float32", device="cpu", recipe="native") for f, d in hf_dirs.items()}
