@@ -20,9 +20,33 @@ from PIL import Image
 
 from flexeval.errors import FlexEvalError
 
-# An image as a benchmark hands it over: a path on disk, or the encoded file's bytes
-# (parquet/base64 releases). Decoding happens later, in the runner's data workers.
-ImageSource = Union[str, bytes]
+
+
+@dataclass(frozen=True)
+class ImageRef:
+    """An image embedded in a release file (a parquet cell), read by the process that needs it.
+
+    Loading a parquet release keeps these, not the encoded bytes, so N ranks (and their data
+    workers) do not each hold the whole benchmark's images. `sha256` and `nbytes` are taken
+    from the bytes while loading, so a sample's fingerprint is the one the bytes would give.
+    """
+
+    path: str  # the parquet file
+    row: int  # row in that file
+    column: str  # the image column ("image", or a list column such as MagnifierBench's "images")
+    item: int | None  # index inside a list column; None for a plain image column
+    sha256: str  # of the encoded image bytes
+    nbytes: int  # size of the encoded image (the data side of an item's cost estimate)
+
+    def read(self) -> bytes:
+        from .parquet_images import read_image_ref
+
+        return read_image_ref(self)
+
+
+# An image as a benchmark hands it over: a path on disk, the encoded file's bytes (base64
+# releases), or a reference into a parquet file. Decoding happens later, in the runner's data workers.
+ImageSource = Union[str, bytes, ImageRef]
 
 
 @dataclass(frozen=True)
@@ -74,6 +98,8 @@ def image_digest(image: ImageSource | None) -> str:
     """sha256 of the image file's bytes (memoised per path, size and mtime)."""
     if image is None:
         return "none"
+    if isinstance(image, ImageRef):
+        return image.sha256
     if isinstance(image, bytes):
         return hashlib.sha256(image).hexdigest()
     try:
@@ -108,6 +134,9 @@ def decode_image_bytes(value: Any) -> bytes:
 
 def open_image(image: ImageSource, where: str = "") -> Image.Image:
     """Decode an image source to RGB; a broken file is a FlexEvalError naming it."""
+    if isinstance(image, ImageRef):  # lazily referenced parquet cell: read it here, in the data worker
+        where = where or f"{image.path} row {image.row}"
+        image = image.read()
     try:
         img = Image.open(io.BytesIO(image) if isinstance(image, bytes) else image)
         img.load()

@@ -34,7 +34,7 @@ from typing import Any
 from flexeval.conversation import llava_v1_prompt
 from flexeval.errors import FlexEvalError
 
-from .base import Benchmark, Generate, Sample, decode_image_bytes, read_json, require_field
+from .base import Benchmark, Generate, ImageRef, Sample, decode_image_bytes, read_json, require_field
 
 HUB_REPO = "Otter-AI/MagnifierBench"
 SUBSET = "test"
@@ -103,7 +103,7 @@ class MagnifierBench(Benchmark):
             return _rows_to_samples(_load_from_disk(data_dir), str(data_dir))
         parquet = _find_parquet(data_dir)
         if parquet:
-            return _rows_to_samples(_read_parquet(parquet), ", ".join(str(p) for p in parquet))
+            return _load_parquet(parquet)
         if not data_dir.exists() and str(data_dir).strip("/") == HUB_REPO and os.environ.get("HF_HUB_OFFLINE") != "1":
             return _rows_to_samples(_load_from_hub(), HUB_REPO)
         raise FlexEvalError(
@@ -241,16 +241,27 @@ def _find_parquet(data_dir: Path) -> list[Path]:
     return test or files
 
 
-def _read_parquet(files: list[Path]) -> list[dict]:
+def _load_parquet(files: list[Path]) -> list[Sample]:
+    """The hub layout; images stay in the files (ImageRef), only the first of each item is referenced."""
     import pyarrow.parquet as pq
 
-    rows = []
+    from .parquet_images import scan_image_column
+
+    samples = []
     for path in files:
         try:
-            rows.extend(pq.read_table(path).to_pylist())
+            names = pq.ParquetFile(path).schema_arrow.names
+            rows = pq.read_table(path, columns=[c for c in names if c != "images"]).to_pylist()
         except Exception as e:  # pyarrow raises several types for damaged files
             raise FlexEvalError(f"cannot read parquet file {path} ({e}); re-download it") from e
-    return rows
+        if "images" not in names:
+            raise FlexEvalError(f"{path}: missing field 'images'; the file is not in the release format")
+        for k, (row, (image, n_images)) in enumerate(zip(rows, scan_image_column(path, "images", item=0),
+                                                         strict=True)):
+            where = f"{path} row {k}"
+            samples.append(_sample(str(require_field(row, "id", where)), require_field(row, "instruction", where),
+                                   require_field(row, "answer", where), image, {"n_images": n_images}, where))
+    return samples
 
 
 def _load_from_disk(data_dir: Path) -> list[dict]:
@@ -294,7 +305,7 @@ def _rows_to_samples(rows: list[dict], where: str) -> list[Sample]:
     return samples
 
 
-def _sample(item_id: str, instruction: Any, answer: Any, image: bytes | None, meta: dict, where: str) -> Sample:
+def _sample(item_id: str, instruction: Any, answer: Any, image: bytes | ImageRef | None, meta: dict, where: str) -> Sample:
     if not isinstance(instruction, str) or not isinstance(answer, str):
         raise FlexEvalError(f"{where}: fields 'instruction' and 'answer' must be strings")
     return Sample(id=item_id, subset=SUBSET, question=instruction, image=image, target=answer.strip(),

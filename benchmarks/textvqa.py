@@ -25,7 +25,7 @@ from typing import Any
 from flexeval.conversation import SHORT_ANSWER_SUFFIX, llava_v1_prompt
 from flexeval.errors import FlexEvalError
 
-from .base import Benchmark, Generate, Sample, decode_image_bytes, read_json, require_field
+from .base import Benchmark, Generate, ImageRef, Sample, read_json, require_field
 from .vqa_eval import vqa_accuracy
 
 # lmms-lab/textvqa is a plain parquet repo (facebook/textvqa started as a loading script), and a
@@ -132,28 +132,27 @@ def _find_validation_parquet(data_dir: Path) -> list[Path]:
 def _load_parquet(files: list[Path]) -> list[Sample]:
     import pyarrow.parquet as pq
 
+    from .parquet_images import scan_image_column
+
     samples = []
-    by_image_id: dict[str, bytes] = {}  # questions on one image share one bytes object (memory)
     for path in files:
         try:
-            table = pq.read_table(path)
+            names = pq.ParquetFile(path).schema_arrow.names
+            # Text columns only (never the OCR tokens); images stay in the file, referenced by row.
+            rows = pq.read_table(path, columns=[c for c in names if c not in ("image", "ocr_tokens")]).to_pylist()
         except Exception as e:  # pyarrow raises several types for damaged files
             raise FlexEvalError(f"cannot read parquet file {path} ({e}); re-download it") from e
-        if "image" not in table.column_names:
+        if "image" not in names:
             raise FlexEvalError(f"{path}: missing field 'image'; the file is not in the release format")
-        keep = [c for c in table.column_names if c != "ocr_tokens"]  # never read the OCR tokens
-        for k, row in enumerate(table.select(keep).to_pylist()):
+        for k, (row, (image, _)) in enumerate(zip(rows, scan_image_column(path, "image"), strict=True)):
             where = f"{path} row {k}"
-            try:
-                image = decode_image_bytes(row["image"])
-            except (ValueError, TypeError) as e:
-                raise FlexEvalError(f"{where}: field 'image' holds no embedded image ({e}); re-download it") from e
-            image = by_image_id.setdefault(str(row.get("image_id")), image) if row.get("image_id") else image
+            if image is None:
+                raise FlexEvalError(f"{where}: field 'image' holds no embedded image; re-download it")
             samples.append(_sample(row, image, where))
     return samples
 
 
-def _sample(entry: dict, image: str | bytes, where: str) -> Sample:
+def _sample(entry: dict, image: str | ImageRef, where: str) -> Sample:
     question = require_field(entry, "question", where)
     answers = require_field(entry, "answers", where)
     if not isinstance(question, str) or not isinstance(answers, list) or not answers:
