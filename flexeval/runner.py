@@ -10,7 +10,7 @@ import os
 import re
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 from flexeval import __version__
 from flexeval.benchmarks import get_benchmark, list_benchmarks
 from flexeval.benchmarks.base import Benchmark, Choice, Generate, Sample, open_image
+from flexeval.distributed import Cluster, RankProgress, rank_summary, take_share
 from flexeval.errors import FlexEvalError
 from flexeval.store import PredictionStore, fingerprint, write_json_atomic
 from flexeval.tables import format_rows, score_records, write_accuracy_csv, write_report
@@ -179,13 +180,15 @@ def _generate_records(model, batch, reqs, max_new_tokens):
              "n_new_tokens": len(res.token_ids), "hd_selected_ratio": res.hd_selected_ratio} for res in out]
 
 
-def run_benchmark(bench: Benchmark, model, cfg: RunConfig, data_dir: Path, protocol: str) -> dict:
+def run_benchmark(bench: Benchmark, model, cfg: RunConfig, data_dir: Path, protocol: str,
+                  cluster: Cluster | None = None) -> dict | None:
     from flexeval.meta import data_fingerprint, environment_info
 
     t0 = time.time()
+    cluster = cluster or Cluster.from_environ(cfg.device)  # distributed (issue 10)
     samples = bench.load(data_dir, split=cfg.split)
     counts = bench.count_report(samples)
-    if counts["mismatch"]:
+    if counts["mismatch"] and cluster.is_main:
         log(f"[{bench.name}] item counts differ from the published ones: {counts['mismatch']}")
     if cfg.limit is not None:
         samples = samples[: cfg.limit]
@@ -200,16 +203,23 @@ def run_benchmark(bench: Benchmark, model, cfg: RunConfig, data_dir: Path, proto
     tag = model_tag(cfg, model)
     bench_dir = Path(cfg.out) / tag / bench.name
     bench_dir.mkdir(parents=True, exist_ok=True)
-    store = PredictionStore(bench_dir, config_fp)
+    store = PredictionStore(bench_dir, config_fp, rank=cluster.rank, world_size=cluster.world_size)
     done = store.completed()
     pending = [i for i, k in enumerate(keys) if k not in done]
-    log(f"[{bench.name}] {len(samples)} items, {len(samples) - len(pending)} already done, {len(pending)} to run "
-        f"-> {bench_dir}")
+    if cluster.is_main:
+        log(f"[{bench.name}] {len(samples)} items, {len(samples) - len(pending)} already done, {len(pending)} to run "
+            f"-> {bench_dir}")
     sizer = BatchSizer(cfg.batch_size, str(model.device))
     stats = {"batches": 0, "model_seconds": 0.0}
-    if pending:
-        _run_pending(bench, model, cfg, samples, requests, keys, pending, store, sizer, stats, protocol)
+    # ---- distributed (issue 10): every rank runs its cost-balanced share; rank 0 alone writes the results
+    share, status = take_share(cluster, bench_dir, config_fp, keys, pending, samples, requests, sizer.size)
+    if share.items:
+        _run_pending(bench, model, cfg, samples, requests, keys, share.items, store, sizer, stats, protocol, status)
     store.close()
+    rank_infos = status.finish(model_s=round(stats["model_seconds"], 3))
+    if not cluster.is_main:
+        return None
+    # ---- end distributed
     records = store.finalize(keys)
     scored, rows = score_records(bench, records, protocol, where=str(bench_dir / "predictions.jsonl"))
     write_accuracy_csv(bench_dir / "accuracy.csv", rows)
@@ -226,7 +236,7 @@ def run_benchmark(bench: Benchmark, model, cfg: RunConfig, data_dir: Path, proto
         "environment": environment_info(),
         "timing": {"wall_s": round(wall, 3), "ran": len(pending), "reused": len(samples) - len(pending),
                    "model_s": round(stats["model_seconds"], 3),
-                   "samples_per_s": round(len(pending) / stats["model_seconds"], 4) if stats["model_seconds"] else None,
+                   "samples_per_s": round(len(share.items) / stats["model_seconds"], 4) if stats["model_seconds"] else None,
                    "batch_size_final": sizer.size, "batches": stats["batches"]},
         "stats": {
             "mean_prompt_tokens": _mean([r.get("n_prompt_tokens") for r in records]),
@@ -235,6 +245,7 @@ def run_benchmark(bench: Benchmark, model, cfg: RunConfig, data_dir: Path, proto
             "skipped": sum(1 for r in records if r.get("skipped")),
         },
         "accuracy": rows,
+        "distributed": rank_summary(rank_infos),  # per rank: items, estimated cost, wall time; finish spread
     }
     write_json_atomic(bench_dir / "run.json", run)
     skipped = [r for r in records if r.get("skipped")]
@@ -251,13 +262,11 @@ def _mean(xs):
     return round(float(np.mean(xs)), 6) if xs else None
 
 
-def _run_pending(bench, model, cfg, samples, requests, keys, pending, store, sizer, stats, protocol):
-    from tqdm import tqdm
-
+def _run_pending(bench, model, cfg, samples, requests, keys, pending, store, sizer, stats, protocol, status):
     sub_samples = [samples[i] for i in pending]
     sub_requests = [requests[i] for i in pending]
     dataset = _ImageDataset(sub_samples, sub_requests, model.preprocessor)
-    bar = tqdm(total=len(pending), desc=bench.name, unit="sample", disable=cfg.quiet, dynamic_ncols=True)
+    bar = RankProgress(bench.name, len(pending), status, cfg.quiet)  # per-rank bar; watches the peers
     buffer: list = []
 
     def flush(items):
@@ -330,9 +339,22 @@ def run_benchmarks(cfg: RunConfig) -> list[dict]:
     options = RunOptions(selection=cfg.selection, threshold=cfg.threshold, first_hd_layer=cfg.first_layer,
                          zoom=cfg.zoom, seed=cfg.seed)
     torch.manual_seed(cfg.seed)
-    log(f"loading {cfg.model} ...")
-    model = load_pretrained(cfg.model, dtype=cfg.dtype, device=cfg.device, options=options)
-    runs = [run_benchmark(b, model, cfg, dirs[b.name], protocols[b.name]) for b in benches]
+    # ---- distributed (issue 10): rank from the launcher's environment, device cuda:LOCAL_RANK
+    cluster = Cluster.from_environ(cfg.device)
+    cfg = replace(cfg, device=cluster.device, workers=cluster.default_workers(cfg.workers))
+    try:
+        if cluster.is_main:
+            log(f"loading {cfg.model} ...")
+        model = load_pretrained(cfg.model, dtype=cfg.dtype, device=cfg.device, options=options)
+        runs = [run_benchmark(b, model, cfg, dirs[b.name], protocols[b.name], cluster) for b in benches]
+    except BaseException as e:
+        cluster.report_failure(e)  # the peers see "failed" and this error, and stop
+        raise
+    finally:
+        cluster.close()
+    if not cluster.is_main:
+        return []
+    # ---- end distributed
     if cfg.bench == "all":
         print(write_report(Path(cfg.out)))
         print(f"summary: {Path(cfg.out) / 'summary.csv'} and {Path(cfg.out) / 'summary.md'}")
