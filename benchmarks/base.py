@@ -21,7 +21,6 @@ from PIL import Image
 from flexeval.errors import FlexEvalError
 
 
-
 @dataclass(frozen=True)
 class ImageRef:
     """An image embedded in a release file (a parquet cell), read by the process that needs it.

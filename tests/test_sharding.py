@@ -117,3 +117,24 @@ def test_a_silent_peer_is_declared_lost_after_the_timeout(tmp_path):
         assert json.loads((tmp_path / "cfg.rank0.json").read_text())["state"] == "done"
     finally:
         me.stop()
+
+
+# ---------------------------------------------------------------- the launcher's environment
+
+def test_launch_environment_of_torchrun_accelerate_and_mistakes():
+    from flexeval.distributed import LaunchEnv
+
+    assert LaunchEnv.from_environ({}) == LaunchEnv(0, 1, 0, 1)  # no launcher: one process
+    torchrun = {"RANK": "5", "WORLD_SIZE": "16", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "4",
+                "MASTER_ADDR": "node0", "MASTER_PORT": "29500"}
+    assert LaunchEnv.from_environ(torchrun) == LaunchEnv(5, 16, 1, 4)
+    no_local_world = {k: v for k, v in torchrun.items() if k != "LOCAL_WORLD_SIZE"} | {"WORLD_SIZE": "8"}
+    assert LaunchEnv.from_environ(no_local_world).local_world_size == 8  # one node: all ranks local
+    with pytest.raises(FlexEvalError, match="RANK is not"):
+        LaunchEnv.from_environ({k: v for k, v in torchrun.items() if k != "RANK"})
+    with pytest.raises(FlexEvalError, match="MASTER_ADDR is not set"):
+        LaunchEnv.from_environ({k: v for k, v in torchrun.items() if k != "MASTER_ADDR"})
+    with pytest.raises(FlexEvalError, match="RANK=16 is outside WORLD_SIZE=16"):
+        LaunchEnv.from_environ(torchrun | {"RANK": "16"})
+    with pytest.raises(FlexEvalError, match="LOCAL_RANK='x' is not an integer"):
+        LaunchEnv.from_environ(torchrun | {"LOCAL_RANK": "x"})
