@@ -37,6 +37,12 @@ def test_parquet_layout_matches_json(tmp_path):
         # parquet images stay in the file (read lazily) yet fingerprint like the file on disk
         assert isinstance(b.image, ImageRef) and b.image.read() == open(a.image, "rb").read()
         assert b.fingerprint() == a.fingerprint()
+    # what every rank holds after loading: references, not the images (a rank reads only its own)
+    import pickle
+
+    image_bytes = sum(len(open(p, "rb").read()) for p in {s.image for s in from_json})
+    assert sum(s.image.nbytes for s in from_parquet) >= image_bytes  # each parquet row embeds its image
+    assert len(pickle.dumps(from_parquet)) < image_bytes / 5
 
 
 def test_ocr_tokens_never_reach_the_prompt(tmp_path):
