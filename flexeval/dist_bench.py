@@ -6,7 +6,8 @@
 Each world size runs the same command from scratch under `torchrun --standalone`; the figures are
 the run's own wall time from run.json (load + model + merge; not interpreter start or model
 load) and the whole command's. On the CPU the cores are shared: each rank gets cores // procs
-threads, so more processes only help where one process cannot use the cores well. Every run's
+threads (or --threads-per-rank), so more processes only help where one process cannot use the
+cores well; on a busy machine a multi-threaded process can lose far more to spinning threads. Every run's
 predictions.jsonl is compared byte for byte with the one-process run.
 """
 
@@ -31,8 +32,9 @@ def _prepare(root: Path, items_per_subset: int) -> tuple[Path, Path]:
     return model, data
 
 
-def run_world(nproc: int, model: Path, data: Path, out: Path, device: str, batch_size: str, bench: str) -> dict:
-    threads = max(1, (os.cpu_count() or 1) // nproc)
+def run_world(nproc: int, model: Path, data: Path, out: Path, device: str, batch_size: str, bench: str,
+              threads: int | None = None) -> dict:
+    threads = threads or max(1, (os.cpu_count() or 1) // nproc)
     env = os.environ | {"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": str(threads)}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc),
            "-m", "flexeval", "run", "--bench", bench, "--model", str(model), "--data-dir", str(data),
@@ -61,6 +63,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--bench", default="vstar")
     ap.add_argument("--items", type=int, default=12, help="generated items per V* subset")
     ap.add_argument("--batch-size", default="2")
+    ap.add_argument("--threads-per-rank", type=int, help="OMP threads per rank (default: cores // procs); 1 "
+                    "isolates the effect of more processes from that of more threads")
     ap.add_argument("--json", type=Path, help="also write the figures here")
     args = ap.parse_args(argv)
 
@@ -70,7 +74,8 @@ def main(argv: list[str] | None = None) -> None:
         if model is None or data is None:
             tiny, sample = _prepare(root, args.items)
             model, data = model or tiny, data or sample
-        rows = [run_world(n, model, data, root / f"out{n}", args.device, args.batch_size, args.bench)
+        rows = [run_world(n, model, data, root / f"out{n}", args.device, args.batch_size, args.bench,
+                          args.threads_per_rank)
                 for n in (int(x) for x in args.procs.split(","))]
     base = rows[0]
     print(f"{args.bench} on {args.device}, {base['items']} items, batch {args.batch_size}, "

@@ -165,6 +165,9 @@ class Cluster:
         mine = {"nonce": nonce, "host": self.host, "facts": what}
         gathered: list = [None] * self.world_size
         try:
+            # gloo's monitored barrier names, on rank 0, the ranks that did not arrive in time
+            dist.monitored_barrier(group=self._group, timeout=timedelta(seconds=self.start_timeout),
+                                   wait_all_ranks=True)
             dist.all_gather_object(gathered, mine, group=self._group)
         except RuntimeError as e:
             raise FlexEvalError(f"rank {self.rank}: not every rank reached the start of the benchmark within "
