@@ -21,9 +21,32 @@ from flexeval.errors import FlexEvalError
 from flexeval.requests import Request
 from flexeval.store import file_sha256
 
-# An image as a benchmark hands it over: a path on disk, or the encoded file's bytes
-# (parquet/base64 releases). Decoding happens later, in the runner's data workers.
-ImageSource = Union[str, bytes]
+
+@dataclass(frozen=True)
+class ImageRef:
+    """An image embedded in a release file (a parquet cell), read by the process that needs it.
+
+    Loading a parquet release keeps these, not the encoded bytes, so N ranks (and their data
+    workers) do not each hold the whole benchmark's images. `sha256` and `nbytes` are taken
+    from the bytes while loading, so a sample's fingerprint is the one the bytes would give.
+    """
+
+    path: str  # the parquet file
+    row: int  # row in that file
+    column: str  # the image column ("image", or a list column such as MagnifierBench's "images")
+    item: int | None  # index inside a list column; None for a plain image column
+    sha256: str  # of the encoded image bytes
+    nbytes: int  # size of the encoded image (the data side of an item's cost estimate)
+
+    def read(self) -> bytes:
+        from .parquet_images import read_image_ref
+
+        return read_image_ref(self)
+
+
+# An image as a benchmark hands it over: a path on disk, the encoded file's bytes (base64
+# releases), or a reference into a parquet file. Decoding happens later, in the runner's data workers.
+ImageSource = Union[str, bytes, ImageRef]
 
 
 @dataclass(frozen=True)
@@ -52,6 +75,8 @@ def image_digest(image: ImageSource | None) -> str:
     """sha256 of the image file's bytes (memoised per path, size and mtime)."""
     if image is None:
         return "none"
+    if isinstance(image, ImageRef):
+        return image.sha256
     if isinstance(image, bytes):
         return hashlib.sha256(image).hexdigest()
     try:
@@ -101,6 +126,9 @@ def open_image(image: ImageSource, where: str = "", max_pixels: int = DEFAULT_MA
     """Decode an image source in its own mode (16-bit, float, alpha kept: the model side turns it
     into 8-bit RGB, `model.image.to_rgb8`); a multi-page file gives its first page (frame 0).
     A broken or over-limit file is a FlexEvalError naming it."""
+    if isinstance(image, ImageRef):  # lazily referenced parquet cell: read it here, in the data worker
+        where = where or f"{image.path} row {image.row}"
+        image = image.read()
     problem = image_header_problem(image, where, max_pixels)
     if problem:
         raise FlexEvalError(problem)

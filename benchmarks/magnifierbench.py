@@ -33,7 +33,7 @@ from typing import Any
 from flexeval.errors import FlexEvalError
 from flexeval.requests import Generate
 
-from .base import Benchmark, Sample, decode_image_bytes, read_json, read_parquet_rows, require_field
+from .base import Benchmark, ImageRef, Sample, decode_image_bytes, read_json, require_field
 from .conversation import llava_v1_prompt
 
 HUB_REPO = "Otter-AI/MagnifierBench"
@@ -102,7 +102,7 @@ class MagnifierBench(Benchmark):
             return _rows_to_samples(_load_from_disk(data_dir), str(data_dir))
         parquet = _find_parquet(data_dir)
         if parquet:
-            return _rows_to_samples([r for p in parquet for r in read_parquet_rows(p)], ", ".join(str(p) for p in parquet))
+            return _load_parquet(parquet)
         raise FlexEvalError(
             f"MagnifierBench data not found in {data_dir}: expected data/test-*.parquet (the HF dataset "
             f"{HUB_REPO}), a datasets.save_to_disk folder, or data_instructions.json + images.json "
@@ -252,6 +252,29 @@ def _find_parquet(data_dir: Path) -> list[Path]:
     return test or files
 
 
+def _load_parquet(files: list[Path]) -> list[Sample]:
+    """The hub layout; images stay in the files (ImageRef), only the first of each item is referenced."""
+    import pyarrow.parquet as pq
+
+    from .parquet_images import scan_image_column
+
+    samples = []
+    for path in files:
+        try:
+            names = pq.ParquetFile(path).schema_arrow.names
+            rows = pq.read_table(path, columns=[c for c in names if c != "images"]).to_pylist()
+        except Exception as e:  # pyarrow raises several types for damaged files
+            raise FlexEvalError(f"cannot read parquet file {path} ({e}); re-download it") from e
+        if "images" not in names:
+            raise FlexEvalError(f"{path}: missing field 'images'; the file is not in the release format")
+        for k, (row, (image, n_images)) in enumerate(zip(rows, scan_image_column(path, "images", item=0),
+                                                         strict=True)):
+            where = f"{path} row {k}"
+            samples.append(_sample(str(require_field(row, "id", where)), require_field(row, "instruction", where),
+                                   require_field(row, "answer", where), image, {"n_images": n_images}, where))
+    return samples
+
+
 def _load_from_disk(data_dir: Path) -> list[dict]:
     import datasets
 
@@ -282,7 +305,7 @@ def _rows_to_samples(rows: list[dict], where: str) -> list[Sample]:
     return samples
 
 
-def _sample(item_id: str, instruction: Any, answer: Any, image: bytes | None, meta: dict, where: str) -> Sample:
+def _sample(item_id: str, instruction: Any, answer: Any, image: bytes | ImageRef | None, meta: dict, where: str) -> Sample:
     if not isinstance(instruction, str) or not isinstance(answer, str):
         raise FlexEvalError(f"{where}: fields 'instruction' and 'answer' must be strings")
     return Sample(id=item_id, subset=SUBSET, question=instruction, image=image, target=answer.strip(),

@@ -25,7 +25,7 @@ from typing import Any
 from flexeval.errors import FlexEvalError
 from flexeval.requests import Generate
 
-from .base import Benchmark, Sample, decode_image_bytes, read_json, read_parquet_rows, require_field
+from .base import Benchmark, ImageRef, Sample, read_json, require_field
 from .conversation import SHORT_ANSWER_SUFFIX, llava_v1_prompt
 from .vqa_eval import vqa_accuracy
 
@@ -131,17 +131,24 @@ def _find_validation_parquet(data_dir: Path) -> list[Path]:
 
 
 def _load_parquet(files: list[Path]) -> list[Sample]:
+    import pyarrow.parquet as pq
+
+    from .parquet_images import scan_image_column
+
     samples = []
-    by_image_id: dict[str, bytes] = {}  # questions on one image share one bytes object (memory)
     for path in files:
-        # never read the OCR tokens (OCR-free protocol)
-        for k, row in enumerate(read_parquet_rows(path, skip_columns=("ocr_tokens",), require=("image",))):
+        try:
+            names = pq.ParquetFile(path).schema_arrow.names
+            # Text columns only (never the OCR tokens); images stay in the file, referenced by row.
+            rows = pq.read_table(path, columns=[c for c in names if c not in ("image", "ocr_tokens")]).to_pylist()
+        except Exception as e:  # pyarrow raises several types for damaged files
+            raise FlexEvalError(f"cannot read parquet file {path} ({e}); re-download it") from e
+        if "image" not in names:
+            raise FlexEvalError(f"{path}: missing field 'image'; the file is not in the release format")
+        for k, (row, (image, _)) in enumerate(zip(rows, scan_image_column(path, "image"), strict=True)):
             where = f"{path} row {k}"
-            try:
-                image = decode_image_bytes(row["image"])
-            except (ValueError, TypeError) as e:
-                raise FlexEvalError(f"{where}: field 'image' holds no embedded image ({e}); re-download it") from e
-            image = by_image_id.setdefault(str(row.get("image_id")), image) if row.get("image_id") else image
+            if image is None:
+                raise FlexEvalError(f"{where}: field 'image' holds no embedded image; re-download it")
             samples.append(_sample(row, image, where))
     _refuse_duplicate_ids(samples, f"{', '.join(str(f) for f in files)}")
     return samples
@@ -162,7 +169,7 @@ def _refuse_duplicate_ids(samples: list[Sample], where: str) -> None:
                             f"repeats or restore the release file")
 
 
-def _sample(entry: dict, image: str | bytes, where: str) -> Sample:
+def _sample(entry: dict, image: str | ImageRef, where: str) -> Sample:
     question = require_field(entry, "question", where)
     answers = require_field(entry, "answers", where)
     if not isinstance(question, str) or not isinstance(answers, list) or not answers:

@@ -30,6 +30,7 @@ from flexeval.benchmarks import data_folders, select_benchmarks, several_benchma
 from flexeval.benchmarks.base import DEFAULT_MAX_IMAGE_PIXELS, Benchmark, Sample, open_image
 from flexeval.benchmarks.question_style import changes_questions, check_question_style, styled_sample
 from flexeval.check import check_samples, check_tag
+from flexeval.distributed import Cluster, RankProgress, rank_summary, take_share
 from flexeval.command import run_command
 from flexeval.errors import FlexEvalError
 from flexeval.identity import checkpoint_content, local_model_name
@@ -260,18 +261,17 @@ def build_items(bench: Benchmark, samples: list[Sample], protocol: str, max_new_
     return items
 
 
-def pending_items(items: list[Item], store: PredictionStore) -> list[Item]:
-    """The items no shard of this configuration holds yet (resume)."""
-    done = store.completed()
-    return [it for it in items if it.key not in done]
+def pending_indices(items: list[Item], done: dict) -> list[int]:
+    """The items no shard of this configuration holds yet (resume), as indices into `items`."""
+    return [i for i, it in enumerate(items) if it.key not in done]
 
 
 class Progress:
     """The progress bar, which says what it is doing while its count still sits at 0 (the decoders
     start, the first batch fills, the first batch runs: the slowest, kernels warm up)."""
 
-    def __init__(self, bar):
-        self.bar, self.batches = bar, 0
+    def __init__(self, bar, rank_progress: RankProgress | None = None):
+        self.bar, self.rank_progress, self.batches = bar, rank_progress, 0
 
     def status(self, text: str) -> None:
         if self.batches == 0:
@@ -281,7 +281,10 @@ class Progress:
         self.batches += 1
         if self.batches == 1:
             self.bar.set_postfix_str("", refresh=False)
-        self.bar.update(n)
+        if self.rank_progress is not None:  # also beats this rank's status and watches the peers
+            self.rank_progress.update(n)
+        else:
+            self.bar.update(n)
 
 
 def run_items(items: list[Item], model, store: PredictionStore, sizer: BatchSizer, cfg: RunConfig,
@@ -366,22 +369,31 @@ def _mean(xs):
     return round(float(np.mean(xs)), 6) if xs else None
 
 
-def run_benchmark(bench: Benchmark, model, cfg: RunConfig, data_dir: Path, protocol: str,
-                  samples: list[Sample] | None = None, ids: IdList | None = None) -> dict:
-    """One benchmark; `samples`: already loaded (run_benchmarks loads every benchmark before the model)."""
-    from tqdm import tqdm
+@dataclass
+class BenchmarkPlan:
+    """What one benchmark run covers and where it goes."""
 
-    t0 = time.time()
+    items: list[Item]
+    bench_dir: Path  # <out>/<tag>/<bench>: the shards (every variant's)
+    out_dir: Path  # the variant's folder: predictions.jsonl, accuracy.csv, run.json
+    config_fp: str
+    identity: dict
+    where_run: dict  # protocol, split, variant, config fingerprint, data dir, counts, selection (run.json)
+
+
+def plan_benchmark(bench: Benchmark, model, cfg: RunConfig, data_dir: Path, protocol: str,
+                   samples: list[Sample] | None, ids: IdList | None, say: bool = True) -> BenchmarkPlan:
+    """Samples -> the selected items, their requests and keys, the results folders and the config fingerprint."""
     several = several_benchmarks(cfg.bench)
     split = split_for(bench, cfg.split, several=several)
     if samples is None:
         samples = bench.load(data_dir, split=split, protocol=protocol)
     check_samples(bench.name, samples, data_dir)  # no items, or an id twice: an error, not an empty table
     counts = bench.count_report(samples)
-    if counts["mismatch"]:
+    if counts["mismatch"] and say:
         log(count_sentence(bench.name, counts))
     chosen, selection = select_items(samples, bench.name, ids, cfg.offset, cfg.limit, 2 if several else 1)
-    if cfg.question_style != "release" and not changes_questions(bench.name, cfg.question_style):
+    if cfg.question_style != "release" and not changes_questions(bench.name, cfg.question_style) and say:
         log(f"[{bench.name}] --question-style {cfg.question_style} changes nothing here (benchmarks/question_style.py)")
     items = build_items(bench, chosen, protocol, cfg.max_new_tokens, cfg.question_style)
     identity = model_identity(model)
@@ -392,36 +404,68 @@ def run_benchmark(bench: Benchmark, model, cfg: RunConfig, data_dir: Path, proto
     generates = any(isinstance(it.request, Generate) for it in items)
     subset = items_part([s.id for s in chosen], len(samples), first_n=ids is None and not cfg.offset)
     variant = variant_name(bench, protocol, split, subset, cfg.max_new_tokens if generates else None)
-    out_dir = results_dir(bench_dir, variant)
-    lock = hold_run_lock(bench_dir, log)  # creates the folder; a second run on it refuses here
-    out_dir.mkdir(parents=True, exist_ok=True)
-    store = PredictionStore(bench_dir, config_fp)
-    note_progress(bench.name, bench_dir, store, [it.key for it in items])  # for the line Ctrl-C / a full disk prints
-    pending, guard = pending_items(items, store), NonFiniteGuard(model.dtype, cfg.max_non_finite, where=str(bench_dir))
-    done = store.completed()
-    guard.add(done[it.key] for it in items if it.key in done)  # NaN/inf items of an earlier try count too
-    log(f"[{bench.name}] {len(items)} items, {len(items) - len(pending)} already done, {len(pending)} to run "
-        f"-> {out_dir}")
-    sizer = BatchSizer(cfg.batch_size, str(model.device))
-    try:
-        with tqdm(total=len(pending), desc=bench.name, unit="sample", disable=cfg.quiet, dynamic_ncols=True) as bar:
-            stats = run_items(pending, model, store, sizer, cfg, Progress(bar), guard)
-    finally:
-        store.close()  # the shard's flock goes even when a stop raises (an in-process rerun needs it)
-    where = str(out_dir / "predictions.jsonl")
-    records, rows = score_records(bench, store.collect([it.key for it in items]), protocol, where=where)
-    store.write_predictions(records, out_dir)
-    write_accuracy_csv(out_dir / "accuracy.csv", rows)
-    timing = {"wall_s": round(time.time() - t0, 3), "ran": len(pending), "reused": len(items) - len(pending),
-              "model_s": round(stats.model_seconds, 3),
-              "samples_per_s": round(len(pending) / stats.model_seconds, 4) if stats.model_seconds else None,
-              "batch_size_final": sizer.size, "batches": stats.batches}
     where_run = {"protocol": protocol, "split": split, "variant": variant, "config_fingerprint": config_fp,
                  "data_dir": data_dir, "counts": counts, "selection": selection}
-    run = run_summary(bench, model, cfg, where_run, identity, records, rows, timing)
-    write_json_atomic(out_dir / "run.json", run)
+    return BenchmarkPlan(items, bench_dir, results_dir(bench_dir, variant), config_fp, identity, where_run)
+
+
+def run_benchmark(bench: Benchmark, model, cfg: RunConfig, data_dir: Path, protocol: str,
+                  samples: list[Sample] | None = None, ids: IdList | None = None,
+                  cluster: Cluster | None = None) -> dict | None:
+    """One benchmark. Every rank runs its cost-balanced share of the pending items (flexeval/distributed.py);
+    rank 0 alone writes the results and returns run.json (the other ranks return None)."""
+    t0 = time.time()
+    cluster = cluster or Cluster.from_environ(cfg.device)
+    plan = plan_benchmark(bench, model, cfg, data_dir, protocol, samples, ids, say=cluster.is_main)
+    lock = hold_run_lock(plan.bench_dir, log) if cluster.is_main else None  # a second run on the folder refuses
+    plan.out_dir.mkdir(parents=True, exist_ok=True)
+    store = PredictionStore(plan.bench_dir, plan.config_fp, rank=cluster.rank, world_size=cluster.world_size)
+    keys = [it.key for it in plan.items]
+    note_progress(bench.name, plan.bench_dir, store, keys)  # for the line Ctrl-C / a full disk prints
+    done = store.completed()
+    pending = pending_indices(plan.items, done)
+    guard = NonFiniteGuard(model.dtype, cfg.max_non_finite, where=str(plan.bench_dir))
+    guard.add(done[k] for k in keys if k in done)  # NaN/inf items of an earlier try count too
+    if cluster.is_main:
+        log(f"[{bench.name}] {len(keys)} items, {len(keys) - len(pending)} already done, {len(pending)} to run "
+            f"-> {plan.out_dir}")
+    sizer = BatchSizer(cfg.batch_size, str(model.device))
+    share, status = take_share(cluster, plan.bench_dir, plan.config_fp, keys, pending,
+                               [it.sample for it in plan.items], [it.request for it in plan.items], sizer.size)
+    progress = RankProgress(bench.name, len(share.items), status, cfg.quiet)  # per-rank bar; watches the peers
+    try:
+        stats = run_items([plan.items[i] for i in share.items], model, store, sizer, cfg,
+                          Progress(progress.bar, progress), guard)
+    finally:
+        progress.close()
+        store.close()  # the shard's flock goes even when a stop raises (an in-process rerun needs it)
+    rank_infos = status.finish(model_s=round(stats.model_seconds, 3))
+    if not cluster.is_main:
+        return None
+    run = finish_benchmark(bench, model, cfg, plan, store, {"t0": t0, "stats": stats, "sizer": sizer,
+                                                            "pending": len(pending), "mine": len(share.items),
+                                                            "ranks": rank_infos})
     lock.release()
-    report_run(bench, out_dir, records, rows, run["stats"])
+    return run
+
+
+def finish_benchmark(bench: Benchmark, model, cfg: RunConfig, plan: BenchmarkPlan, store: PredictionStore,
+                     ran: dict) -> dict:
+    """Rank 0, once every rank is done: score the records once, predictions.jsonl, accuracy.csv, run.json."""
+    where = str(plan.out_dir / "predictions.jsonl")
+    records, rows = score_records(bench, store.collect([it.key for it in plan.items]), plan.where_run["protocol"],
+                                  where=where)
+    store.write_predictions(records, plan.out_dir)
+    write_accuracy_csv(plan.out_dir / "accuracy.csv", rows)
+    stats, n_items = ran["stats"], len(plan.items)
+    timing = {"wall_s": round(time.time() - ran["t0"], 3), "ran": ran["pending"], "reused": n_items - ran["pending"],
+              "model_s": round(stats.model_seconds, 3),
+              "samples_per_s": round(ran["mine"] / stats.model_seconds, 4) if stats.model_seconds else None,
+              "batch_size_final": ran["sizer"].size, "batches": stats.batches}
+    run = run_summary(bench, model, cfg, plan.where_run, plan.identity, records, rows, timing)
+    run["distributed"] = rank_summary(ran["ranks"])  # per rank: items, estimated cost, wall time; finish spread
+    write_json_atomic(plan.out_dir / "run.json", run)
+    report_run(bench, plan.out_dir, records, rows, run["stats"])
     return run
 
 
@@ -509,12 +553,26 @@ def run_benchmarks(cfg: RunConfig) -> list[dict]:
                                     explicit_dir=cfg.data_dir is not None and not several, protocol=protocol)
                for b, data_dir, protocol in plan}
     torch.manual_seed(cfg.seed)
-    log(f"loading {cfg.model} ...")
-    model = load_model(cfg.model, dtype=cfg.dtype, device=cfg.device, options=options, model_kind=cfg.model_kind,
-                       recipe=cfg.recipe, trust_remote_code=cfg.trust_remote_code, min_pixels=cfg.min_pixels,
-                       max_pixels=cfg.max_pixels, image_options=cfg.image_options)
-    log(f"model: {model_kind(model)} ({model.cfg.format}), recipe {model.recipe}")
-    runs = [run_benchmark(b, model, cfg, data_dir, protocol, samples[b.name], ids) for b, data_dir, protocol in plan]
+    # distributed: rank from the launcher's environment (torchrun, accelerate), device cuda:LOCAL_RANK
+    cluster = Cluster.from_environ(cfg.device)
+    cfg = replace(cfg, device=cluster.device, workers=cluster.default_workers(cfg.workers))
+    try:
+        if cluster.is_main:
+            log(f"loading {cfg.model} ...")
+        model = load_model(cfg.model, dtype=cfg.dtype, device=cfg.device, options=options, model_kind=cfg.model_kind,
+                           recipe=cfg.recipe, trust_remote_code=cfg.trust_remote_code, min_pixels=cfg.min_pixels,
+                           max_pixels=cfg.max_pixels, image_options=cfg.image_options)
+        if cluster.is_main:
+            log(f"model: {model_kind(model)} ({model.cfg.format}), recipe {model.recipe}")
+        runs = [run_benchmark(b, model, cfg, data_dir, protocol, samples[b.name], ids, cluster)
+                for b, data_dir, protocol in plan]
+    except BaseException as e:
+        cluster.report_failure(e)  # the peers see "failed" and this error, and stop
+        raise
+    finally:
+        cluster.close()
+    if not cluster.is_main:
+        return []
     check_unprefixed_ids_found(ids, [r["data"]["selection"] for r in runs])
     if several:
         print(write_report(Path(cfg.out)))

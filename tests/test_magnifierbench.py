@@ -7,6 +7,7 @@ import pytest
 from PIL import Image
 
 from flexeval.benchmarks import get_benchmark
+from flexeval.benchmarks.base import ImageRef
 from flexeval.benchmarks.magnifierbench import MagnifierBench, parse_choice, strict_choice
 from flexeval.errors import FlexEvalError
 
@@ -16,6 +17,10 @@ INSTRUCTION = "What color is the car? A. red, B. blue, C. green, D. white"
 REFORMATTED = "What color is the car?\nA. red\nB. blue\nC. green\nD. white"
 
 bench = MagnifierBench()
+
+
+def _image_bytes(image):
+    return image.read() if isinstance(image, ImageRef) else image
 
 
 def record(prediction, target="C", n_images=1, question=INSTRUCTION):
@@ -111,17 +116,21 @@ def test_loaders_on_sample_data(tmp_path, fmt):
         assert s.subset == "test" and s.target in "ABCD"
         assert " A. " in s.question and ", D. " in s.question  # unformatted instruction
         if s.image is not None:
-            img = Image.open(io.BytesIO(s.image))
+            assert isinstance(s.image, ImageRef if fmt == "parquet" else bytes)  # parquet: read lazily
+            img = Image.open(io.BytesIO(_image_bytes(s.image)))
             assert img.format == "JPEG" and img.size[1] == 270
 
 
 def test_layouts_hold_the_same_items(tmp_path):
-    loaded = {}
+    loaded, fingerprints = {}, {}
     for fmt in ("parquet", "disk", "mimicit"):
         bench.make_sample(tmp_path / fmt, n=5, seed=7, fmt=fmt)
-        loaded[fmt] = [(s.id, s.question, s.target, s.image, s.meta["n_images"])
-                       for s in bench.load(tmp_path / fmt)]
+        samples = bench.load(tmp_path / fmt)
+        loaded[fmt] = [(s.id, s.question, s.target, _image_bytes(s.image), s.meta["n_images"]) for s in samples]
+        fingerprints[fmt] = [s.fingerprint() for s in samples]
     assert loaded["parquet"] == loaded["disk"] == loaded["mimicit"]
+    # the lazily read parquet image fingerprints like the bytes held by the save_to_disk loader
+    assert fingerprints["parquet"] == fingerprints["disk"]
 
 
 def test_parquet_layout_is_the_hub_one(tmp_path):

@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from flexeval.benchmarks import get_benchmark
-from flexeval.benchmarks.base import Sample
+from flexeval.benchmarks.base import ImageRef, Sample
 from flexeval.benchmarks.textvqa import TextVQA
 from flexeval.errors import FlexEvalError
 
@@ -34,7 +34,15 @@ def test_parquet_layout_matches_json(tmp_path):
     assert [s.id for s in from_parquet] == [s.id for s in from_json]
     assert [s.target for s in from_parquet] == [s.target for s in from_json]
     for a, b in zip(from_json, from_parquet, strict=True):
-        assert isinstance(b.image, bytes) and b.image == open(a.image, "rb").read()
+        # parquet images stay in the file (read lazily) yet fingerprint like the file on disk
+        assert isinstance(b.image, ImageRef) and b.image.read() == open(a.image, "rb").read()
+        assert b.fingerprint() == a.fingerprint()
+    # what every rank holds after loading: references, not the images (a rank reads only its own)
+    import pickle
+
+    image_bytes = sum(len(open(p, "rb").read()) for p in {s.image for s in from_json})
+    assert sum(s.image.nbytes for s in from_parquet) >= image_bytes  # each parquet row embeds its image
+    assert len(pickle.dumps(from_parquet)) < image_bytes / 5
 
 
 def test_ocr_tokens_never_reach_the_prompt(tmp_path):
