@@ -29,7 +29,15 @@ from typing import Any
 from flexeval.errors import FlexEvalError
 from flexeval.requests import Generate
 
-from .base import Benchmark, Sample, accuracy_rows, count_against, read_json, require_field, subset_item_scores
+from .base import (
+    Benchmark,
+    Sample,
+    accuracy_rows,
+    count_against,
+    read_json,
+    require_field,
+    subset_item_scores,
+)
 from .conversation import SHORT_ANSWER_SUFFIX, llava_v1_prompt
 
 ZENODO_RECORD = "6344367"

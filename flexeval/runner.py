@@ -30,8 +30,8 @@ from flexeval.benchmarks import data_folders, select_benchmarks, several_benchma
 from flexeval.benchmarks.base import DEFAULT_MAX_IMAGE_PIXELS, Benchmark, Sample, open_image
 from flexeval.benchmarks.question_style import changes_questions, check_question_style, styled_sample
 from flexeval.check import check_samples, check_tag
-from flexeval.distributed import Cluster, RankProgress, rank_summary, take_share
 from flexeval.command import run_command
+from flexeval.distributed import Cluster, RankProgress, rank_summary, take_share
 from flexeval.errors import FlexEvalError
 from flexeval.identity import checkpoint_content, local_model_name
 from flexeval.interrupt import note_progress

@@ -9,10 +9,9 @@ FlexAttention checkpoint and for plain LLaVA-1.5 (no high-res at all).
 from __future__ import annotations
 
 import pytest
-
-from flexeval.attention import generate_answers
 import torch
 
+from flexeval.attention import generate_answers
 from flexeval.model import reference
 
 ALL_LAYERS = list(range(12))

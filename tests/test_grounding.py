@@ -7,11 +7,10 @@ import json
 
 import numpy as np
 import pytest
-
-from flexeval.attention import generate_answers
 import torch
 from typer.testing import CliRunner
 
+from flexeval.attention import generate_answers
 from flexeval.cli import app
 from flexeval.errors import FlexEvalError
 from flexeval.grounding import frame_attention, grounding_score, score_attention_file

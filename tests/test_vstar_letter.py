@@ -9,9 +9,9 @@ from typer.testing import CliRunner
 
 from flexeval.benchmarks import get_benchmark
 from flexeval.benchmarks.base import open_image
+from flexeval.benchmarks.conversation import SHORT_ANSWER_SUFFIX, llava_v1_prompt
 from flexeval.benchmarks.vstar_letter import lettered_question, parse_letter
 from flexeval.cli import app
-from flexeval.benchmarks.conversation import SHORT_ANSWER_SUFFIX, llava_v1_prompt
 from flexeval.errors import FlexEvalError
 
 POST = "\nAnswer with the option's letter from the given choices directly."
