@@ -1,0 +1,461 @@
+"""`flexeval bench`: the speed of the one fast path, its bounds and its ratios, in ONE run.
+
+Figures with their context, never a timed test. On one device, after warm-up (CUDA events on
+CUDA, perf_counter on the CPU), median of `repeat` calls:
+  a/b. generation (TextVQA-like: ~40 question tokens, `new_tokens` new) and V*-like choice scoring
+       (4 options of 2-12 tokens) at batch 1 and at the best batch found (powers of two up to a cap
+       or the first out-of-memory), for selection none / attention / center / all;
+  c.   the literal reference (model/reference.py, the release's algorithm) at batch 1;
+  d.   the stages of a sample: JPEG decode + preprocess (CPU), CLIP (1 + zoom^2 crops), prefill,
+       one decode step (with its memory floor);
+  e.   end to end: the real runner over a generated benchmark (bench_e2e.py);
+plus a fast-vs-reference check on the device, the measured matmul ceiling and copy bandwidth.
+Ratios are computed from times of the same run. Writes bench.csv (the rows) and bench.json.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from flexeval.bench_cost import (
+    RequestShape,
+    choice_flops,
+    clip_flops,
+    clip_shape,
+    decode_step_bytes,
+    generate_flops,
+)
+from flexeval.errors import FlexEvalError
+
+SELECTIONS = ("none", "attention", "center", "all")
+CHECK_TOLERANCE = {torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 5e-2}  # max relative difference
+COLUMNS = ("section", "what", "selection", "batch", "ms_per_sample", "samples_per_s", "gflop_per_sample",
+           "tflops", "selected_ratio", "vs_reference", "vs_none", "vs_all", "note")
+
+
+@dataclass
+class BenchConfig:
+    arch: str = "llava-1.5-7b"  # random weights of this shape, unless `model` is given
+    model: str | None = None  # a real checkpoint (folder or hub id)
+    device: str = "auto"
+    dtype: str = "auto"
+    out: Path = Path("results/bench")
+    new_tokens: int = 8
+    repeat: int | None = None  # None: 3 on CUDA, 1 on the CPU
+    max_batch: int | None = None  # batch search cap; None: 64 on CUDA, 4 on the CPU
+    stage_batch: int = 16  # batch of the stage rows (the decode-step target is at 16)
+    e2e_items: int = 256
+    workers: int | None = None  # e2e data workers; None: the runner's default
+    threads: int | None = None  # CPU intra-op threads; None: torch's default
+    seed: int = 0
+
+
+# ---------------------------------------------------------------- the bench's calls into the model
+
+def call_model(model, kind: str, work: "Workload", batch: int, new_tokens: int = 8):
+    """The bench's only calls of the fast path (issue 8 moves them to model.generate / model.choose
+    over (request, image) pairs: port here)."""
+    images = work.images_for(model, batch)
+    if kind == "generate":
+        return model.generate(work.generate_prompts(batch), images, new_tokens)
+    return model.score_options(work.choice_prompts(batch), images, [list(work.options)] * batch)
+
+
+def call_reference(model, kind: str, work: "Workload", new_tokens: int = 8):
+    from flexeval.model import reference
+
+    image = work.images_for(model, 1)[0]
+    if kind == "generate":
+        return reference.generate(model, work.generate_prompts(1)[0], image, new_tokens)
+    return [reference.option_nll(model, work.choice_prompts(1)[0], image, o) for o in work.options]
+
+
+# ---------------------------------------------------------------- inputs
+
+class Workload:
+    """Prompts sized in the model's own tokens, and a pool of V*-like / TextVQA-like images."""
+
+    WORDS = "what is the colour of the small object near the left edge of the red sign in this picture".split()
+
+    def __init__(self, model, seed: int = 0):
+        import random
+
+        from flexeval.bench_e2e import TEXTVQA_SIZE, VSTAR_SIZE
+        from flexeval.benchmarks.samples import draw_scene
+        from flexeval.conversation import SHORT_ANSWER_SUFFIX, llava_v1_prompt
+
+        tok = model.tokenizer
+        question = self._grow(lambda q: len(tok.encode_chunk(q)) - 1, 40)  # ~40 question tokens
+        self.prompt = llava_v1_prompt(question + SHORT_ANSWER_SUFFIX)
+        self.options = [self._grow(lambda o: len(tok.encode_option(self.prompt, o)[1]), n) for n in (2, 5, 8, 12)]
+        rng = random.Random(seed)
+        self.jpegs = []
+        for size in (VSTAR_SIZE, TEXTVQA_SIZE):
+            buf = io.BytesIO()
+            draw_scene(rng, *size, 6)[0].save(buf, format="JPEG", quality=90)
+            self.jpegs.append((size, buf.getvalue()))
+        self._images: dict[int, list] = {}
+
+    def _grow(self, n_tokens, target: int) -> str:
+        words = []
+        while not words or n_tokens(" ".join(words)) < target:
+            words.append(self.WORDS[len(words) % len(self.WORDS)])
+        return " ".join(words)
+
+    def decode_preprocess(self, model, k: int):
+        from PIL import Image
+
+        return model.preprocessor(Image.open(io.BytesIO(self.jpegs[k][1])).convert("RGB"))
+
+    def images_for(self, model, batch: int) -> list:
+        if model.image_size not in self._images:
+            self._images[model.image_size] = [self.decode_preprocess(model, k) for k in range(len(self.jpegs))]
+        pool = self._images[model.image_size]
+        return [pool[i % len(pool)] for i in range(batch)]
+
+    def generate_prompts(self, batch: int) -> list[str]:
+        return [self.prompt] * batch
+
+    def choice_prompts(self, batch: int) -> list[str]:
+        return [self.prompt] * batch
+
+
+# ---------------------------------------------------------------- timing and device ceilings
+
+class Timer:
+    def __init__(self, device: torch.device, repeat: int, warmup: int = 1):
+        self.device, self.repeat, self.warmup = device, repeat, warmup
+
+    def __call__(self, fn, repeat: int | None = None, warmup: int | None = None) -> float:
+        """Median seconds of fn() after warm-up."""
+        for _ in range(self.warmup if warmup is None else warmup):
+            fn()
+        times = []
+        for _ in range(repeat or self.repeat):
+            if self.device.type == "cuda":
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                torch.cuda.synchronize(self.device)
+                start.record()
+                fn()
+                end.record()
+                end.synchronize()
+                times.append(start.elapsed_time(end) / 1000)
+            else:
+                t = time.perf_counter()
+                fn()
+                times.append(time.perf_counter() - t)
+        return statistics.median(times)
+
+
+def device_ceilings(device: torch.device, dtype: torch.dtype, timer: Timer) -> dict:
+    """Measured dense matmul throughput in `dtype` and device-memory copy bandwidth (read + write)."""
+    n = 8192 if device.type == "cuda" else 512
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
+    matmul_s = timer(lambda: a @ b, repeat=10)
+    nbytes = (2 << 30) if device.type == "cuda" else (32 << 20)
+    src = torch.ones(nbytes // 4, device=device)
+    dst = torch.empty_like(src)
+    copy_s = timer(lambda: dst.copy_(src), repeat=10)
+    return {"matmul_n": n, "matmul_tflops": 2 * n ** 3 / matmul_s / 1e12, "copy_bytes": nbytes,
+            "copy_gb_per_s": 2 * nbytes / copy_s / 1e9}
+
+
+def _is_oom(e: BaseException) -> bool:
+    from flexeval.runner import _is_oom as runner_is_oom
+
+    return runner_is_oom(e)
+
+
+def _free(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+# ---------------------------------------------------------------- the run
+
+def variants(model) -> dict:
+    """The same weights under each selection (None where the checkpoint cannot run it)."""
+    from flexeval.model import FlexLlava, RunOptions
+
+    out = {}
+    for sel in SELECTIONS:
+        if sel != "none" and not model.cfg.has_hd:
+            out[sel] = None
+            continue
+        out[sel] = FlexLlava(model.lm, model.vision, model.tokenizer, model.cfg, RunOptions(selection=sel),
+                             device=model.device, dtype=model.dtype)
+        out[sel].source, out[sel].folder = model.source, model.folder
+    return out
+
+
+def load_model(cfg: BenchConfig):
+    from flexeval.model import RunOptions, load_pretrained
+    from flexeval.model.loading import resolve_device, resolve_dtype
+    from flexeval.model.random_weights import random_model
+
+    device = resolve_device(cfg.device)
+    dtype = resolve_dtype(cfg.dtype, device)
+    if cfg.model:
+        return load_pretrained(cfg.model, dtype=dtype, device=device, options=RunOptions())
+    return random_model(cfg.arch, device, dtype, RunOptions(selection="center"), seed=cfg.seed)
+
+
+def request_shape(model, result) -> RequestShape:
+    hd_layers = model.cfg.num_layers - model.resolved["select_layer"] - 1 if model.use_hd else 0
+    n_hd = (model.grid * model.zoom) ** 2
+    return RequestShape(prompt_tokens=result.n_prompt_tokens, n_crops=1 + model.zoom ** 2 if model.use_hd else 1,
+                        hd_layers=hd_layers, selected=(result.hd_selected_ratio or 0.0) * n_hd)
+
+
+def flops_per_sample(model, kind: str, work: Workload, results) -> float:
+    shape = request_shape(model, results[0])
+    if kind == "generate":
+        steps = max(len(r.token_ids) for r in results)  # the batch runs until its longest reply ends
+        return generate_flops(model.cfg, clip_shape(model.vision), shape, steps)
+    suffixes = [len(model.tokenizer.encode_option(work.prompt, o)[1]) for o in work.options]
+    return choice_flops(model.cfg, clip_shape(model.vision), shape, suffixes)
+
+
+def _row(section, what, selection, batch, seconds, flops=None, ratio=None, note="") -> dict:
+    ms = 1000 * seconds / batch
+    return {"section": section, "what": what, "selection": selection, "batch": batch, "ms_per_sample": ms,
+            "samples_per_s": 1000 / ms, "gflop_per_sample": flops / 1e9 if flops else None,
+            "tflops": flops / (ms / 1000) / 1e12 if flops else None, "selected_ratio": ratio,
+            "vs_reference": None, "vs_none": None, "vs_all": None, "note": note}
+
+
+def best_batch(model, kind, work, timer, cap, new_tokens) -> tuple[int, list[dict]]:
+    """Largest-throughput power of two up to `cap`, stopping at the first out-of-memory."""
+    tried, b = [], 1
+    while b <= cap:
+        try:
+            s = timer(lambda bb=b: call_model(model, kind, work, bb, new_tokens), repeat=1)
+        except (RuntimeError, torch.cuda.OutOfMemoryError) as e:
+            if not _is_oom(e):
+                raise
+            _free(model.device)
+            tried.append({"batch": b, "oom": True})
+            break
+        tried.append({"batch": b, "samples_per_s": b / s})
+        b *= 2
+    fits = [t for t in tried if not t.get("oom")]
+    return max(fits, key=lambda t: t["samples_per_s"])["batch"], tried
+
+
+def time_request(model, sel, kind, work, timer, batch, new_tokens, section="a") -> dict:
+    """One row; halves the batch on out-of-memory (`all` needs more memory than the search's mode)."""
+    while True:
+        try:
+            results = call_model(model, kind, work, batch, new_tokens)  # also the warm-up
+            s = timer(lambda b=batch: call_model(model, kind, work, b, new_tokens), warmup=0)
+            break
+        except (RuntimeError, torch.cuda.OutOfMemoryError) as e:
+            if not _is_oom(e) or batch == 1:
+                raise
+            _free(model.device)
+            batch //= 2
+    ratio = results[0].hd_selected_ratio if model.use_hd else None
+    what = f"{kind} ({new_tokens} new tokens)" if kind == "generate" else f"{kind} ({len(work.options)} options)"
+    return _row(section, what, sel, batch, s, flops_per_sample(model, kind, work, results), ratio)
+
+
+def add_ratios(rows: list[dict]) -> None:
+    """vs_reference = reference ms / ms (speed-up), vs_none = ms / none ms (cost of high-res),
+    vs_all = all ms / ms (speed-up over every high-res token); same kind, same batch label."""
+    by = {(r["what"], r["selection"], r["label"]): r for r in rows if "label" in r}
+    for r in rows:
+        if "label" not in r or r["ms_per_sample"] is None:
+            continue
+        ref = by.get((r["what"], "reference", "b1"))
+        none = by.get((r["what"], "none", r["label"]))
+        full = by.get((r["what"], "all", r["label"]))
+        if ref and r["section"] != "c":
+            r["vs_reference"] = ref["ms_per_sample"] / r["ms_per_sample"]
+        if none and none.get("ms_per_sample"):
+            r["vs_none"] = r["ms_per_sample"] / none["ms_per_sample"]
+        if full and full.get("ms_per_sample"):
+            r["vs_all"] = full["ms_per_sample"] / r["ms_per_sample"]
+
+
+def correctness_check(model, work: Workload, new_tokens: int) -> dict:
+    """Fast path vs the literal reference on this device and dtype, batch 1."""
+    from flexeval.model import reference
+
+    image = work.images_for(model, 1)
+    ids_ref, pre_ref = reference.generate(model, work.prompt, image[0], new_tokens)
+    (fast,), logits = model.generate([work.prompt], image, new_tokens, return_prefill_logits=True)
+    ref_logits = pre_ref.logits.float()
+    rel = float((logits[0, -ref_logits.shape[0]:].float() - ref_logits).abs().max() / ref_logits.abs().max())
+    nll_ref = [reference.option_nll(model, work.prompt, image[0], o)[0] for o in work.options]
+    nll_fast = model.score_options([work.prompt], image, [list(work.options)])[0].option_nll
+    nll_rel = max(abs(a - b) / max(abs(b), 1e-12) for a, b in zip(nll_fast, nll_ref))
+    tol = CHECK_TOLERANCE[model.dtype]
+    return {"selection": model.resolved["selection"], "prefill_logits_max_rel_diff": rel,
+            "option_nll_max_rel_diff": nll_rel, "same_greedy_tokens": ids_ref == fast.token_ids,
+            "tolerance": tol, "passed": rel <= tol and nll_rel <= tol}
+
+
+def stage_rows(model, work: Workload, timer, batch: int, new_tokens: int, ceilings: dict) -> list[dict]:
+    """Decode + preprocess (CPU, per image), CLIP, prefill and one decode step of `model`'s selection.
+    prefill = generate(1 token) - CLIP; decode step = (generate(n) - generate(1)) / (n - 1)."""
+    cpu = Timer(torch.device("cpu"), timer.repeat)
+    rows = [_row("d", f"decode + preprocess {w}x{h} JPEG (CPU, 1 core)", "-", 1,
+                 cpu(lambda k=k: work.decode_preprocess(model, k))) for k, ((w, h), _) in enumerate(work.jpegs)]
+    sel = model.resolved["selection"]
+    images = work.images_for(model, batch)
+    n_crops = 1 + model.zoom ** 2 if model.use_hd else 1
+    clip_s = timer(lambda: model.encode_images(images))
+    rows.append(_row("d", f"CLIP ({n_crops} crops) + projector", sel, batch, clip_s,
+                     clip_flops(clip_shape(model.vision), model.cfg, n_crops)))
+    one = call_model(model, "generate", work, batch, 1)  # also the warm-ups
+    gen1_s = timer(lambda: call_model(model, "generate", work, batch, 1), warmup=0)
+    genn = call_model(model, "generate", work, batch, new_tokens)
+    genn_s = timer(lambda: call_model(model, "generate", work, batch, new_tokens), warmup=0)
+    shape = request_shape(model, one[0])
+    prefill_flops = generate_flops(model.cfg, clip_shape(model.vision), shape, 1) - clip_flops(
+        clip_shape(model.vision), model.cfg, n_crops)
+    prefill = _row("d", "prefill (generate 1 token - CLIP)", sel, batch, max(gen1_s - clip_s, 1e-9), prefill_flops,
+                   shape.selected / (model.grid * model.zoom) ** 2 if model.use_hd else None)
+    prefill["note"] = f"{prefill['tflops'] / ceilings['matmul_tflops']:.0%} of the matmul ceiling"
+    rows.append(prefill)
+    steps = max(len(r.token_ids) for r in genn)
+    if steps > 1:
+        step_s = (genn_s - gen1_s) / (steps - 1)
+        step_flops = (generate_flops(model.cfg, clip_shape(model.vision), shape, steps)
+                      - generate_flops(model.cfg, clip_shape(model.vision), shape, 1)) / (steps - 1)
+        nbytes = decode_step_bytes(model.cfg, batch, shape.prompt_tokens + steps, model.lm.lm_head.weight.element_size(),
+                                   shape.hd_layers, shape.selected)
+        floor_s = nbytes / (ceilings["copy_gb_per_s"] * 1e9)
+        step = _row("d", "decode step", sel, batch, step_s, step_flops)
+        step["note"] = (f"{1000 * step_s:.3g} ms a step for the batch; memory floor {1000 * floor_s:.3g} ms "
+                        f"({nbytes / 1e9:.3g} GB at the copy bandwidth): {step_s / floor_s:.2f}x the floor")
+        rows.append(step)
+    return rows
+
+
+def run_bench(cfg: BenchConfig) -> dict:
+    from flexeval.bench_e2e import run_end_to_end
+    from flexeval.meta import environment_info
+
+    t_build = time.perf_counter()
+    base = load_model(cfg)
+    build_s = time.perf_counter() - t_build
+    device = base.device
+    on_cuda = device.type == "cuda"
+    timer = Timer(device, cfg.repeat or (3 if on_cuda else 1))
+    cap = cfg.max_batch or (64 if on_cuda else 4)
+    work = Workload(base, cfg.seed)
+    models = variants(base)
+    main_sel = "center" if not cfg.model else ("attention" if base.cfg.has_hd else "none")
+    main = models[main_sel]
+    ceilings = device_ceilings(device, base.dtype, timer)
+    checks = [correctness_check(models[s], work, cfg.new_tokens) for s in dict.fromkeys([main_sel, "attention"])
+              if models.get(s) is not None]
+    rows, search, bests = [], {}, {}
+    for kind in ("generate", "choice"):
+        best, search[kind] = best_batch(main, kind, work, timer, cap, cfg.new_tokens)
+        bests[kind] = best
+        for sel in SELECTIONS:
+            for label, b in [("b1", 1)] + ([("best", best)] if best > 1 else []):
+                if models[sel] is None:
+                    rows.append({k: None for k in COLUMNS} | {"section": "b", "what": kind, "selection": sel,
+                                                              "batch": b, "note": "plain LLaVA-1.5: no high-res"})
+                    continue
+                r = time_request(models[sel], sel, kind, work, timer, b, cfg.new_tokens, "a" if sel == main_sel else "b")
+                rows.append(r | {"label": label})
+        # warm: the correctness check just ran the same reference kernels
+        ref_s = timer(lambda k=kind: call_reference(main, k, work, cfg.new_tokens), repeat=max(1, timer.repeat // 2),
+                      warmup=0)
+        ref_row = next(r for r in rows if r["selection"] == main_sel and r.get("label") == "b1" and kind in r["what"])
+        rows.append(_row("c", ref_row["what"], "reference", 1, ref_s, note=f"literal reference, {main_sel} selection")
+                    | {"label": "b1"})
+    add_ratios(rows)
+    stage_b = min(cfg.stage_batch, cap)
+    rows += stage_rows(main, work, timer, stage_b, cfg.new_tokens, ceilings)
+    e2e = run_end_to_end(main, Path(cfg.out), cfg.e2e_items, bests, cfg.workers, cfg.new_tokens) if cfg.e2e_items else []
+    for e in e2e:
+        rows.append(_row("e", f"end to end: flexeval run, {e['benchmark']} ({e['items']} items)", main_sel, e["batch"],
+                         e["wall_s"] * e["batch"] / e["items"], ratio=e["mean_hd_selected_ratio"],
+                         note=f"{e['outside_model_fraction']:.0%} of wall time outside model calls"
+                              + (f"; GPU idle {e['gpu_idle_fraction']:.0%}" if e["gpu_idle_fraction"] is not None else "")))
+    info = {"device": torch.cuda.get_device_name(device) if on_cuda else "cpu", "dtype": str(base.dtype)[6:],
+            "model": base.source, "build_s": build_s, "repeat": timer.repeat, "batch_cap": cap,
+            "cpu_threads": torch.get_num_threads(),
+            "prompt_tokens": len(base.tokenizer.encode_prompt(work.prompt)) - 1 + base.grid ** 2,
+            "option_tokens": [len(base.tokenizer.encode_option(work.prompt, o)[1]) for o in work.options]}
+    for r in rows:
+        r.pop("label", None)
+    return {"info": info, "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()},
+            "environment": environment_info(), "ceilings": ceilings, "checks": checks, "batch_search": search,
+            "end_to_end": e2e, "rows": rows}
+
+
+# ---------------------------------------------------------------- output
+
+def _fmt(v) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.3g}" if abs(v) < 1000 else f"{v:.0f}"
+    return str(v)
+
+
+def format_table(res: dict) -> str:
+    i, c = res["info"], res["ceilings"]
+    lines = [f"flexeval bench: {i['model']} on {i['device']}, {i['dtype']}, median of {i['repeat']} after warm-up; "
+             f"prompt {i['prompt_tokens']} tokens, options {i['option_tokens']} tokens",
+             f"measured ceilings: matmul {c['matmul_tflops']:.3g} TFLOP/s ({c['matmul_n']}^3), "
+             f"copy {c['copy_gb_per_s']:.3g} GB/s"]
+    for ch in res["checks"]:
+        lines.append(f"check fast vs reference ({ch['selection']}): prefill logits {ch['prefill_logits_max_rel_diff']:.2e}, "
+                     f"option NLL {ch['option_nll_max_rel_diff']:.2e} (tolerance {ch['tolerance']:g}), same greedy "
+                     f"tokens {ch['same_greedy_tokens']}: {'PASS' if ch['passed'] else 'FAIL'}")
+    table = [list(COLUMNS)] + [[_fmt(r[k]) for k in COLUMNS] for r in res["rows"]]
+    widths = [max(len(row[j]) for row in table) for j in range(len(COLUMNS))]
+    lines += ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in table]
+    return "\n".join(lines)
+
+
+def _finite(obj):
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def write_results(res: dict, out: Path) -> tuple[Path, Path]:
+    import csv
+
+    from flexeval.store import write_json_atomic, write_text_atomic
+
+    out.mkdir(parents=True, exist_ok=True)
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
+    w.writeheader()
+    w.writerows(_finite(res["rows"]))
+    write_text_atomic(out / "bench.csv", buf.getvalue())
+    write_json_atomic(out / "bench.json", _finite(res))
+    return out / "bench.csv", out / "bench.json"
+
+
+def main(cfg: BenchConfig) -> dict:
+    if cfg.new_tokens < 2:
+        raise FlexEvalError(f"--new-tokens {cfg.new_tokens}: at least 2 are needed to time a decode step")
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    res = run_bench(cfg)
+    print(format_table(res))
+    csv_path, json_path = write_results(res, Path(cfg.out))
+    print(f"bench table: {csv_path} and {json_path}")
+    return res
