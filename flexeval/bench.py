@@ -54,6 +54,7 @@ class BenchConfig:
     e2e_items: int = 256
     workers: int | None = None  # e2e data workers; None: the runner's default
     threads: int | None = None  # CPU intra-op threads; None: torch's default
+    profile: bool = False  # torch.profiler tables (top kernels) of generate and choice at the best batch
     seed: int = 0
 
 
@@ -285,6 +286,23 @@ def add_ratios(rows: list[dict]) -> None:
             r["vs_all"] = full["ms_per_sample"] / r["ms_per_sample"]
 
 
+def profile_table(fn, device: torch.device, rows: int = 30) -> str:
+    """torch.profiler's table of the top operators/kernels of one fn() call, by device time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        fn()
+    averages = prof.key_averages()
+    for key in (("self_device_time_total", "self_cuda_time_total") if device.type == "cuda" else ()) + (
+            "self_cpu_time_total",):
+        try:
+            return averages.table(sort_by=key, row_limit=rows)
+        except (KeyError, AttributeError, ValueError):  # the key's name changed across torch versions
+            continue
+    return averages.table(row_limit=rows)
+
+
 def correctness_check(model, work: Workload, new_tokens: int) -> dict:
     """Fast path vs the literal reference on this device and dtype, batch 1."""
     from flexeval.model import reference
@@ -377,6 +395,13 @@ def run_bench(cfg: BenchConfig) -> dict:
         ref_row = next(r for r in rows if r["selection"] == main_sel and r.get("label") == "b1" and kind in r["what"])
         rows.append(_row("c", ref_row["what"], "reference", 1, ref_s, note=f"literal reference, {main_sel} selection")
                     | {"label": "b1"})
+    profiles = {}
+    if cfg.profile:
+        Path(cfg.out).mkdir(parents=True, exist_ok=True)
+        for kind, b in bests.items():
+            path = Path(cfg.out) / f"profile_{kind}_b{b}.txt"
+            path.write_text(profile_table(lambda k=kind, bb=b: call_model(main, k, work, bb, cfg.new_tokens), device))
+            profiles[kind] = str(path)
     add_ratios(rows)
     stage_b = min(cfg.stage_batch, cap)
     rows += stage_rows(main, work, timer, stage_b, cfg.new_tokens, ceilings)
@@ -394,7 +419,7 @@ def run_bench(cfg: BenchConfig) -> dict:
     for r in rows:
         r.pop("label", None)
     return {"info": info, "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()},
-            "environment": environment_info(), "ceilings": ceilings, "checks": checks, "batch_search": search,
+            "environment": environment_info(), "ceilings": ceilings, "checks": checks, "batch_search": search, "profiles": profiles,
             "end_to_end": e2e, "rows": rows}
 
 

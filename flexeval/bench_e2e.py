@@ -11,10 +11,12 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 import random
 import shutil
 import threading
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import torch
@@ -28,32 +30,36 @@ TEXTVQA_SIZE = (1024, 768)
 COLOURS = ["red", "green", "blue", "yellow", "white", "black", "purple", "orange"]
 
 
-def write_vstar_like(folder: Path, n: int, seed: int) -> None:
+def _vstar_item(folder: Path, k: int, seed: int) -> None:
+    rng = random.Random(seed * 1_000_003 + k)  # one seed per item: the same data with any pool size
+    img, boxes = draw_scene(rng, *VSTAR_SIZE, 6)
+    img.save(folder / "direct_attributes" / f"sa_{k}.jpg", format="JPEG", quality=90)
+    meta = {"target_object": ["cup"], "bbox": boxes[:1], "question": "What is the color of the cup?",
+            "options": rng.sample(COLOURS, 4)}
+    (folder / "direct_attributes" / f"sa_{k}.json").write_text(json.dumps(meta))
+
+
+def _textvqa_image(folder: Path, k: int, seed: int) -> None:
+    rng = random.Random(seed * 1_000_003 + k)
+    img, boxes = draw_scene(rng, *TEXTVQA_SIZE, 4)
+    ImageDraw.Draw(img).text((boxes[0][0], boxes[0][1]), "OPEN", fill=(0, 0, 0))
+    img.save(folder / "train_images" / f"{k:016x}.jpg", format="JPEG", quality=90)
+
+
+def write_vstar_like(folder: Path, n: int, seed: int, pool) -> None:
     """`direct_attributes/sa_K.jpg` + `sa_K.json` (relative_position/ exists, empty)."""
-    rng = random.Random(seed)
     for subset in ("direct_attributes", "relative_position"):
         (folder / subset).mkdir(parents=True, exist_ok=True)
-    for k in range(1, n + 1):
-        img, boxes = draw_scene(rng, *VSTAR_SIZE, 6)
-        img.save(folder / "direct_attributes" / f"sa_{k}.jpg", format="JPEG", quality=90)
-        meta = {"target_object": ["cup"], "bbox": boxes[:1], "question": "What is the color of the cup?",
-                "options": rng.sample(COLOURS, 4)}
-        (folder / "direct_attributes" / f"sa_{k}.json").write_text(json.dumps(meta))
+    list(pool.map(_vstar_item, [folder] * n, range(1, n + 1), [seed] * n))
 
 
-def write_textvqa_like(folder: Path, n: int, seed: int) -> None:
+def write_textvqa_like(folder: Path, n: int, seed: int, pool) -> None:
     """`TextVQA_0.5.1_val.json` + `train_images/<image_id>.jpg`, one image per question."""
-    rng = random.Random(seed)
     (folder / "train_images").mkdir(parents=True, exist_ok=True)
-    entries = []
-    for k in range(n):
-        image_id = f"{k:016x}"
-        img, boxes = draw_scene(rng, *TEXTVQA_SIZE, 4)
-        ImageDraw.Draw(img).text((boxes[0][0], boxes[0][1]), "OPEN", fill=(0, 0, 0))
-        img.save(folder / "train_images" / f"{image_id}.jpg", format="JPEG", quality=90)
-        entries.append({"question": "what does the sign say?", "image_id": image_id, "question_id": k,
-                        "answers": ["open"] * 10, "image_width": TEXTVQA_SIZE[0], "image_height": TEXTVQA_SIZE[1],
-                        "set_name": "val"})
+    list(pool.map(_textvqa_image, [folder] * n, range(n), [seed] * n))
+    entries = [{"question": "what does the sign say?", "image_id": f"{k:016x}", "question_id": k,
+                "answers": ["open"] * 10, "image_width": TEXTVQA_SIZE[0], "image_height": TEXTVQA_SIZE[1],
+                "set_name": "val"} for k in range(n)]
     (folder / "TextVQA_0.5.1_val.json").write_text(json.dumps({"dataset_name": "textvqa", "data": entries}))
 
 
@@ -66,8 +72,9 @@ def make_data(root: Path, n_items: int, seed: int = 0) -> dict[str, Path]:
         return dirs
     shutil.rmtree(root, ignore_errors=True)
     n_vstar = (n_items + 1) // 2
-    write_vstar_like(dirs["vstar"], n_vstar, seed)
-    write_textvqa_like(dirs["textvqa"], n_items - n_vstar, seed + 1)
+    with ProcessPoolExecutor(max_workers=max(1, min(8, os.cpu_count() or 1))) as pool:
+        write_vstar_like(dirs["vstar"], n_vstar, seed, pool)
+        write_textvqa_like(dirs["textvqa"], n_items - n_vstar, seed + 1, pool)
     stamp_file.write_text(json.dumps(stamp))
     return dirs
 

@@ -155,6 +155,7 @@ def bench(
     e2e_items: int = typer.Option(256, "--e2e-items", help="items of the end-to-end run (half V*-like, half TextVQA-like; 0: skip)"),
     workers: Optional[int] = typer.Option(None, "--workers", help="end-to-end data workers (default: the runner's)"),
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU intra-op threads (default: torch's)"),
+    profile: bool = typer.Option(False, "--profile", help="also write torch.profiler tables of the best-batch calls"),
 ) -> None:
     """Benchmark the fast path: ms/sample, TFLOP/s, ratios vs the reference / none / all, stages, end to end."""
     from flexeval.bench import BenchConfig, main
@@ -162,7 +163,7 @@ def bench(
     try:
         main(BenchConfig(arch=arch, model=model, device=device, dtype=dtype, out=out, new_tokens=new_tokens,
                          repeat=repeat, max_batch=max_batch, stage_batch=stage_batch, e2e_items=e2e_items,
-                         workers=workers, threads=threads))
+                         workers=workers, threads=threads, profile=profile))
     except FlexEvalError as e:
         _fail(e)
 
