@@ -15,8 +15,8 @@ Ratios are computed from times of the same run. Writes bench.csv (the rows) and 
 
 from __future__ import annotations
 
+import contextlib
 import io
-import math
 import statistics
 import time
 from dataclasses import asdict, dataclass
@@ -31,13 +31,15 @@ from flexeval.bench_cost import (
     clip_shape,
     decode_step_bytes,
     generate_flops,
+    highres_flops,
+    llm_flops,
 )
+from flexeval.bench_device import Timer, device_ceilings, elapsed_between, free, is_oom, mark, profile_table
+from flexeval.bench_report import COLUMNS, format_table, write_results
 from flexeval.errors import FlexEvalError
 
 SELECTIONS = ("none", "attention", "center", "all")
 CHECK_TOLERANCE = {torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 5e-2}  # max relative difference
-COLUMNS = ("section", "what", "selection", "batch", "ms_per_sample", "samples_per_s", "gflop_per_sample",
-           "tflops", "selected_ratio", "vs_reference", "vs_none", "vs_all", "note")
 
 
 @dataclass
@@ -67,6 +69,26 @@ def call_model(model, kind: str, work: "Workload", batch: int, new_tokens: int =
     if kind == "generate":
         return model.generate(work.generate_prompts(batch), images, new_tokens)
     return model.score_options(work.choice_prompts(batch), images, [list(work.options)] * batch)
+
+
+@contextlib.contextmanager
+def layer_call_marks(device):
+    """Marks the start of every call of the fast path's layer loop (`flex_llava.forward`; port with
+    issue 8) on the device's timeline, and the end of the block."""
+    import flexeval.model.flex_llava as flex_llava
+
+    inner, marks = flex_llava.forward, []
+
+    def marked(*args, **kwargs):
+        marks.append(mark(device))
+        return inner(*args, **kwargs)
+
+    flex_llava.forward = marked
+    try:
+        yield marks
+    finally:
+        flex_llava.forward = inner
+        marks.append(mark(device))
 
 
 def call_reference(model, kind: str, work: "Workload", new_tokens: int = 8):
@@ -130,56 +152,6 @@ class Workload:
 
 # ---------------------------------------------------------------- timing and device ceilings
 
-class Timer:
-    def __init__(self, device: torch.device, repeat: int, warmup: int = 1):
-        self.device, self.repeat, self.warmup = device, repeat, warmup
-
-    def __call__(self, fn, repeat: int | None = None, warmup: int | None = None) -> float:
-        """Median seconds of fn() after warm-up."""
-        for _ in range(self.warmup if warmup is None else warmup):
-            fn()
-        times = []
-        for _ in range(repeat or self.repeat):
-            if self.device.type == "cuda":
-                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                torch.cuda.synchronize(self.device)
-                start.record()
-                fn()
-                end.record()
-                end.synchronize()
-                times.append(start.elapsed_time(end) / 1000)
-            else:
-                t = time.perf_counter()
-                fn()
-                times.append(time.perf_counter() - t)
-        return statistics.median(times)
-
-
-def device_ceilings(device: torch.device, dtype: torch.dtype, timer: Timer) -> dict:
-    """Measured dense matmul throughput in `dtype` and device-memory copy bandwidth (read + write)."""
-    n = 8192 if device.type == "cuda" else 512
-    a = torch.randn(n, n, device=device).to(dtype)
-    b = torch.randn(n, n, device=device).to(dtype)
-    matmul_s = timer(lambda: a @ b, repeat=10)
-    nbytes = (2 << 30) if device.type == "cuda" else (32 << 20)
-    src = torch.ones(nbytes // 4, device=device)
-    dst = torch.empty_like(src)
-    copy_s = timer(lambda: dst.copy_(src), repeat=10)
-    return {"matmul_n": n, "matmul_tflops": 2 * n ** 3 / matmul_s / 1e12, "copy_bytes": nbytes,
-            "copy_gb_per_s": 2 * nbytes / copy_s / 1e9}
-
-
-def _is_oom(e: BaseException) -> bool:
-    from flexeval.runner import _is_oom as runner_is_oom
-
-    return runner_is_oom(e)
-
-
-def _free(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-
-
 # ---------------------------------------------------------------- the run
 
 def variants(model) -> dict:
@@ -240,9 +212,9 @@ def best_batch(model, kind, work, timer, cap, new_tokens) -> tuple[int, list[dic
         try:
             s = timer(lambda bb=b: call_model(model, kind, work, bb, new_tokens), repeat=1)
         except (RuntimeError, torch.cuda.OutOfMemoryError) as e:
-            if not _is_oom(e):
+            if not is_oom(e):
                 raise
-            _free(model.device)
+            free(model.device)
             tried.append({"batch": b, "oom": True})
             break
         tried.append({"batch": b, "samples_per_s": b / s})
@@ -259,9 +231,9 @@ def time_request(model, sel, kind, work, timer, batch, new_tokens, section="a") 
             s = timer(lambda b=batch: call_model(model, kind, work, b, new_tokens), warmup=0)
             break
         except (RuntimeError, torch.cuda.OutOfMemoryError) as e:
-            if not _is_oom(e) or batch == 1:
+            if not is_oom(e) or batch == 1:
                 raise
-            _free(model.device)
+            free(model.device)
             batch //= 2
     ratio = results[0].hd_selected_ratio if model.use_hd else None
     what = f"{kind} ({new_tokens} new tokens)" if kind == "generate" else f"{kind} ({len(work.options)} options)"
@@ -286,23 +258,6 @@ def add_ratios(rows: list[dict]) -> None:
             r["vs_all"] = full["ms_per_sample"] / r["ms_per_sample"]
 
 
-def profile_table(fn, device: torch.device, rows: int = 30) -> str:
-    """torch.profiler's table of the top operators/kernels of one fn() call, by device time."""
-    from torch.profiler import ProfilerActivity, profile
-
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    with profile(activities=activities) as prof:
-        fn()
-    averages = prof.key_averages()
-    for key in (("self_device_time_total", "self_cuda_time_total") if device.type == "cuda" else ()) + (
-            "self_cpu_time_total",):
-        try:
-            return averages.table(sort_by=key, row_limit=rows)
-        except (KeyError, AttributeError, ValueError):  # the key's name changed across torch versions
-            continue
-    return averages.table(row_limit=rows)
-
-
 def correctness_check(model, work: Workload, new_tokens: int) -> dict:
     """Fast path vs the literal reference on this device and dtype, batch 1."""
     from flexeval.model import reference
@@ -323,33 +278,43 @@ def correctness_check(model, work: Workload, new_tokens: int) -> dict:
 
 def stage_rows(model, work: Workload, timer, batch: int, new_tokens: int, ceilings: dict) -> list[dict]:
     """Decode + preprocess (CPU, per image), CLIP, prefill and one decode step of `model`'s selection.
-    prefill = generate(1 token) - CLIP; decode step = (generate(n) - generate(1)) / (n - 1)."""
+    Prefill and decode step are the intervals between the starts of the layer-loop calls inside one
+    generate call (each interval: the layers, the lm_head, the argmax and the step's host work)."""
     cpu = Timer(torch.device("cpu"), timer.repeat)
-    rows = [_row("d", f"decode + preprocess {w}x{h} JPEG (CPU, 1 core)", "-", 1,
-                 cpu(lambda k=k: work.decode_preprocess(model, k))) for k, ((w, h), _) in enumerate(work.jpegs)]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in a DataLoader worker (torch gives each worker one thread)
+    try:
+        rows = [_row("d", f"decode + preprocess {w}x{h} JPEG (CPU, 1 core)", "-", 1,
+                     cpu(lambda k=k: work.decode_preprocess(model, k))) for k, ((w, h), _) in enumerate(work.jpegs)]
+    finally:
+        torch.set_num_threads(threads)
     sel = model.resolved["selection"]
     images = work.images_for(model, batch)
     n_crops = 1 + model.zoom ** 2 if model.use_hd else 1
     clip_s = timer(lambda: model.encode_images(images))
     rows.append(_row("d", f"CLIP ({n_crops} crops) + projector", sel, batch, clip_s,
                      clip_flops(clip_shape(model.vision), model.cfg, n_crops)))
-    one = call_model(model, "generate", work, batch, 1)  # also the warm-ups
-    gen1_s = timer(lambda: call_model(model, "generate", work, batch, 1), warmup=0)
-    genn = call_model(model, "generate", work, batch, new_tokens)
-    genn_s = timer(lambda: call_model(model, "generate", work, batch, new_tokens), warmup=0)
-    shape = request_shape(model, one[0])
-    prefill_flops = generate_flops(model.cfg, clip_shape(model.vision), shape, 1) - clip_flops(
-        clip_shape(model.vision), model.cfg, n_crops)
-    prefill = _row("d", "prefill (generate 1 token - CLIP)", sel, batch, max(gen1_s - clip_s, 1e-9), prefill_flops,
+    call_model(model, "generate", work, batch, new_tokens)  # warm-up
+    prefills, steps, results = [], [], None
+    for _ in range(timer.repeat):
+        with layer_call_marks(model.device) as marks:
+            results = call_model(model, "generate", work, batch, new_tokens)
+        gaps = elapsed_between(marks)  # [prefill, step, ..., last step + building the results]
+        prefills.append(gaps[0])
+        steps += gaps[1:-1] or gaps[1:]
+    shape = request_shape(model, results[0])
+    clip = clip_shape(model.vision)
+    prefill_flops = llm_flops(model.cfg, shape.prompt_tokens, 0, 1) + highres_flops(
+        model.cfg, shape.hd_layers, 1, shape.selected, shape.selected)
+    prefill = _row("d", "prefill (LLM layers + lm_head)", sel, batch, statistics.median(prefills), prefill_flops,
                    shape.selected / (model.grid * model.zoom) ** 2 if model.use_hd else None)
     prefill["note"] = f"{prefill['tflops'] / ceilings['matmul_tflops']:.0%} of the matmul ceiling"
     rows.append(prefill)
-    steps = max(len(r.token_ids) for r in genn)
-    if steps > 1:
-        step_s = (genn_s - gen1_s) / (steps - 1)
-        step_flops = (generate_flops(model.cfg, clip_shape(model.vision), shape, steps)
-                      - generate_flops(model.cfg, clip_shape(model.vision), shape, 1)) / (steps - 1)
-        nbytes = decode_step_bytes(model.cfg, batch, shape.prompt_tokens + steps, model.lm.lm_head.weight.element_size(),
+    if steps:
+        step_s = statistics.median(steps)
+        n = max(len(r.token_ids) for r in results)
+        step_flops = (generate_flops(model.cfg, clip, shape, n) - generate_flops(model.cfg, clip, shape, 1)) / (n - 1)
+        nbytes = decode_step_bytes(model.cfg, batch, shape.prompt_tokens + n, model.lm.lm_head.weight.element_size(),
                                    shape.hd_layers, shape.selected)
         floor_s = nbytes / (ceilings["copy_gb_per_s"] * 1e9)
         step = _row("d", "decode step", sel, batch, step_s, step_flops)
@@ -423,60 +388,9 @@ def run_bench(cfg: BenchConfig) -> dict:
             "end_to_end": e2e, "rows": rows}
 
 
-# ---------------------------------------------------------------- output
-
-def _fmt(v) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, float):
-        return f"{v:.3g}" if abs(v) < 1000 else f"{v:.0f}"
-    return str(v)
-
-
-def format_table(res: dict) -> str:
-    i, c = res["info"], res["ceilings"]
-    lines = [f"flexeval bench: {i['model']} on {i['device']}, {i['dtype']}, median of {i['repeat']} after warm-up; "
-             f"prompt {i['prompt_tokens']} tokens, options {i['option_tokens']} tokens",
-             f"measured ceilings: matmul {c['matmul_tflops']:.3g} TFLOP/s ({c['matmul_n']}^3), "
-             f"copy {c['copy_gb_per_s']:.3g} GB/s"]
-    for ch in res["checks"]:
-        lines.append(f"check fast vs reference ({ch['selection']}): prefill logits {ch['prefill_logits_max_rel_diff']:.2e}, "
-                     f"option NLL {ch['option_nll_max_rel_diff']:.2e} (tolerance {ch['tolerance']:g}), same greedy "
-                     f"tokens {ch['same_greedy_tokens']}: {'PASS' if ch['passed'] else 'FAIL'}")
-    table = [list(COLUMNS)] + [[_fmt(r[k]) for k in COLUMNS] for r in res["rows"]]
-    widths = [max(len(row[j]) for row in table) for j in range(len(COLUMNS))]
-    lines += ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in table]
-    return "\n".join(lines)
-
-
-def _finite(obj):
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_finite(v) for v in obj]
-    return obj
-
-
-def write_results(res: dict, out: Path) -> tuple[Path, Path]:
-    import csv
-
-    from flexeval.store import write_json_atomic, write_text_atomic
-
-    out.mkdir(parents=True, exist_ok=True)
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
-    w.writeheader()
-    w.writerows(_finite(res["rows"]))
-    write_text_atomic(out / "bench.csv", buf.getvalue())
-    write_json_atomic(out / "bench.json", _finite(res))
-    return out / "bench.csv", out / "bench.json"
-
-
 def main(cfg: BenchConfig) -> dict:
-    if cfg.new_tokens < 2:
-        raise FlexEvalError(f"--new-tokens {cfg.new_tokens}: at least 2 are needed to time a decode step")
+    if cfg.new_tokens < 3:
+        raise FlexEvalError(f"--new-tokens {cfg.new_tokens}: at least 3 are needed to time a whole decode step")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     res = run_bench(cfg)
