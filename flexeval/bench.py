@@ -52,7 +52,7 @@ class BenchConfig:
     new_tokens: int = 8
     repeat: int | None = None  # None: 3 on CUDA, 1 on the CPU
     max_batch: int | None = None  # batch search cap; None: 64 on CUDA, 4 on the CPU
-    stage_batch: int = 16  # batch of the stage rows (the decode-step target is at 16)
+    stage_batch: int = 16  # stage rows run at this batch and at the best generation batch
     e2e_items: int = 256
     workers: int | None = None  # e2e data workers; None: the runner's default
     threads: int | None = None  # CPU intra-op threads; None: torch's default
@@ -220,6 +220,8 @@ def best_batch(model, kind, work, timer, cap, new_tokens) -> tuple[int, list[dic
         tried.append({"batch": b, "samples_per_s": b / s})
         b *= 2
     fits = [t for t in tried if not t.get("oom")]
+    if not fits:
+        raise FlexEvalError(f"{kind} does not fit in device memory even at batch 1; use a smaller --arch or dtype")
     return max(fits, key=lambda t: t["samples_per_s"])["batch"], tried
 
 
@@ -276,18 +278,23 @@ def correctness_check(model, work: Workload, new_tokens: int) -> dict:
             "tolerance": tol, "passed": rel <= tol and nll_rel <= tol}
 
 
-def stage_rows(model, work: Workload, timer, batch: int, new_tokens: int, ceilings: dict) -> list[dict]:
-    """Decode + preprocess (CPU, per image), CLIP, prefill and one decode step of `model`'s selection.
-    Prefill and decode step are the intervals between the starts of the layer-loop calls inside one
-    generate call (each interval: the layers, the lm_head, the argmax and the step's host work)."""
-    cpu = Timer(torch.device("cpu"), timer.repeat)
+def cpu_stage_rows(model, work: Workload, repeat: int) -> list[dict]:
+    """JPEG decode + preprocess of each image size on one CPU thread, as in a data worker."""
+    cpu = Timer(torch.device("cpu"), repeat)
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as in a DataLoader worker (torch gives each worker one thread)
+    torch.set_num_threads(1)  # torch gives each DataLoader worker one thread
     try:
-        rows = [_row("d", f"decode + preprocess {w}x{h} JPEG (CPU, 1 core)", "-", 1,
+        return [_row("d", f"decode + preprocess {w}x{h} JPEG (CPU, 1 core)", "-", 1,
                      cpu(lambda k=k: work.decode_preprocess(model, k))) for k, ((w, h), _) in enumerate(work.jpegs)]
     finally:
         torch.set_num_threads(threads)
+
+
+def stage_rows(model, work: Workload, timer, batch: int, new_tokens: int, ceilings: dict) -> list[dict]:
+    """CLIP, prefill and one decode step of `model`'s selection at `batch`. Prefill and decode
+    step are the intervals between the starts of the layer-loop calls inside one generate call
+    (each interval: the layers, the lm_head, the argmax and the step's host work)."""
+    rows = []
     sel = model.resolved["selection"]
     images = work.images_for(model, batch)
     n_crops = 1 + model.zoom ** 2 if model.use_hd else 1
@@ -368,8 +375,9 @@ def run_bench(cfg: BenchConfig) -> dict:
             path.write_text(profile_table(lambda k=kind, bb=b: call_model(main, k, work, bb, cfg.new_tokens), device))
             profiles[kind] = str(path)
     add_ratios(rows)
-    stage_b = min(cfg.stage_batch, cap)
-    rows += stage_rows(main, work, timer, stage_b, cfg.new_tokens, ceilings)
+    rows += cpu_stage_rows(main, work, timer.repeat)
+    for b in sorted({min(cfg.stage_batch, cap), bests["generate"]}):  # the decode target is at 16, prefill's at best
+        rows += stage_rows(main, work, timer, b, cfg.new_tokens, ceilings)
     e2e = run_end_to_end(main, Path(cfg.out), cfg.e2e_items, bests, cfg.workers, cfg.new_tokens) if cfg.e2e_items else []
     for e in e2e:
         rows.append(_row("e", f"end to end: flexeval run, {e['benchmark']} ({e['items']} items)", main_sel, e["batch"],
