@@ -334,19 +334,31 @@ def make_tiny(out: Path = typer.Option(..., "--out"), seed: int = typer.Option(0
     typer.echo(f"tiny model written to {path}")
 
 
-@model_app.command("speed")
-def speed(size: str = typer.Option("7b", "--size", help="7b (LLaVA-1.5-7B shape) | tiny"),
-          device: str = typer.Option("cuda", "--device"), dtype: str = typer.Option("float16", "--dtype"),
-          batch: int = typer.Option(8, "--batch"), new_tokens: int = typer.Option(8, "--new-tokens"),
-          repeat: int = typer.Option(5, "--repeat"), out: Optional[Path] = typer.Option(None, "--out")) -> None:
-    """Benchmark: fast path vs the literal reference on random weights (figures, ratios, a correctness check)."""
-    from flexeval.benchmarks.conversation import SHORT_ANSWER_SUFFIX, llava_v1_prompt
-    from flexeval.benchmarks.samples import draw_scene
-    from flexeval.model.speed import format_speed, run_speed
+@app.command()
+def bench(
+    arch: str = typer.Option("llava-1.5-7b", "--arch", help="llava-1.5-7b | tiny: that shape with random weights"),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="a real checkpoint instead of --arch"),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N"),
+    dtype: str = typer.Option("auto", "--dtype", help="auto (fp16 on CUDA, fp32 on CPU) | float16 | bfloat16 | float32"),
+    out: Path = typer.Option(Path("results/bench"), "--out", "-o", help="folder for bench.csv, bench.json, e2e data"),
+    new_tokens: int = typer.Option(8, "--new-tokens", help="generated tokens per sample (TextVQA-like)"),
+    repeat: Optional[int] = typer.Option(None, "--repeat", help="timed calls per figure (default: 3 on CUDA, 1 on CPU)"),
+    max_batch: Optional[int] = typer.Option(None, "--max-batch", help="batch search cap (default: 64 on CUDA, 4 on CPU)"),
+    stage_batch: int = typer.Option(16, "--stage-batch", help="batch of the stage rows (capped by --max-batch)"),
+    e2e_items: int = typer.Option(256, "--e2e-items", help="items of the end-to-end run (half V*-like, half TextVQA-like; 0: skip)"),
+    workers: Optional[int] = typer.Option(None, "--workers", help="end-to-end data workers (default: the runner's)"),
+    threads: Optional[int] = typer.Option(None, "--threads", help="CPU intra-op threads (default: torch's)"),
+    profile: bool = typer.Option(False, "--profile", help="also write torch.profiler tables of the best-batch calls"),
+) -> None:
+    """Benchmark the fast path: ms/sample, TFLOP/s, ratios vs the reference / none / all, stages, end to end."""
+    from flexeval.bench import BenchConfig, main
 
-    res = run_speed(draw_scene, lambda q: llava_v1_prompt(q + SHORT_ANSWER_SUFFIX), size, device, dtype, batch,
-                    new_tokens, repeat, out)
-    typer.echo(format_speed(res))
+    try:
+        main(BenchConfig(arch=arch, model=model, device=device, dtype=dtype, out=out, new_tokens=new_tokens,
+                         repeat=repeat, max_batch=max_batch, stage_batch=stage_batch, e2e_items=e2e_items,
+                         workers=workers, threads=threads, profile=profile))
+    except FlexEvalError as e:
+        _fail(e)
 
 
 @data_app.command("make-sample")

@@ -1,16 +1,28 @@
 #!/usr/bin/env bash
-# One call on a lent GPU: install, check the fast path against the reference on CUDA, time it, and
-# run the harness on the tiny model (compared with CPU predictions carried in demo/).
-# Usage there: bash model/device_check.sh   (writes JSON/logs under $OUT; QUICK=1 skips the 7B timing)
+# On a lent GPU: install, check the fast path against the reference on CUDA, and run
+# `flexeval bench` (tables, CSV, JSON, profiles under $OUT). A device command may run 10 minutes,
+# so the work is in two calls (timings not yet measured: keep timeout_s at 600):
+#   bash model/device_check.sh             the tiny CUDA checks + the full fp16 7B bench
+#   PART=bf16 bash model/device_check.sh   the bf16 7B bench (no end to end)
+# QUICK=1: the tiny checks only (about a minute). E2E=N: end-to-end items of the fp16 bench (256).
 set -uo pipefail
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 OUT=${OUT:-/tmp/flexeval-device}; mkdir -p "$OUT"
 python3 -m pip install -q --no-deps --no-build-isolation -e . 2>&1 | tail -1
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
 python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)"
-echo "== tiny model, float32, CUDA: fast vs reference =="
-flexeval model speed --size tiny --device cuda --dtype float32 --batch 5 --repeat 2 --out "$OUT/speed_tiny_fp32.json" 2>&1 | tail -4
-echo "== harness on CUDA (tiny model, float32) vs CPU predictions =="
+if [ "${PART:-main}" = bf16 ]; then
+  echo "== LLaVA-1.5-7B shape, random weights, bf16 (no end to end: the data path does not depend on the dtype) =="
+  flexeval bench --arch llava-1.5-7b --device cuda --dtype bfloat16 --e2e-items 0 --repeat 2 \
+    --out "$OUT/bench-7b-bf16" 2>&1 | grep -v "^\[" | tee "$OUT/bench-7b-bf16.txt"
+  exit 0
+fi
+
+echo "== tiny shape, float32, CUDA: fast vs reference check + every bench row (structure) =="
+flexeval bench --arch tiny --device cuda --dtype float32 --max-batch 4 --stage-batch 4 --repeat 1 \
+  --e2e-items 8 --out "$OUT/bench-tiny-fp32" 2>&1 | grep -E "^check|^flexeval bench|error" || echo "tiny bench FAILED"
+
+echo "== harness on CUDA (tiny model, float32) vs CPU predictions carried in demo/ =="
 if [ -d demo/results ]; then
   flexeval run --bench vstar --model demo/llava-tiny-flexattn --data-dir demo/data/vstar --out "$OUT/gpu" --device cuda \
     --dtype float32 --batch-size 4 -q --tag cuda 2>&1 | tail -4
@@ -23,8 +35,9 @@ print("cpu vs cuda: same predictions", [x["prediction"] for x in cpu] == [y["pre
       "max rel NLL diff", f"{d:.2e}")
 PY
 fi
-[ "${QUICK:-0}" = 1 ] && exit 0  # QUICK=1: correctness only, no 7B timing
-echo "== LLaVA-1.5-7B shape, random weights, fp16 =="
-flexeval model speed --size 7b --device cuda --dtype float16 --batch 8 --repeat 5 --out "$OUT/speed_7b_fp16.json"
-echo "== LLaVA-1.5-7B shape, random weights, bf16 =="
-flexeval model speed --size 7b --device cuda --dtype bfloat16 --batch 8 --repeat 3 --out "$OUT/speed_7b_bf16.json" 2>&1 | tail -20
+[ "${QUICK:-0}" = 1 ] && exit 0
+
+echo "== LLaVA-1.5-7B shape, random weights, fp16: the full bench (end to end: ${E2E:-256} items) =="
+flexeval bench --arch llava-1.5-7b --device cuda --dtype float16 --e2e-items "${E2E:-256}" --profile \
+  --out "$OUT/bench-7b-fp16" 2>&1 | grep -v "^\[" | tee "$OUT/bench-7b-fp16.txt"
+rm -rf "$OUT"/bench-*/e2e-data  # generated images: not worth bringing back

@@ -1,0 +1,418 @@
+"""`flexeval bench`: the speed of the one fast path, its bounds and its ratios, in ONE run.
+
+Figures with their context, never a timed test. On one device, after warm-up (CUDA events on
+CUDA, perf_counter on the CPU), median of `repeat` calls:
+  a/b. generation (TextVQA-like: ~40 question tokens, `new_tokens` new) and V*-like choice scoring
+       (4 options of 2-12 tokens) at batch 1 and at the best batch found (powers of two up to a cap
+       or the first out-of-memory), for selection none / attention / center / all;
+  c.   the literal reference (model/reference.py, the release's algorithm) at batch 1;
+  d.   the stages of a sample: JPEG decode + preprocess (CPU), CLIP (1 + zoom^2 crops), prefill,
+       one decode step (with its memory floor);
+  e.   end to end: the real runner over a generated benchmark (bench_e2e.py);
+plus a fast-vs-reference check on the device, the measured matmul ceiling and copy bandwidth.
+Ratios are computed from times of the same run. Writes bench.csv (the rows) and bench.json.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from flexeval.bench_cost import (
+    RequestShape,
+    choice_flops,
+    clip_flops,
+    clip_shape,
+    decode_step_bytes,
+    generate_flops,
+    highres_flops,
+    llm_flops,
+)
+from flexeval.bench_device import Timer, device_ceilings, elapsed_between, free, is_oom, mark, profile_table
+from flexeval.bench_report import COLUMNS, format_table, write_results
+from flexeval.errors import FlexEvalError
+
+SELECTIONS = ("none", "attention", "center", "all")
+CHECK_TOLERANCE = {torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 5e-2}  # max relative difference
+
+
+@dataclass
+class BenchConfig:
+    arch: str = "llava-1.5-7b"  # random weights of this shape, unless `model` is given
+    model: str | None = None  # a real checkpoint (folder or hub id)
+    device: str = "auto"
+    dtype: str = "auto"
+    out: Path = Path("results/bench")
+    new_tokens: int = 8
+    repeat: int | None = None  # None: 3 on CUDA, 1 on the CPU
+    max_batch: int | None = None  # batch search cap; None: 64 on CUDA, 4 on the CPU
+    stage_batch: int = 16  # stage rows run at this batch and at the best generation batch
+    e2e_items: int = 256
+    workers: int | None = None  # e2e data workers; None: the runner's default
+    threads: int | None = None  # CPU intra-op threads; None: torch's default
+    profile: bool = False  # torch.profiler tables (top kernels) of generate and choice at the best batch
+    seed: int = 0
+
+
+# ---------------------------------------------------------------- the bench's calls into the model
+
+def call_model(model, kind: str, work: "Workload", batch: int, new_tokens: int = 8):
+    """The bench's calls of the fast path: model.generate / model.choose over (request, image) pairs."""
+    images = work.images_for(model, batch)
+    if kind == "generate":
+        return generate_requests(model, work.generate_prompts(batch), images, new_tokens)
+    return choose_requests(model, work.choice_prompts(batch), images, work.options)
+
+
+def generate_requests(model, prompts: list[str], images: list, new_tokens: int, **kw):
+    from flexeval.requests import Generate
+
+    return model.generate([(Generate(prompt=p, question=p, max_new_tokens=new_tokens), im)
+                           for p, im in zip(prompts, images)], **kw)
+
+
+def choose_requests(model, prompts: list[str], images: list, options) -> list:
+    from flexeval.requests import Choice
+
+    return model.choose([(Choice(prompt=p, question=p, options=tuple(options)), im) for p, im in zip(prompts, images)])
+
+
+@contextlib.contextmanager
+def layer_call_marks(device):
+    """Marks the start of every call of the fast path's layer loop (`flex_llava.forward`; port with
+    issue 8) on the device's timeline, and the end of the block."""
+    import flexeval.model.flex_llava as flex_llava
+
+    inner, marks = flex_llava.forward, []
+
+    def marked(*args, **kwargs):
+        marks.append(mark(device))
+        return inner(*args, **kwargs)
+
+    flex_llava.forward = marked
+    try:
+        yield marks
+    finally:
+        flex_llava.forward = inner
+        marks.append(mark(device))
+
+
+def call_reference(model, kind: str, work: "Workload", new_tokens: int = 8):
+    from flexeval.model import reference
+
+    image = work.images_for(model, 1)[0]
+    if kind == "generate":
+        return reference.generate(model, work.generate_prompts(1)[0], image, new_tokens)
+    return [reference.option_nll(model, work.choice_prompts(1)[0], image, o) for o in work.options]
+
+
+# ---------------------------------------------------------------- inputs
+
+class Workload:
+    """Prompts sized in the model's own tokens, and a pool of V*-like / TextVQA-like images."""
+
+    WORDS = "what is the colour of the small object near the left edge of the red sign in this picture".split()
+
+    def __init__(self, model, seed: int = 0):
+        import random
+
+        from flexeval.bench_e2e import TEXTVQA_SIZE, VSTAR_SIZE
+        from flexeval.benchmarks.samples import draw_scene
+        from flexeval.benchmarks.conversation import SHORT_ANSWER_SUFFIX, llava_v1_prompt
+
+        tok = model.tokenizer
+        question = self._grow(lambda q: len(tok.encode_chunk(q)) - 1, 40)  # ~40 question tokens
+        self.prompt = llava_v1_prompt(question + SHORT_ANSWER_SUFFIX)
+        self.options = [self._grow(lambda o: len(tok.encode_option(self.prompt, o)[1]), n) for n in (2, 5, 8, 12)]
+        rng = random.Random(seed)
+        self.jpegs = []
+        for size in (VSTAR_SIZE, TEXTVQA_SIZE):
+            buf = io.BytesIO()
+            draw_scene(rng, *size, 6)[0].save(buf, format="JPEG", quality=90)
+            self.jpegs.append((size, buf.getvalue()))
+        self._images: dict[int, list] = {}
+
+    def _grow(self, n_tokens, target: int) -> str:
+        words = []
+        while not words or n_tokens(" ".join(words)) < target:
+            words.append(self.WORDS[len(words) % len(self.WORDS)])
+        return " ".join(words)
+
+    def decode_preprocess(self, model, k: int):
+        from PIL import Image
+
+        return model.preprocessor(Image.open(io.BytesIO(self.jpegs[k][1])).convert("RGB"))
+
+    def images_for(self, model, batch: int) -> list:
+        if model.image_size not in self._images:
+            self._images[model.image_size] = [self.decode_preprocess(model, k) for k in range(len(self.jpegs))]
+        pool = self._images[model.image_size]
+        return [pool[i % len(pool)] for i in range(batch)]
+
+    def generate_prompts(self, batch: int) -> list[str]:
+        return [self.prompt] * batch
+
+    def choice_prompts(self, batch: int) -> list[str]:
+        return [self.prompt] * batch
+
+
+# ---------------------------------------------------------------- timing and device ceilings
+
+# ---------------------------------------------------------------- the run
+
+def variants(model) -> dict:
+    """The same weights under each selection (None where the checkpoint cannot run it)."""
+    from flexeval.model import RunOptions
+
+    out = {}
+    for sel in SELECTIONS:
+        if sel != "none" and not model.cfg.has_hd:
+            out[sel] = None
+            continue
+        out[sel] = model.with_options(RunOptions(selection=sel))
+    return out
+
+
+def load_model(cfg: BenchConfig):
+    from flexeval.model import RunOptions, load_pretrained
+    from flexeval.model.loading import resolve_device, resolve_dtype
+    from flexeval.model.random_weights import random_model
+
+    device = resolve_device(cfg.device)
+    dtype = resolve_dtype(cfg.dtype, device)
+    if cfg.model:
+        return load_pretrained(cfg.model, dtype=dtype, device=device, options=RunOptions())
+    return random_model(cfg.arch, device, dtype, RunOptions(selection="center"), seed=cfg.seed)
+
+
+def request_shape(model, result) -> RequestShape:
+    hd_layers = model.cfg.num_layers - model.options.select_layer - 1 if model.use_hd else 0
+    n_hd = (model.grid * model.zoom) ** 2
+    return RequestShape(prompt_tokens=result.n_prompt_tokens, n_crops=1 + model.zoom ** 2 if model.use_hd else 1,
+                        hd_layers=hd_layers, selected=(result.hd_selected_ratio or 0.0) * n_hd)
+
+
+def flops_per_sample(model, kind: str, work: Workload, results) -> float:
+    shape = request_shape(model, results[0])
+    if kind == "generate":
+        steps = max(len(r.token_ids) for r in results)  # the batch runs until its longest reply ends
+        return generate_flops(model.cfg, clip_shape(model.vision), shape, steps)
+    suffixes = [len(model.tokenizer.encode_option(work.prompt, o)[1]) for o in work.options]
+    return choice_flops(model.cfg, clip_shape(model.vision), shape, suffixes)
+
+
+def _row(section, what, selection, batch, seconds, flops=None, ratio=None, note="") -> dict:
+    ms = 1000 * seconds / batch
+    return {"section": section, "what": what, "selection": selection, "batch": batch, "ms_per_sample": ms,
+            "samples_per_s": 1000 / ms, "gflop_per_sample": flops / 1e9 if flops else None,
+            "tflops": flops / (ms / 1000) / 1e12 if flops else None, "selected_ratio": ratio,
+            "vs_reference": None, "vs_none": None, "vs_all": None, "note": note}
+
+
+def best_batch(model, kind, work, timer, cap, new_tokens) -> tuple[int, list[dict]]:
+    """Largest-throughput power of two up to `cap`, stopping at the first out-of-memory."""
+    tried, b = [], 1
+    while b <= cap:
+        try:
+            s = timer(lambda bb=b: call_model(model, kind, work, bb, new_tokens), repeat=1)
+        except (RuntimeError, torch.cuda.OutOfMemoryError) as e:
+            if not is_oom(e):
+                raise
+            free(model.device)
+            tried.append({"batch": b, "oom": True})
+            break
+        tried.append({"batch": b, "samples_per_s": b / s})
+        b *= 2
+    fits = [t for t in tried if not t.get("oom")]
+    if not fits:
+        raise FlexEvalError(f"{kind} does not fit in device memory even at batch 1; use a smaller --arch or dtype")
+    return max(fits, key=lambda t: t["samples_per_s"])["batch"], tried
+
+
+def time_request(model, sel, kind, work, timer, batch, new_tokens, section="a") -> dict:
+    """One row; halves the batch on out-of-memory (`all` needs more memory than the search's mode)."""
+    while True:
+        try:
+            results = call_model(model, kind, work, batch, new_tokens)  # also the warm-up
+            s = timer(lambda b=batch: call_model(model, kind, work, b, new_tokens), warmup=0)
+            break
+        except (RuntimeError, torch.cuda.OutOfMemoryError) as e:
+            if not is_oom(e) or batch == 1:
+                raise
+            free(model.device)
+            batch //= 2
+    ratio = results[0].hd_selected_ratio if model.use_hd else None
+    what = f"{kind} ({new_tokens} new tokens)" if kind == "generate" else f"{kind} ({len(work.options)} options)"
+    return _row(section, what, sel, batch, s, flops_per_sample(model, kind, work, results), ratio)
+
+
+def add_ratios(rows: list[dict]) -> None:
+    """vs_reference = reference ms / ms (speed-up), vs_none = ms / none ms (cost of high-res),
+    vs_all = all ms / ms (speed-up over every high-res token); same kind, same batch label."""
+    by = {(r["what"], r["selection"], r["label"]): r for r in rows if "label" in r}
+    for r in rows:
+        if "label" not in r or r["ms_per_sample"] is None:
+            continue
+        ref = by.get((r["what"], "reference", "b1"))
+        none = by.get((r["what"], "none", r["label"]))
+        full = by.get((r["what"], "all", r["label"]))
+        if ref and r["section"] != "c":
+            r["vs_reference"] = ref["ms_per_sample"] / r["ms_per_sample"]
+        if none and none.get("ms_per_sample"):
+            r["vs_none"] = r["ms_per_sample"] / none["ms_per_sample"]
+        if full and full.get("ms_per_sample"):
+            r["vs_all"] = full["ms_per_sample"] / r["ms_per_sample"]
+
+
+def correctness_check(model, work: Workload, new_tokens: int) -> dict:
+    """Fast path vs the literal reference on this device and dtype, batch 1."""
+    from flexeval.model import reference
+
+    image = work.images_for(model, 1)
+    ids_ref, pre_ref = reference.generate(model, work.prompt, image[0], new_tokens)
+    (fast,), logits = generate_requests(model, [work.prompt], image, new_tokens, return_prefill_logits=True)
+    ref_logits = pre_ref.logits.float()
+    rel = float((logits[0, -ref_logits.shape[0]:].float() - ref_logits).abs().max() / ref_logits.abs().max())
+    nll_ref = [reference.option_nll(model, work.prompt, image[0], o)[0] for o in work.options]
+    nll_fast = choose_requests(model, [work.prompt], image, work.options)[0].option_nll
+    nll_rel = max(abs(a - b) / max(abs(b), 1e-12) for a, b in zip(nll_fast, nll_ref))
+    tol = CHECK_TOLERANCE[model.dtype]
+    return {"selection": model.options.selection, "prefill_logits_max_rel_diff": rel,
+            "option_nll_max_rel_diff": nll_rel, "same_greedy_tokens": ids_ref == fast.token_ids,
+            "tolerance": tol, "passed": rel <= tol and nll_rel <= tol}
+
+
+def cpu_stage_rows(model, work: Workload, repeat: int) -> list[dict]:
+    """JPEG decode + preprocess of each image size on one CPU thread, as in a data worker."""
+    cpu = Timer(torch.device("cpu"), repeat)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # torch gives each DataLoader worker one thread
+    try:
+        return [_row("d", f"decode + preprocess {w}x{h} JPEG (CPU, 1 core)", "-", 1,
+                     cpu(lambda k=k: work.decode_preprocess(model, k))) for k, ((w, h), _) in enumerate(work.jpegs)]
+    finally:
+        torch.set_num_threads(threads)
+
+
+def stage_rows(model, work: Workload, timer, batch: int, new_tokens: int, ceilings: dict) -> list[dict]:
+    """CLIP, prefill and one decode step of `model`'s selection at `batch`. Prefill and decode
+    step are the intervals between the starts of the layer-loop calls inside one generate call
+    (each interval: the layers, the lm_head, the argmax and the step's host work)."""
+    rows = []
+    sel = model.options.selection
+    images = work.images_for(model, batch)
+    n_crops = 1 + model.zoom ** 2 if model.use_hd else 1
+    clip_s = timer(lambda: model.encode_images(images))
+    rows.append(_row("d", f"CLIP ({n_crops} crops) + projector", sel, batch, clip_s,
+                     clip_flops(clip_shape(model.vision), model.cfg, n_crops)))
+    call_model(model, "generate", work, batch, new_tokens)  # warm-up
+    prefills, steps, results = [], [], None
+    for _ in range(timer.repeat):
+        with layer_call_marks(model.device) as marks:
+            results = call_model(model, "generate", work, batch, new_tokens)
+        gaps = elapsed_between(marks)  # [prefill, step, ..., last step + building the results]
+        prefills.append(gaps[0])
+        steps += gaps[1:-1] or gaps[1:]
+    shape = request_shape(model, results[0])
+    clip = clip_shape(model.vision)
+    prefill_flops = llm_flops(model.cfg, shape.prompt_tokens, 0, 1) + highres_flops(
+        model.cfg, shape.hd_layers, 1, shape.selected, shape.selected)
+    prefill = _row("d", "prefill (LLM layers + lm_head)", sel, batch, statistics.median(prefills), prefill_flops,
+                   shape.selected / (model.grid * model.zoom) ** 2 if model.use_hd else None)
+    prefill["note"] = f"{prefill['tflops'] / ceilings['matmul_tflops']:.0%} of the matmul ceiling"
+    rows.append(prefill)
+    if steps:
+        step_s = statistics.median(steps)
+        n = max(len(r.token_ids) for r in results)
+        step_flops = (generate_flops(model.cfg, clip, shape, n) - generate_flops(model.cfg, clip, shape, 1)) / (n - 1)
+        nbytes = decode_step_bytes(model.cfg, batch, shape.prompt_tokens + n, model.lm.lm_head.weight.element_size(),
+                                   shape.hd_layers, shape.selected)
+        floor_s = nbytes / (ceilings["copy_gb_per_s"] * 1e9)
+        step = _row("d", "decode step", sel, batch, step_s, step_flops)
+        step["note"] = (f"{1000 * step_s:.3g} ms a step for the batch; memory floor {1000 * floor_s:.3g} ms "
+                        f"({nbytes / 1e9:.3g} GB at the copy bandwidth): {step_s / floor_s:.2f}x the floor")
+        rows.append(step)
+    return rows
+
+
+def run_bench(cfg: BenchConfig) -> dict:
+    from flexeval.bench_e2e import run_end_to_end
+    from flexeval.meta import environment_info
+
+    t_build = time.perf_counter()
+    base = load_model(cfg)
+    build_s = time.perf_counter() - t_build
+    device = base.device
+    on_cuda = device.type == "cuda"
+    timer = Timer(device, cfg.repeat or (3 if on_cuda else 1))
+    cap = cfg.max_batch or (64 if on_cuda else 4)
+    work = Workload(base, cfg.seed)
+    models = variants(base)
+    main_sel = "center" if not cfg.model else ("attention" if base.cfg.has_hd else "none")
+    main = models[main_sel]
+    ceilings = device_ceilings(device, base.dtype, timer)
+    checks = [correctness_check(models[s], work, cfg.new_tokens) for s in dict.fromkeys([main_sel, "attention"])
+              if models.get(s) is not None]
+    rows, search, bests = [], {}, {}
+    for kind in ("generate", "choice"):
+        best, search[kind] = best_batch(main, kind, work, timer, cap, cfg.new_tokens)
+        bests[kind] = best
+        for sel in SELECTIONS:
+            for label, b in [("b1", 1)] + ([("best", best)] if best > 1 else []):
+                if models[sel] is None:
+                    rows.append({k: None for k in COLUMNS} | {"section": "b", "what": kind, "selection": sel,
+                                                              "batch": b, "note": "plain LLaVA-1.5: no high-res"})
+                    continue
+                r = time_request(models[sel], sel, kind, work, timer, b, cfg.new_tokens, "a" if sel == main_sel else "b")
+                rows.append(r | {"label": label})
+        # warm: the correctness check just ran the same reference kernels
+        ref_s = timer(lambda k=kind: call_reference(main, k, work, cfg.new_tokens), repeat=max(1, timer.repeat // 2),
+                      warmup=0)
+        ref_row = next(r for r in rows if r["selection"] == main_sel and r.get("label") == "b1" and kind in r["what"])
+        rows.append(_row("c", ref_row["what"], "reference", 1, ref_s, note=f"literal reference, {main_sel} selection")
+                    | {"label": "b1"})
+    profiles = {}
+    if cfg.profile:
+        Path(cfg.out).mkdir(parents=True, exist_ok=True)
+        for kind, b in bests.items():
+            path = Path(cfg.out) / f"profile_{kind}_b{b}.txt"
+            path.write_text(profile_table(lambda k=kind, bb=b: call_model(main, k, work, bb, cfg.new_tokens), device))
+            profiles[kind] = str(path)
+    add_ratios(rows)
+    rows += cpu_stage_rows(main, work, timer.repeat)
+    for b in sorted({min(cfg.stage_batch, cap), bests["generate"]}):  # the decode target is at 16, prefill's at best
+        rows += stage_rows(main, work, timer, b, cfg.new_tokens, ceilings)
+    e2e = run_end_to_end(main, Path(cfg.out), cfg.e2e_items, bests, cfg.workers, cfg.new_tokens) if cfg.e2e_items else []
+    for e in e2e:
+        rows.append(_row("e", f"end to end: flexeval run, {e['benchmark']} ({e['items']} items)", main_sel, e["batch"],
+                         e["wall_s"] * e["batch"] / e["items"], ratio=e["mean_hd_selected_ratio"],
+                         note=f"{e['outside_model_fraction']:.0%} of wall time outside model calls"
+                              + (f"; GPU idle {e['gpu_idle_fraction']:.0%}" if e["gpu_idle_fraction"] is not None else "")))
+    info = {"device": torch.cuda.get_device_name(device) if on_cuda else "cpu", "dtype": str(base.dtype)[6:],
+            "model": base.source, "build_s": build_s, "repeat": timer.repeat, "batch_cap": cap,
+            "cpu_threads": torch.get_num_threads(),
+            "prompt_tokens": len(base.tokenizer.encode_prompt(work.prompt)) - 1 + base.grid ** 2,
+            "option_tokens": [len(base.tokenizer.encode_option(work.prompt, o)[1]) for o in work.options]}
+    for r in rows:
+        r.pop("label", None)
+    return {"info": info, "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()},
+            "environment": environment_info(), "ceilings": ceilings, "checks": checks, "batch_search": search, "profiles": profiles,
+            "end_to_end": e2e, "rows": rows}
+
+
+def main(cfg: BenchConfig) -> dict:
+    if cfg.new_tokens < 3:
+        raise FlexEvalError(f"--new-tokens {cfg.new_tokens}: at least 3 are needed to time a whole decode step")
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    res = run_bench(cfg)
+    print(format_table(res))
+    csv_path, json_path = write_results(res, Path(cfg.out))
+    print(f"bench table: {csv_path} and {json_path}")
+    return res
