@@ -91,6 +91,11 @@ def hold_run_lock(folder: Path, log=None) -> RunLock:
         os.close(fd)
         raise FlexEvalError(f"cannot write the lock {path} ({e.strerror}); free space in {folder} or choose "
                             f"another --out") from e
+    for tmp in folder.glob(".*.tmp"):  # temp files of a write a killed run left half done (store.py names)
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
     lock = RunLock(path, fd)
     _held[str(path)] = lock
     return lock

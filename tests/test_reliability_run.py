@@ -215,6 +215,7 @@ def test_kills_and_ctrl_c_at_random_points_then_the_rerun_matches(release_dir, d
             assert lines[0].startswith("interrupted: ") and "of 4 vstar predictions are kept in" in lines[0]
             assert lines[0].endswith("run the same command again to continue (finished items are reused)")
     bench_dir = out / "tiny" / "vstar"
+    assert not list(bench_dir.glob(".*.tmp"))  # a killed final write's temp file is cleaned up on rerun
     assert (bench_dir / "predictions.jsonl").read_bytes() == (reference / "predictions.jsonl").read_bytes()
     assert (bench_dir / "accuracy.csv").read_bytes() == (reference / "accuracy.csv").read_bytes()
     run, ref_run = (json.loads((d / "run.json").read_text()) for d in (bench_dir, reference))
