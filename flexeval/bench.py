@@ -85,21 +85,21 @@ def choose_requests(model, prompts: list[str], images: list, options) -> list:
 
 @contextlib.contextmanager
 def layer_call_marks(device):
-    """Marks the start of every call of the fast path's layer loop (`flex_llava.forward`; port with
-    issue 8) on the device's timeline, and the end of the block."""
-    import flexeval.model.flex_llava as flex_llava
+    """Marks the start of every call of the fast path's layer loop (`Backbone.forward`, the model's
+    `lm.model(...)`) on the device's timeline, and the end of the block."""
+    from flexeval.model.llama import Backbone
 
-    inner, marks = flex_llava.forward, []
+    inner, marks = Backbone.forward, []
 
-    def marked(*args, **kwargs):
+    def marked(self, *args, **kwargs):
         marks.append(mark(device))
-        return inner(*args, **kwargs)
+        return inner(self, *args, **kwargs)
 
-    flex_llava.forward = marked
+    Backbone.forward = marked
     try:
         yield marks
     finally:
-        flex_llava.forward = inner
+        Backbone.forward = inner
         marks.append(mark(device))
 
 
