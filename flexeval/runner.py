@@ -93,8 +93,8 @@ def model_tag(cfg: RunConfig, model) -> str:
         return cfg.tag
     name = local_model_name(cfg.model) or Path(str(cfg.model).rstrip("/")).name or "model"
     parts = [re.sub(r"[^A-Za-z0-9._-]+", "-", name)]
-    r = model.options
     if model.cfg.has_hd:
+        r = model.options
         if r.selection != "attention":
             parts.append(f"sel-{r.selection}")
         if r.threshold != model.cfg.threshold:
