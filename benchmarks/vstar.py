@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from flexeval.errors import FlexEvalError
+from flexeval.hub import fetch_dataset
 from flexeval.requests import Choice, Generate
 
 from .base import Benchmark, Sample, read_json, require_field
@@ -164,6 +165,4 @@ class VStar(Benchmark):
         return out_dir
 
     def fetch(self, out_dir: Path) -> Path:
-        from flexeval.hub import fetch_dataset
-
         return fetch_dataset(HUB_REPO, out_dir, what="V* Bench (direct_attributes/, relative_position/)")

@@ -123,8 +123,8 @@ class Workload:
         import random
 
         from flexeval.bench_e2e import TEXTVQA_SIZE, VSTAR_SIZE
-        from flexeval.benchmarks.samples import draw_scene
         from flexeval.benchmarks.conversation import SHORT_ANSWER_SUFFIX, llava_v1_prompt
+        from flexeval.benchmarks.samples import draw_scene
 
         tok = model.tokenizer
         question = self._grow(lambda q: len(tok.encode_chunk(q)) - 1, 40)  # ~40 question tokens

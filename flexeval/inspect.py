@@ -7,6 +7,7 @@ from pathlib import Path
 from flexeval.benchmarks.base import open_image
 from flexeval.benchmarks.conversation import IMAGE_TOKEN, llava_v1_prompt
 from flexeval.errors import FlexEvalError
+from flexeval.model.image import pixels_sha256
 from flexeval.requests import Choice, Generate
 
 
@@ -66,10 +67,3 @@ def inspect_sample(model: str, image: Path, prompt: str, options: list[str] | No
         save_file({"logits": logits[:1].float().contiguous().cpu()}, str(dump_logits))
         out["logits_file"] = str(dump_logits)
     return out
-
-
-def pixels_sha256(pixels) -> str:
-    """sha256 of the model's input pixels as float32 (C order): equal hashes, equal inputs."""
-    import hashlib
-
-    return hashlib.sha256(pixels.detach().float().cpu().contiguous().numpy().tobytes()).hexdigest()

@@ -297,7 +297,7 @@ def run_items(items: list[Item], model, store: PredictionStore, sizer: BatchSize
 
     def flush(batch: list) -> None:
         _run_batch(items, batch, model, store, sizer, stats, progress)
-        guard.add(items[i].record for i, _, _ in batch)  # too many NaN/inf items stop the run (stored ones kept)
+        guard.add(sample_record(items[i]) for i, _, _ in batch)  # too many NaN/inf items stop the run (stored ones kept)
 
     feed_batches(_ImageDataset(items, model.preprocessor, cfg.max_image_pixels), cfg.workers, sizer, flush, progress)
     return stats

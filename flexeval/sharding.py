@@ -15,7 +15,8 @@ import heapq
 import os
 from dataclasses import dataclass
 
-from flexeval.benchmarks.base import Choice, Generate, ImageRef, ImageSource
+from flexeval.benchmarks.base import ImageRef, ImageSource
+from flexeval.requests import Choice, Generate
 
 # Relative costs, in units of one prefill token. Rough, and only their ratios matter: they rank
 # items of one benchmark against each other. A decode step of one item costs about as much as a

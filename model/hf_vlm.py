@@ -299,7 +299,7 @@ def inspect_hf(model: HFVisionModel, image, question: str, options: list[str] | 
     """`flexeval inspect` for a transformers model: the exact prompt, ids, pixels' hash, reply, option NLLs."""
     from types import SimpleNamespace
 
-    from .inspect import pixels_sha256
+    from .image import pixels_sha256
 
     enc = model._inputs([model.prompt_text(question)], [image.convert("RGB")])
     res = model.generate([(SimpleNamespace(question=question, max_new_tokens=max_new_tokens), image)])[0]

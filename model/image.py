@@ -159,3 +159,10 @@ class Preprocessor:
 
     def __call__(self, img: Image.Image, mode: str = "pad") -> ProcessedImage:
         return preprocess(img, self.size, mode)
+
+
+def pixels_sha256(pixels) -> str:
+    """sha256 of the model's input pixels as float32 (C order): equal hashes, equal inputs."""
+    import hashlib
+
+    return hashlib.sha256(pixels.detach().float().cpu().contiguous().numpy().tobytes()).hexdigest()

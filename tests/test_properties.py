@@ -77,9 +77,15 @@ def test_textvqa_loader_raises_only_flexevalerror(entries):
 
 @pytest.fixture(scope="module")
 def samples_of(tmp_path_factory):
-    """One loaded sample set per benchmark, in its release layout (generated once)."""
+    """One loaded sample set per benchmark, in its release layout (generated once); key (name, protocol)
+    too, as a protocol may read more of the release (V* letter: test_questions.jsonl)."""
     root = tmp_path_factory.mktemp("prop-data")
-    return {b.name: b.load(b.make_sample(root / b.name, n=2, seed=0)) for b in list_benchmarks()}
+    out = {}
+    for b in list_benchmarks():
+        folder = b.make_sample(root / b.name, n=2, seed=0)
+        out[b.name] = b.load(folder)
+        out.update({(b.name, p): b.load(folder, protocol=p) for p in b.protocols})
+    return out
 
 
 def _record(bench, sample, prediction, protocol) -> dict:
@@ -92,7 +98,7 @@ def _record(bench, sample, prediction, protocol) -> dict:
 def test_every_scorer_gives_scores_in_unit_interval(samples_of, data):
     bench = data.draw(st.sampled_from(list_benchmarks()))
     protocol = data.draw(st.sampled_from(bench.protocols))
-    sample = data.draw(st.sampled_from(samples_of[bench.name]))
+    sample = data.draw(st.sampled_from(samples_of[bench.name, protocol]))
     prediction = data.draw(st.none() | text | st.sampled_from(list(sample.options) or [str(sample.target)]))
     score = bench.score(_record(bench, sample, prediction, protocol), protocol)["score"]
     assert 0.0 <= score <= 1.0

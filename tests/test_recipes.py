@@ -14,6 +14,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from flexeval.attention import generate_answers
 from flexeval.benchmarks import get_benchmark, list_benchmarks
 from flexeval.cli import app
 from flexeval.runner import RunConfig, run_benchmarks
@@ -45,7 +46,7 @@ def test_native_on_llava_hf_equals_transformers_generate_with_processor_and_temp
     tag = folder.name + "-native"
     assert run["model"]["tag"] == tag and run["model"]["kind"] == "hf:llava" and run["model"]["recipe"] == "native"
     assert run["model"]["options"]["resolution"]["crop_size"] == {"height": 336, "width": 336}
-    records = _lines(tmp_path / tag / "textvqa" / "predictions.jsonl")
+    records = _lines(tmp_path / tag / "textvqa" / "max-new-tokens-4" / "predictions.jsonl")  # a variant folder
     processor = AutoProcessor.from_pretrained(str(folder))
     model = AutoModelForImageTextToText.from_pretrained(str(folder), dtype=torch.float32).eval()
     bench = get_benchmark("textvqa")
@@ -122,8 +123,8 @@ def test_tokenizer_json_only_llava_hf_loads_under_release_with_sentencepiece_ids
     prompts = ["", " x", "<image>\n", "a<image>b", "ASSISTANT: red</s>", "  double  spaces\n\nnew é 中 1,000 U.S.A."]
     for bench in list_benchmarks():  # every benchmark's prompts under every protocol
         d = bench.make_sample(tmp_path / bench.name, n=1, seed=2)
-        for s in bench.load(d):
-            prompts += [bench.request(s, p).prompt for p in bench.protocols]
+        for p in bench.protocols:
+            prompts += [bench.request(s, p).prompt for s in bench.load(d, protocol=p)]
     for p in prompts:
         assert b.tokenizer.encode_prompt(p) == sp.encode_prompt(p), p
     rng = random.Random(0)  # random ids: byte-fallback runs that are not valid UTF-8 decode alike too
@@ -131,8 +132,8 @@ def test_tokenizer_json_only_llava_hf_loads_under_release_with_sentencepiece_ids
         assert b.tokenizer.decode(ids) == sp.decode(ids), ids
     s = next(iter(get_benchmark("vstar").load(tmp_path / "vstar")))
     im = a.preprocess(open_image(s.image))
-    ga = a.generate([prompts[-1]], [im], 6)[0]
-    gb = b.generate([prompts[-1]], [im], 6)[0]
+    ga = generate_answers(a, [prompts[-1]], [im], 6)[0]
+    gb = generate_answers(b, [prompts[-1]], [im], 6)[0]
     assert ga.token_ids == gb.token_ids and ga.text == gb.text
 
 

@@ -177,7 +177,7 @@ def test_non_finite_numbers_are_null_and_named(env, tmp_path):
     parsed = _strict_json(text)
     rows = {r["subset"]: r for r in parsed["accuracy"]}
     assert rows["relative_position"]["n"] == 0 and rows["relative_position"]["accuracy"] is None
-    assert parsed["non_finite_values"] == {"accuracy[1].accuracy": "NaN"}
+    assert parsed["non_finite_values"] == {f"accuracy[1].{k}": "NaN" for k in ("accuracy", "stderr", "ci95_low", "ci95_high")}
     assert run["accuracy"][1]["subset"] == "relative_position"
 
 
@@ -234,9 +234,10 @@ def test_a_data_root_given_as_data_dir_gets_the_benchmark_folder(env, tmp_path, 
     flat = output.replace("\n", "")
     fetch, make = _suggested(flat)
     assert fetch[:3] == ["data", "fetch", "--bench"] and fetch[-1] == str(empty / "vstar")
-    import flexeval.benchmarks.hub as hub
+    import flexeval.benchmarks.vstar as vstar
 
-    monkeypatch.setattr(hub, "snapshot", lambda repo, out, **k: shutil.copytree(data, out) and Path(out))
+    monkeypatch.setattr(vstar, "fetch_dataset", lambda repo, out, **k: shutil.copytree(data, out) and Path(out),
+                        raising=False)
     code, output = _invoke(fetch)
     assert code == 0 and (empty / "vstar" / "direct_attributes").is_dir(), output
     shutil.rmtree(empty / "vstar")

@@ -7,6 +7,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
+from flexeval.attention import generate_answers
 from flexeval.benchmarks import get_benchmark
 from flexeval.benchmarks.base import open_image
 from flexeval.benchmarks.conversation import SHORT_ANSWER_SUFFIX, llava_v1_prompt
@@ -81,7 +82,7 @@ def test_run_letter_protocol_with_ids_offset_fraction_and_gen_kwargs(tmp_path, r
         "max_new_tokens=3,temperature=0", "--workers", "0", "--quiet", "--batch-size", "2", "--dtype", "float32",
         "--device", "cpu"])
     assert r.exit_code == 0, r.output
-    (bench_dir,) = out.glob("*/vstar")
+    (bench_dir,) = out.glob("*/vstar/protocol-letter+max-new-tokens-3+items-2-*")  # a variant folder (layout.py)
     preds = [json.loads(x) for x in (bench_dir / "predictions.jsonl").read_text().splitlines()]
     # 5 listed ids, offset 1 -> 4, ceil(0.5 * 4) = 2
     assert [p["id"] for p in preds] == ["direct_attributes/sa_2", "relative_position/sa_4"]
@@ -96,7 +97,7 @@ def test_run_letter_protocol_with_ids_offset_fraction_and_gen_kwargs(tmp_path, r
         head, *opts = row["text"].split("\n")
         prompt = llava_v1_prompt(head + "".join(f"\n{o[1]}. {o[4:]}" for o in opts) + POST)
         image = release_model.preprocess(open_image(images[p["id"]]))
-        expected = release_model.generate([prompt], [image], max_new_tokens=3)[0]
+        expected = generate_answers(release_model, [prompt], [image], 3)[0]
         assert p["generated_ids"] == expected.token_ids and len(p["generated_ids"]) <= 3
         assert p["score"] == float(parse_letter(p["prediction"]) == row["label"])
     run = json.loads((bench_dir / "run.json").read_text())
@@ -122,12 +123,13 @@ def test_run_a_benchmark_list_with_the_lmms_eval_question_style(tmp_path, releas
     assert tag_dir.name.endswith("-qs-lmms-eval")
     assert sorted(p.name for p in tag_dir.iterdir()) == ["textvqa", "vstar"]
     assert "--question-style lmms-eval changes nothing here" in r.output  # said for V*
-    (rec,) = [json.loads(x) for x in (tag_dir / "textvqa" / "predictions.jsonl").read_text().splitlines()]
+    textvqa_dir = tag_dir / "textvqa" / "max-new-tokens-2+limit-1"  # a variant folder (layout.py)
+    (rec,) = [json.loads(x) for x in (textvqa_dir / "predictions.jsonl").read_text().splitlines()]
     sample = get_benchmark("textvqa").load(root / "textvqa")[0]
     assert rec["question"] == sample.question  # the record keeps the release's question
     assert sample.question.capitalize() != sample.question  # so the style did change the prompt
     prompt = llava_v1_prompt(sample.question.capitalize() + SHORT_ANSWER_SUFFIX)
     image = release_model.preprocess(open_image(sample.image))
-    assert rec["generated_ids"] == release_model.generate([prompt], [image], max_new_tokens=2)[0].token_ids
-    run = json.loads((tag_dir / "textvqa" / "run.json").read_text())
+    assert rec["generated_ids"] == generate_answers(release_model, [prompt], [image], 2)[0].token_ids
+    run = json.loads((textvqa_dir / "run.json").read_text())
     assert run["config"]["question_style"] == "lmms-eval"
