@@ -409,9 +409,13 @@ def run_bench(cfg: BenchConfig) -> dict:
 def main(cfg: BenchConfig) -> dict:
     if cfg.new_tokens < 3:
         raise FlexEvalError(f"--new-tokens {cfg.new_tokens}: at least 3 are needed to time a whole decode step")
+    threads = torch.get_num_threads()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    res = run_bench(cfg)
+    try:
+        res = run_bench(cfg)
+    finally:  # the process's own setting again (a caller in the same process computes with it)
+        torch.set_num_threads(threads)
     print(format_table(res))
     csv_path, json_path = write_results(res, Path(cfg.out))
     print(f"bench table: {csv_path} and {json_path}")

@@ -199,7 +199,8 @@ def test_kills_and_ctrl_c_at_random_points_then_the_rerun_matches(release_dir, d
     stops = [("KILL", "fsync", rng.randint(2, 4)),  # while batches are appended
              ("INT", "fsync", rng.randint(2, 3)),
              ("KILL", "replace", rng.randint(1, 3))]  # inside the final predictions/accuracy/run.json writes
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    # the reference ran in this process: the same thread count gives the same float summation order
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": str(torch.get_num_threads())}
     for sig, fn, n in [*stops, ("INT", "none", 0)]:
         r = subprocess.run(args, env={**env, "STOP_AT": f"{sig}:{fn if fn != 'none' else 'getpid'}:{n}"},
                            capture_output=True, text=True, start_new_session=True, timeout=300)
