@@ -22,8 +22,8 @@ from pathlib import Path
 
 from flexeval.errors import FlexEvalError
 
-# The input recipes (issue 15, item 1, defined by the model side): shown by `flexeval list`.
-RECIPES = ("release", "native")
+# The input recipes (release, native) are the model side's (model/loading.py); `flexeval list` shows them.
+from flexeval.model.loading import RECIPES  # noqa: E402,F401
 
 # Decoding is greedy only. Keys lmms-eval/lm-eval pass, with the values that mean greedy anyway.
 GREEDY_VALUES = {"temperature": 0.0, "do_sample": False, "num_beams": 1, "top_p": 1.0, "top_k": None}

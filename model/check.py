@@ -25,33 +25,55 @@ def check_model_folder(path_or_id: str, dtype: str = "auto", device: str = "cpu"
         folder = local_folder(str(path_or_id))
     except FlexEvalError as e:
         return [str(e)]
-    problems: list[str] = []
-    cfg = None
+    cfg, problems = _config_problems(folder, options)
+    torch_dtype = resolve_dtype(dtype, device)
+    found, bad = _weight_problems(folder, cfg, torch_dtype)
+    problems += bad
+    if cfg is not None:
+        problems += _tokenizer(folder, cfg, found)
+    clip = _local_vision_tower(folder, cfg)
+    if clip is not None:  # a CLIP folder beside the checkpoint (a hub CLIP is checked when downloaded)
+        problems += _headers_and_finite(clip, torch_dtype)[1]
+    return problems
+
+
+def _config_problems(folder: Path, options) -> tuple:
+    """(FlexConfig or None, problems) of config.json, and of the run options against it."""
     cfg_path = folder / "config.json"
     try:
-        raw = json.loads(cfg_path.read_text())
-        cfg = parse_config(folder, raw)
+        cfg = parse_config(folder, json.loads(cfg_path.read_text()))
     except FileNotFoundError:
-        problems.append(f"{cfg_path} not found; a checkpoint folder holds config.json, weights and tokenizer.model")
+        return None, [f"{cfg_path} not found; a checkpoint folder holds config.json, weights and tokenizer.model"]
     except json.JSONDecodeError as e:
-        problems.append(f"{cfg_path} is not valid JSON ({e})")
+        return None, [f"{cfg_path} is not valid JSON ({e})"]
     except FlexEvalError as e:
-        problems.append(str(e))
-    if cfg is not None and options is not None:
+        return None, [str(e)]
+    if options is not None:
         try:
-            options.validate(cfg)
+            options.resolve(cfg)
         except FlexEvalError as e:
-            problems.append(str(e))
+            return cfg, [str(e)]
+    return cfg, []
+
+
+def _headers_and_finite(folder: Path, dtype) -> tuple[dict, list[str]]:
+    """(tensor name -> (dtype, shape) from the safetensors headers, problems: headers, NaN/inf)."""
     files = sorted(folder.glob("*.safetensors"))
     found: dict[str, tuple[str, list[int]]] = {}
     where: dict[str, Path] = {}
+    problems: list[str] = []
     for f in files:
         tensors, bad = safetensors_header(f)
         problems += bad
         if not bad:
             found.update(tensors)
             where.update({k: f for k in tensors})
-    if not files and not list(folder.glob("pytorch_model*.bin")):
+    return found, problems + _finite(folder, files, where, dtype)
+
+
+def _weight_problems(folder: Path, cfg, dtype) -> tuple[dict, list[str]]:
+    found, problems = _headers_and_finite(folder, dtype)
+    if not list(folder.glob("*.safetensors")) and not list(folder.glob("pytorch_model*.bin")):
         problems.append(f"no weights in {folder} (expected *.safetensors or pytorch_model*.bin)")
     if cfg is not None and cfg.format != "llava-hf" and found:
         from .llama import LlavaLM
@@ -63,19 +85,7 @@ def check_model_folder(path_or_id: str, dtype: str = "auto", device: str = "cpu"
         if missing:
             problems.append(f"{folder}: weights missing for the {cfg.format} format: {missing[:5]}"
                             f"{' ...' if len(missing) > 5 else ''}; the checkpoint is incomplete or of another format")
-    if cfg is not None:
-        problems += _tokenizer(folder, cfg, found)
-    problems += _finite(folder, files, where, resolve_dtype(dtype, device))
-    clip = _local_vision_tower(folder, cfg)
-    if clip is not None:  # a CLIP folder beside the checkpoint (a hub CLIP is checked when downloaded)
-        clip_files = sorted(clip.glob("*.safetensors"))
-        clip_where = {}
-        for f in clip_files:
-            tensors, bad = safetensors_header(f)
-            problems += bad
-            clip_where.update({} if bad else {k: f for k in tensors})
-        problems += _finite(clip, clip_files, clip_where, resolve_dtype(dtype, device))
-    return problems
+    return found, problems
 
 
 def _local_vision_tower(folder: Path, cfg) -> Path | None:

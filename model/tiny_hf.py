@@ -131,62 +131,12 @@ def _sharpen(model: torch.nn.Module, seed: int) -> None:
 
 def make_tiny_hf_model(out: str | Path, family: str = "llava-hf", seed: int = 0, chat_template: bool = True) -> Path:
     """Write a tiny random checkpoint of `family` (see FAMILIES) with its processor and chat template."""
-    import transformers as tf
-
     if family not in FAMILIES:
         raise FlexEvalError(f"unknown tiny family '{family}'; choose one of {', '.join(FAMILIES)}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    clip_mean, clip_std = [0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.26130258, 0.27577711]
-    if family == "llava-hf":
-        tok = _llama_tokenizer(out, seed, ("<image>", "<pad>"))
-        vocab = len(tok)
-        config = tf.LlavaConfig(text_config=_text_config(tf.LlamaConfig, vocab), vision_config=tf.CLIPVisionConfig(**CLIP),
-                                image_token_index=tok.convert_tokens_to_ids("<image>"), vision_feature_layer=-2,
-                                vision_feature_select_strategy="default", tie_word_embeddings=False,
-                                pad_token_id=tok.pad_token_id)
-        model = tf.LlavaForConditionalGeneration(config)
-        image_processor = _pil_class("CLIPImageProcessor")(size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336},
-                                                image_mean=clip_mean, image_std=clip_std)
-        processor = tf.LlavaProcessor(image_processor=image_processor, tokenizer=tok, patch_size=14,
-                                      vision_feature_select_strategy="default", num_additional_image_tokens=1,
-                                      chat_template=LLAVA_HF_TEMPLATE if chat_template else None)
-    elif family == "llava-next":
-        tok = _llama_tokenizer(out, seed, ("<image>", "<pad>"))
-        (out / "tokenizer.model").unlink()  # the v1.6 checkpoints ship tokenizer.json as their tokenizer
-        vocab = len(tok)
-        pinpoints = [[56, 112], [112, 56], [112, 112]]
-        vision = tf.CLIPVisionConfig(**{**CLIP, "image_size": 56})
-        config = tf.LlavaNextConfig(text_config=_text_config(tf.MistralConfig, vocab, sliding_window=None),
-                                    vision_config=vision, image_token_index=tok.convert_tokens_to_ids("<image>"),
-                                    image_grid_pinpoints=pinpoints, vision_feature_layer=-2,
-                                    vision_feature_select_strategy="default", tie_word_embeddings=False,
-                                    pad_token_id=tok.pad_token_id)
-        model = tf.LlavaNextForConditionalGeneration(config)
-        image_processor = _pil_class("LlavaNextImageProcessor")(size={"shortest_edge": 56}, crop_size={"height": 56, "width": 56},
-                                                     image_grid_pinpoints=pinpoints, image_mean=clip_mean,
-                                                     image_std=clip_std)
-        processor = tf.LlavaNextProcessor(image_processor=image_processor, tokenizer=tok, patch_size=14,
-                                          vision_feature_select_strategy="default", num_additional_image_tokens=1,
-                                          chat_template=MISTRAL_TEMPLATE if chat_template else None)
-    else:
-        tok = _qwen_tokenizer(seed)
-        ids = {t: tok.convert_tokens_to_ids(t) for t in QWEN_SPECIAL}
-        head_dim = TINY["hidden_size"] // TINY["num_heads"]
-        text = _text_config(tf.Qwen2VLTextConfig, len(tok), rope_parameters={
-            "rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]},
-            bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"])
-        assert sum([2, 3, 3]) * 2 == head_dim
-        vision = tf.Qwen2VLVisionConfig(depth=2, embed_dim=32, hidden_size=TINY["hidden_size"], num_heads=2,
-                                        mlp_ratio=2, patch_size=14, spatial_merge_size=2, temporal_patch_size=2)
-        config = tf.Qwen2VLConfig(text_config=text.to_dict(), vision_config=vision.to_dict(),
-                                  image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
-                                  vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
-                                  tie_word_embeddings=False)
-        model = tf.Qwen2VLForConditionalGeneration(config)
-        image_processor = _qwen_image_processor()
-        processor = _image_only(tf.Qwen2VLProcessor)(image_processor=image_processor, tokenizer=tok, video_processor=None,
-                                        chat_template=QWEN2_VL_TEMPLATE if chat_template else None)
+    build = {"llava-hf": _build_llava, "llava-next": _build_llava_next, "qwen2-vl": _build_qwen2_vl}[family]
+    model, tok, image_processor, processor = build(out, seed, chat_template)
     _sharpen(model, seed)
     model.generation_config.eos_token_id = tok.eos_token_id
     model.generation_config.pad_token_id = tok.pad_token_id
@@ -200,6 +150,68 @@ def make_tiny_hf_model(out: str | Path, family: str = "llava-hf", seed: int = 0,
     else:
         processor.save_pretrained(str(out))
     return out
+
+
+_CLIP_MEAN, _CLIP_STD = [0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.26130258, 0.27577711]
+
+
+def _build_llava(out: Path, seed: int, chat_template: bool):
+    import transformers as tf
+
+    tok = _llama_tokenizer(out, seed, ("<image>", "<pad>"))
+    config = tf.LlavaConfig(text_config=_text_config(tf.LlamaConfig, len(tok)), vision_config=tf.CLIPVisionConfig(**CLIP),
+                            image_token_index=tok.convert_tokens_to_ids("<image>"), vision_feature_layer=-2,
+                            vision_feature_select_strategy="default", tie_word_embeddings=False,
+                            pad_token_id=tok.pad_token_id)
+    image_processor = _pil_class("CLIPImageProcessor")(size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336},
+                                                       image_mean=_CLIP_MEAN, image_std=_CLIP_STD)
+    processor = tf.LlavaProcessor(image_processor=image_processor, tokenizer=tok, patch_size=14,
+                                  vision_feature_select_strategy="default", num_additional_image_tokens=1,
+                                  chat_template=LLAVA_HF_TEMPLATE if chat_template else None)
+    return tf.LlavaForConditionalGeneration(config), tok, image_processor, processor
+
+
+def _build_llava_next(out: Path, seed: int, chat_template: bool):
+    import transformers as tf
+
+    tok = _llama_tokenizer(out, seed, ("<image>", "<pad>"))
+    (out / "tokenizer.model").unlink()  # the v1.6 checkpoints ship tokenizer.json as their tokenizer
+    pinpoints = [[56, 112], [112, 56], [112, 112]]
+    vision = tf.CLIPVisionConfig(**{**CLIP, "image_size": 56})
+    config = tf.LlavaNextConfig(text_config=_text_config(tf.MistralConfig, len(tok), sliding_window=None),
+                                vision_config=vision, image_token_index=tok.convert_tokens_to_ids("<image>"),
+                                image_grid_pinpoints=pinpoints, vision_feature_layer=-2,
+                                vision_feature_select_strategy="default", tie_word_embeddings=False,
+                                pad_token_id=tok.pad_token_id)
+    image_processor = _pil_class("LlavaNextImageProcessor")(size={"shortest_edge": 56}, crop_size={"height": 56, "width": 56},
+                                                            image_grid_pinpoints=pinpoints, image_mean=_CLIP_MEAN,
+                                                            image_std=_CLIP_STD)
+    processor = tf.LlavaNextProcessor(image_processor=image_processor, tokenizer=tok, patch_size=14,
+                                      vision_feature_select_strategy="default", num_additional_image_tokens=1,
+                                      chat_template=MISTRAL_TEMPLATE if chat_template else None)
+    return tf.LlavaNextForConditionalGeneration(config), tok, image_processor, processor
+
+
+def _build_qwen2_vl(out: Path, seed: int, chat_template: bool):
+    import transformers as tf
+
+    tok = _qwen_tokenizer(seed)
+    ids = {t: tok.convert_tokens_to_ids(t) for t in QWEN_SPECIAL}
+    head_dim = TINY["hidden_size"] // TINY["num_heads"]
+    text = _text_config(tf.Qwen2VLTextConfig, len(tok), rope_parameters={
+        "rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]},
+        bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"])
+    assert sum([2, 3, 3]) * 2 == head_dim
+    vision = tf.Qwen2VLVisionConfig(depth=2, embed_dim=32, hidden_size=TINY["hidden_size"], num_heads=2,
+                                    mlp_ratio=2, patch_size=14, spatial_merge_size=2, temporal_patch_size=2)
+    config = tf.Qwen2VLConfig(text_config=text.to_dict(), vision_config=vision.to_dict(),
+                              image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+                              vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
+                              tie_word_embeddings=False)
+    image_processor = _qwen_image_processor()
+    processor = _image_only(tf.Qwen2VLProcessor)(image_processor=image_processor, tokenizer=tok, video_processor=None,
+                                                 chat_template=QWEN2_VL_TEMPLATE if chat_template else None)
+    return tf.Qwen2VLForConditionalGeneration(config), tok, image_processor, processor
 
 
 def _pil_class(name: str):
