@@ -16,9 +16,8 @@ Which query row `--token` means (rows are the model's forward rows; generation i
 
 from __future__ import annotations
 
+import io
 import math
-import os
-import tempfile
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from flexeval.errors import FlexEvalError
+from flexeval.store import write_bytes_atomic
 
 TOKENS_HELP = "answer (row of the first answer token) | prompt-end (row of the last prompt token) | N (row of generated token N)"
 DISPLAY_LONG_SIDE = 640  # px of the drawn image: legible, and small PNGs
@@ -192,15 +192,12 @@ def save_figure(fig, path: Path, dpi: int) -> Path:
     import matplotlib.pyplot as plt
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
-    os.close(fd)
+    buf = io.BytesIO()
     try:
-        fig.savefig(tmp, dpi=dpi)
-        os.replace(tmp, path)
+        fig.savefig(buf, format="png", dpi=dpi)
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    write_bytes_atomic(path, buf.getvalue())  # temp + rename, the user's file mode (flexeval/store.py)
     return path
 
 
@@ -342,10 +339,9 @@ def _stack_pngs(paths: list[Path], out: Path) -> Path:
     for im in ims:
         canvas.paste(im, (x, 0))
         x += im.width
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".png")
-    os.close(fd)
-    canvas.save(tmp, format="PNG")
-    os.replace(tmp, out)
+    buf = io.BytesIO()
+    canvas.save(buf, format="PNG")
+    write_bytes_atomic(out, buf.getvalue())
     for p in paths:
         p.unlink()
     return out
