@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import math
 from pathlib import Path
 
 COLUMNS = ("section", "what", "selection", "batch", "ms_per_sample", "samples_per_s", "gflop_per_sample",
@@ -28,32 +27,23 @@ def format_table(res: dict) -> str:
         lines.append(f"check fast vs reference ({ch['selection']}): prefill logits {ch['prefill_logits_max_rel_diff']:.2e}, "
                      f"option NLL {ch['option_nll_max_rel_diff']:.2e} (tolerance {ch['tolerance']:g}), same greedy "
                      f"tokens {ch['same_greedy_tokens']}: {'PASS' if ch['passed'] else 'FAIL'}")
-    table = [list(COLUMNS)] + [[_fmt(r[k]) for k in COLUMNS] for r in res["rows"]]
-    widths = [max(len(row[j]) for row in table) for j in range(len(COLUMNS))]
-    lines += ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in table]
+    from flexeval.tables import aligned
+
+    lines.append(aligned([list(COLUMNS)] + [[_fmt(r[k]) for k in COLUMNS] for r in res["rows"]]))
     return "\n".join(lines)
-
-
-def _finite(obj):
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_finite(v) for v in obj]
-    return obj
 
 
 def write_results(res: dict, out: Path) -> tuple[Path, Path]:
     import csv
 
+    from flexeval.jsonsafe import replace_non_finite
     from flexeval.store import write_json_atomic, write_text_atomic
 
     out.mkdir(parents=True, exist_ok=True)
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
     w.writeheader()
-    w.writerows(_finite(res["rows"]))
+    w.writerows(replace_non_finite(res["rows"])[0])  # a NaN figure is an empty cell
     write_text_atomic(out / "bench.csv", buf.getvalue())
-    write_json_atomic(out / "bench.json", _finite(res))
+    write_json_atomic(out / "bench.json", res)  # strict JSON: non-finite figures as null
     return out / "bench.csv", out / "bench.json"

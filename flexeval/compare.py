@@ -189,13 +189,6 @@ def format_comparison(c: Comparison, show: int = 20) -> str:
 
 def comparison_json(c: Comparison) -> dict:
     """The comparison as plain JSON values (NaN, an undefined error or interval, becomes null)."""
-    def clean(x):
-        if isinstance(x, float) and math.isnan(x):
-            return None
-        if isinstance(x, dict):
-            return {k: clean(v) for k, v in x.items()}
-        if isinstance(x, list):
-            return [clean(v) for v in x]
-        return x
+    from flexeval.jsonsafe import replace_non_finite
 
-    return clean(asdict(c))
+    return replace_non_finite(asdict(c))[0]
