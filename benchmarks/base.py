@@ -152,18 +152,19 @@ def read_json(path: Path) -> Any:
         raise FlexEvalError(f"{path} is not valid JSON ({e}); re-download it") from e
 
 
-def read_parquet_rows(path: Path, skip_columns: tuple[str, ...] = (), require: tuple[str, ...] = ()) -> list[dict]:
-    """A release parquet file's rows as dicts (columns in `skip_columns` never read); errors name the file."""
+def read_parquet_text(path: Path, image_column: str, skip: tuple[str, ...] = ()) -> list[dict]:
+    """A release parquet file's rows without the image column (and `skip`): the images stay in the
+    file, referenced (benchmarks/parquet_images.py); errors name the file and the missing field."""
     import pyarrow.parquet as pq
 
     try:
-        table = pq.read_table(path)
+        names = pq.ParquetFile(path).schema_arrow.names
+        rows = pq.read_table(path, columns=[c for c in names if c != image_column and c not in skip]).to_pylist()
     except Exception as e:  # pyarrow raises several types for damaged files
         raise FlexEvalError(f"cannot read parquet file {path} ({e}); re-download it") from e
-    for name in require:
-        if name not in table.column_names:
-            raise FlexEvalError(f"{path}: missing field '{name}'; the file is not in the release format")
-    return table.select([c for c in table.column_names if c not in skip_columns]).to_pylist()
+    if image_column not in names:
+        raise FlexEvalError(f"{path}: missing field '{image_column}'; the file is not in the release format")
+    return rows
 
 
 def require_field(obj: dict, key: str, where: str) -> Any:

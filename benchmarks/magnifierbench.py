@@ -33,7 +33,7 @@ from typing import Any
 from flexeval.errors import FlexEvalError
 from flexeval.requests import Generate
 
-from .base import Benchmark, ImageRef, Sample, decode_image_bytes, read_json, require_field
+from .base import Benchmark, ImageRef, Sample, decode_image_bytes, read_json, read_parquet_text, require_field
 from .conversation import llava_v1_prompt
 
 HUB_REPO = "Otter-AI/MagnifierBench"
@@ -254,19 +254,11 @@ def _find_parquet(data_dir: Path) -> list[Path]:
 
 def _load_parquet(files: list[Path]) -> list[Sample]:
     """The hub layout; images stay in the files (ImageRef), only the first of each item is referenced."""
-    import pyarrow.parquet as pq
-
     from .parquet_images import scan_image_column
 
     samples = []
     for path in files:
-        try:
-            names = pq.ParquetFile(path).schema_arrow.names
-            rows = pq.read_table(path, columns=[c for c in names if c != "images"]).to_pylist()
-        except Exception as e:  # pyarrow raises several types for damaged files
-            raise FlexEvalError(f"cannot read parquet file {path} ({e}); re-download it") from e
-        if "images" not in names:
-            raise FlexEvalError(f"{path}: missing field 'images'; the file is not in the release format")
+        rows = read_parquet_text(path, "images")
         for k, (row, (image, n_images)) in enumerate(zip(rows, scan_image_column(path, "images", item=0),
                                                          strict=True)):
             where = f"{path} row {k}"

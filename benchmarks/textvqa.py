@@ -25,7 +25,7 @@ from typing import Any
 from flexeval.errors import FlexEvalError
 from flexeval.requests import Generate
 
-from .base import Benchmark, ImageRef, Sample, read_json, require_field
+from .base import Benchmark, ImageRef, Sample, read_json, read_parquet_text, require_field
 from .conversation import SHORT_ANSWER_SUFFIX, llava_v1_prompt
 from .vqa_eval import vqa_accuracy
 
@@ -131,20 +131,11 @@ def _find_validation_parquet(data_dir: Path) -> list[Path]:
 
 
 def _load_parquet(files: list[Path]) -> list[Sample]:
-    import pyarrow.parquet as pq
-
     from .parquet_images import scan_image_column
 
     samples = []
     for path in files:
-        try:
-            names = pq.ParquetFile(path).schema_arrow.names
-            # Text columns only (never the OCR tokens); images stay in the file, referenced by row.
-            rows = pq.read_table(path, columns=[c for c in names if c not in ("image", "ocr_tokens")]).to_pylist()
-        except Exception as e:  # pyarrow raises several types for damaged files
-            raise FlexEvalError(f"cannot read parquet file {path} ({e}); re-download it") from e
-        if "image" not in names:
-            raise FlexEvalError(f"{path}: missing field 'image'; the file is not in the release format")
+        rows = read_parquet_text(path, "image", skip=("ocr_tokens",))  # never the OCR tokens (OCR-free)
         for k, (row, (image, _)) in enumerate(zip(rows, scan_image_column(path, "image"), strict=True)):
             where = f"{path} row {k}"
             if image is None:

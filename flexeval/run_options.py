@@ -30,13 +30,6 @@ GREEDY_VALUES = {"temperature": 0.0, "do_sample": False, "num_beams": 1, "top_p"
 GEN_KWARGS = ("max_new_tokens", *GREEDY_VALUES)
 
 
-def parse_bench_list(spec: str) -> list[str]:
-    """`vstar,textvqa` -> ["vstar", "textvqa"]; `all` (alone or in a list) -> every benchmark."""
-    from flexeval.benchmarks import select_benchmarks
-
-    return [b.name for b in select_benchmarks(spec)]
-
-
 def parse_limit(value: str | int | float | None) -> int | float | None:
     """An integer N >= 1 (items) or a fraction 0 < x < 1; anything else is an error."""
     if value is None:

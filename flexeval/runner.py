@@ -2,7 +2,7 @@
 
 A benchmark run in named phases over one `Item` type:
 
-    build_items (sample -> request -> store key) -> pending_items (resume: what the shards lack)
+    build_items (sample -> request -> store key) -> pending_indices (resume: what the shards lack)
     -> run_items (decode images in workers, batch, dispatch by request kind, append records and
        fsync per batch) -> store.collect -> score_records (once) -> predictions.jsonl, accuracy.csv,
        run.json (its figures: a function of the records).

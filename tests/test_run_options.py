@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 
+from flexeval.benchmarks import select_benchmarks
 from flexeval.benchmarks.base import Sample
 from flexeval.benchmarks.question_style import styled_sample
 from flexeval.errors import FlexEvalError
 from flexeval.run_options import (
     check_unprefixed_ids_found,
     limit_count,
-    parse_bench_list,
     parse_gen_kwargs,
     parse_limit,
     read_id_file,
@@ -23,13 +23,13 @@ def samples(n, prefix="s"):
 
 
 def test_bench_lists():
-    assert parse_bench_list("vstar") == ["vstar"]
-    assert parse_bench_list("vstar, TextVQA,v*") == ["vstar", "textvqa"]  # aliases, case, repeats
-    assert parse_bench_list("vstar,all") == ["vstar", "magnifierbench", "textvqa", "rsvqa_hrben"]
+    assert [b.name for b in select_benchmarks("vstar")] == ["vstar"]
+    assert [b.name for b in select_benchmarks("vstar, TextVQA,v*")] == ["vstar", "textvqa"]  # aliases, case, repeats
+    assert [b.name for b in select_benchmarks("vstar,all")] == ["vstar", "magnifierbench", "textvqa", "rsvqa_hrben"]
     with pytest.raises(FlexEvalError, match="unknown benchmark 'nope'"):
-        parse_bench_list("vstar,nope")
+        [b.name for b in select_benchmarks("vstar,nope")]
     with pytest.raises(FlexEvalError, match="empty name"):
-        parse_bench_list("vstar,")
+        [b.name for b in select_benchmarks("vstar,")]
 
 
 def test_limit_integer_or_fraction():
