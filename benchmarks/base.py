@@ -19,7 +19,7 @@ from PIL import Image
 
 from flexeval.errors import FlexEvalError
 from flexeval.requests import Request
-from flexeval.store import file_sha256
+from flexeval.results.store import file_sha256
 
 
 @dataclass(frozen=True)
@@ -189,7 +189,7 @@ def accuracy_rows(benchmark: str, scored: list[dict], subsets: list[str] | None 
 
 
 def subset_item_scores(scored: list[dict], subsets: list[str] | None = None) -> dict[str, list[list[float]]]:
-    """The per-item scores behind each `accuracy_rows` row, as one stratum each (flexeval/stats.py
+    """The per-item scores behind each `accuracy_rows` row, as one stratum each (flexeval/results/intervals.py
     turns them into standard errors and bootstrap intervals); rows are keyed by subset name."""
     by_subset: dict[str, list[float]] = {s: [] for s in subsets or []}
     for r in scored:

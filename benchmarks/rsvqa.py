@@ -12,7 +12,7 @@ lower-cased exact match, so "Yes." is wrong; "lenient" also strips trailing punc
 Table: presence, comparison, `average` (their mean accuracy, the seed's headline number; its
 `n` is the total and `correct` the summed corrects, so accuracy != correct / n on that row only),
 then the micro `overall`. The standard error and bootstrap interval of `average` treat it as the
-mean of two strata (resampled within each subset), see flexeval/stats.py.
+mean of two strata (resampled within each subset), see flexeval/results/intervals.py.
 max_new_tokens = 16: every presence/comp answer is "yes" or "no", so a reply cut at 16 tokens
 scores exactly as the full reply would (both are wrong).
 """

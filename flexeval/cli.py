@@ -58,7 +58,7 @@ def run(
     max_image_pixels: int = typer.Option(40_000_000, "--max-image-pixels", help="refuse larger images (a decompression-bomb guard; real V* images reach 8.3 Mpx); such an item is a skipped row"),
     max_non_finite: int = typer.Option(3, "--max-non-finite", help="stop when more items than this give NaN/inf outputs (they always count as wrong)"),
     check: bool = typer.Option(False, "--check", help="validate the data, the model folder and --out without running the model; list every problem"),
-    # issue 15: lmms-eval / lm-eval conveniences (flexeval/run_options.py, benchmarks/question_style.py)
+    # issue 15: lmms-eval / lm-eval conveniences (flexeval/items.py, benchmarks/question_style.py)
     offset: int = typer.Option(0, "--offset", help="skip the first K items (before --limit)"),
     ids: Optional[Path] = typer.Option(None, "--ids", help="file with one item id a line (optionally bench:id)"),
     gen_kwargs: Optional[str] = typer.Option(None, "--gen-kwargs", help="key=value,...: max_new_tokens (greedy only)"),
@@ -71,9 +71,9 @@ def run(
     image_option: Optional[list[str]] = typer.Option(None, "--image-option", help=IMAGE_OPTION_HELP),
 ) -> None:
     """Evaluate a model on a benchmark; writes predictions.jsonl, accuracy.csv and run.json."""
+    from flexeval.evaluate import RunConfig, run_benchmarks
     from flexeval.interrupt import is_write_error, stop_message
-    from flexeval.run_options import parse_gen_kwargs, parse_limit
-    from flexeval.runner import RunConfig, run_benchmarks
+    from flexeval.items import parse_gen_kwargs, parse_limit
 
     try:
         generation = parse_gen_kwargs(gen_kwargs)
@@ -106,7 +106,7 @@ def run(
 
 
 def _check(cfg) -> None:
-    from flexeval.check import check_run, format_check
+    from flexeval.checks import check_run, format_check
 
     problems, notes = check_run(cfg)
     typer.echo(format_check(problems, notes))
@@ -117,7 +117,7 @@ def _check(cfg) -> None:
 @app.command("list")
 def list_cmd(data_root: Path = typer.Option(Path("data"), "--data-dir", "-d", help="root holding one folder per benchmark")) -> None:
     """Each benchmark, where its data is expected, whether it is there, and how many items it has."""
-    from flexeval.tables import list_benchmarks_table
+    from flexeval.results.report import list_benchmarks_table
 
     try:
         typer.echo(list_benchmarks_table(data_root))
@@ -128,7 +128,7 @@ def list_cmd(data_root: Path = typer.Option(Path("data"), "--data-dir", "-d", he
 @app.command()
 def rescore(path: Path = typer.Argument(..., help="a benchmark results folder, or a folder above several")) -> None:
     """Recompute accuracy.csv from predictions.jsonl alone (no model)."""
-    from flexeval.tables import rescore_tree
+    from flexeval.results.scoring import rescore_tree
 
     try:
         for p in rescore_tree(path):
@@ -145,7 +145,7 @@ def compare(
     json_out: bool = typer.Option(False, "--json", help="print everything as one JSON object"),
 ) -> None:
     """Paired comparison on the items both runs have: per-subset B - A, its bootstrap interval, flipped items."""
-    from flexeval.compare import compare_runs, comparison_json, format_comparison
+    from flexeval.results.compare import compare_runs, comparison_json, format_comparison
 
     try:
         result = compare_runs(run_a, run_b)
@@ -157,7 +157,7 @@ def compare(
 @app.command()
 def report(results_dir: Path = typer.Argument(Path("results"), help="results root")) -> None:
     """Print and regenerate summary.csv and summary.md (paper numbers as reference rows)."""
-    from flexeval.tables import write_report
+    from flexeval.results.report import write_report
 
     try:
         typer.echo(write_report(results_dir))
@@ -186,7 +186,7 @@ def inspect(
     image_option: Optional[list[str]] = typer.Option(None, "--image-option", help=IMAGE_OPTION_HELP),
 ) -> None:
     """A window into one sample: generated tokens, selections per layer, option NLLs, logits."""
-    from flexeval.inspect import inspect_sample
+    from flexeval.analysis.inspect import inspect_sample
 
     try:
         result = inspect_sample(model=model, image=image, prompt=prompt,
@@ -226,7 +226,7 @@ def attention(
     max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", help="answer length (default 16)"),
 ) -> None:
     """Attention-map pictures: the map of one query row over the original image, one panel per layer."""
-    from flexeval.attention import attention_for_bench, attention_for_image
+    from flexeval.analysis.attention import attention_for_bench, attention_for_image
 
     try:
         if (image is None) == (bench is None):
@@ -249,7 +249,7 @@ def attention(
 def attention_check(out: Path = typer.Option(Path("attention-check.png"), "--out", "-o", help="PNG to write")) -> None:
     """The planted-hot-spot picture (no model): maps forced to the cell of a red disc on wide, tall and square
     images, drawn as `flexeval attention` draws them; hot spot and outline must sit on the disc."""
-    from flexeval.attention import planted_check_png
+    from flexeval.analysis.attention import planted_check_png
 
     out.parent.mkdir(parents=True, exist_ok=True)
     typer.echo(f"wrote {planted_check_png(out)}")
@@ -283,7 +283,7 @@ def grounding(
     """Score where the model looks, per layer, with the official GQA grounding definition."""
     if ctx.invoked_subcommand is not None:
         return
-    from flexeval.grounding_run import GroundingConfig, run_grounding
+    from flexeval.analysis.grounding_run import GroundingConfig, run_grounding
 
     try:
         if model is None or data_dir is None:
@@ -307,7 +307,7 @@ def grounding_score_cmd(
     map_size: Optional[int] = typer.Option(None, "--map-size", help="check every map is M x M"),
 ) -> None:
     """The official eval.py --grounding score of a precomputed attention file."""
-    from flexeval.grounding import score_attention_file
+    from flexeval.analysis.grounding import score_attention_file
 
     try:
         res = score_attention_file(questions, scenes, attentions, map_size)
@@ -335,12 +335,12 @@ def make_tiny(out: Path = typer.Option(..., "--out"), seed: int = typer.Option(0
 
 
 @app.command()
-def bench(
+def speed(
     arch: str = typer.Option("llava-1.5-7b", "--arch", help="llava-1.5-7b | tiny: that shape with random weights"),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="a real checkpoint instead of --arch"),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N"),
     dtype: str = typer.Option("auto", "--dtype", help="auto (fp16 on CUDA, fp32 on CPU) | float16 | bfloat16 | float32"),
-    out: Path = typer.Option(Path("results/bench"), "--out", "-o", help="folder for bench.csv, bench.json, e2e data"),
+    out: Path = typer.Option(Path("results/speed"), "--out", "-o", help="folder for speed.csv, speed.json, e2e data"),
     new_tokens: int = typer.Option(8, "--new-tokens", help="generated tokens per sample (TextVQA-like)"),
     repeat: Optional[int] = typer.Option(None, "--repeat", help="timed calls per figure (default: 3 on CUDA, 1 on CPU)"),
     max_batch: Optional[int] = typer.Option(None, "--max-batch", help="batch search cap (default: 64 on CUDA, 4 on CPU)"),
@@ -351,10 +351,10 @@ def bench(
     profile: bool = typer.Option(False, "--profile", help="also write torch.profiler tables of the best-batch calls"),
 ) -> None:
     """Benchmark the fast path: ms/sample, TFLOP/s, ratios vs the reference / none / all, stages, end to end."""
-    from flexeval.bench import BenchConfig, main
+    from flexeval.speed.measure import SpeedConfig, main
 
     try:
-        main(BenchConfig(arch=arch, model=model, device=device, dtype=dtype, out=out, new_tokens=new_tokens,
+        main(SpeedConfig(arch=arch, model=model, device=device, dtype=dtype, out=out, new_tokens=new_tokens,
                          repeat=repeat, max_batch=max_batch, stage_batch=stage_batch, e2e_items=e2e_items,
                          workers=workers, threads=threads, profile=profile))
     except FlexEvalError as e:

@@ -35,8 +35,8 @@ from datetime import timedelta
 from pathlib import Path
 
 from flexeval.errors import FlexEvalError
+from flexeval.results.store import fingerprint, write_json_atomic
 from flexeval.sharding import Share, item_cost, rank_share
-from flexeval.store import fingerprint, write_json_atomic
 
 PEER_TIMEOUT_ENV = "FLEXEVAL_PEER_TIMEOUT_S"  # a silent peer is declared lost after this long
 START_TIMEOUT_ENV = "FLEXEVAL_START_TIMEOUT_S"  # all ranks must reach a benchmark's start within this

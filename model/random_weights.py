@@ -1,4 +1,4 @@
-"""Random-weight models of a named shape, built directly on the device (for `flexeval bench`).
+"""Random-weight models of a named shape, built directly on the device (for `flexeval speed`).
 
 The LLM is created on the meta device and materialised with `to_empty` on the target device in
 the target dtype, then filled with normal (never zero) weights: a 7B shape never passes through

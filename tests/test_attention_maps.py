@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from flexeval.attention import generate_answers
+from flexeval.analysis.attention import generate_answers
 from flexeval.model import reference
 
 ALL_LAYERS = list(range(12))

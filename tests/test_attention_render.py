@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from flexeval.attention import (
+from flexeval.analysis.attention import (
     PLANTED_SIZES,
     continuation_for,
     parse_layers,

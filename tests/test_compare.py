@@ -10,8 +10,8 @@ from typer.testing import CliRunner
 
 from flexeval.benchmarks import get_benchmark
 from flexeval.cli import app
-from flexeval.compare import compare_records, compare_runs
 from flexeval.errors import FlexEvalError
+from flexeval.results.compare import compare_records, compare_runs
 
 COLORS = ["red", "green", "blue", "yellow"]
 SIDES = ["left", "right"]

@@ -16,8 +16,8 @@ import pytest
 import torch
 
 from flexeval.benchmarks import get_benchmark
+from flexeval.evaluate import RunConfig, run_benchmarks
 from flexeval.model.tiny import make_tiny_model
-from flexeval.runner import RunConfig, run_benchmarks
 
 BATCH = "2"
 

@@ -10,10 +10,10 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from flexeval.attention import generate_answers
+from flexeval.analysis.attention import generate_answers
+from flexeval.analysis.grounding import frame_attention, grounding_score, score_attention_file
 from flexeval.cli import app
 from flexeval.errors import FlexEvalError
-from flexeval.grounding import frame_attention, grounding_score, score_attention_file
 
 
 def _q(question_objs=(), answer_objs=(), semantic=()):
@@ -120,9 +120,9 @@ def test_gqa_sample_layout(tmp_path):
 def test_grounding_run_scores_and_resumes(release_dir, release_model, tmp_path):
     """Records hold the official score of the model's own map (recomputed here from attention_maps);
     a second run with a larger --limit runs only the new questions; the CSV is the per-layer mean."""
+    from flexeval.analysis.grounding_run import GroundingConfig, run_grounding
     from flexeval.benchmarks import get_benchmark
     from flexeval.benchmarks.base import open_image
-    from flexeval.grounding_run import GroundingConfig, run_grounding
 
     gqa = get_benchmark("gqa")
     data = gqa.make_sample(tmp_path / "gqa", n=3)

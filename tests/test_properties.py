@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from flexeval.benchmarks import get_benchmark, list_benchmarks
 from flexeval.benchmarks.vqa_eval import vqa_accuracy
 from flexeval.errors import FlexEvalError
-from flexeval.tables import rescore_dir
+from flexeval.results.scoring import rescore_dir
 
 SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 text = st.text(st.characters(blacklist_categories=("Cs",)), max_size=12)

@@ -14,10 +14,10 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from flexeval.attention import generate_answers
+from flexeval.analysis.attention import generate_answers
 from flexeval.benchmarks import get_benchmark, list_benchmarks
 from flexeval.cli import app
-from flexeval.runner import RunConfig, run_benchmarks
+from flexeval.evaluate import RunConfig, run_benchmarks
 
 
 def _lines(path):
@@ -164,7 +164,7 @@ def test_transformers_model_through_the_runner_records_resumes_and_reports(hf_di
         assert rec["prediction"] == s.options[min(range(len(want)), key=want.__getitem__)]
     again = _run(folder, "vstar", data["vstar"], tmp_path, max_pixels=28 * 28 * 8)
     assert again["timing"]["ran"] == 0 and again["timing"]["reused"] == len(recs)
-    from flexeval.tables import write_report
+    from flexeval.results.report import write_report
 
     md = write_report(tmp_path)
     assert f"| {tag} (hf:qwen2_vl) |" in md and "recipe=native" in md and "paper: FlexAttention-7B" in md

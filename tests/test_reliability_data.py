@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from flexeval.benchmarks import get_benchmark
 from flexeval.benchmarks.base import DEFAULT_MAX_IMAGE_PIXELS, image_header_problem, open_image
-from flexeval.check import check_samples, check_tag
+from flexeval.checks import check_samples, check_tag
 from flexeval.cli import app
 from flexeval.errors import FlexEvalError
 

@@ -19,9 +19,9 @@ from typer.testing import CliRunner
 from flexeval.benchmarks import get_benchmark
 from flexeval.cli import app
 from flexeval.errors import FlexEvalError
-from flexeval.lock import LOCK_NAME
-from flexeval.runner import RunConfig, run_benchmarks
-from flexeval.tables import rescore_dir
+from flexeval.evaluate import RunConfig, run_benchmarks
+from flexeval.results.lock import LOCK_NAME
+from flexeval.results.scoring import rescore_dir
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +107,7 @@ def test_over_limit_images_are_counted_reported_rows(release_dir, data, tmp_path
 
 
 def _hold_lock_in_another_process(folder: Path) -> subprocess.Popen:
-    code = ("import sys; from flexeval.lock import hold_run_lock; hold_run_lock(sys.argv[1]); "
+    code = ("import sys; from flexeval.results.lock import hold_run_lock; hold_run_lock(sys.argv[1]); "
             "print('held', flush=True); sys.stdin.read()")
     p = subprocess.Popen([sys.executable, "-c", code, str(folder)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                          text=True)

@@ -17,8 +17,8 @@ from typer.testing import CliRunner
 from flexeval.benchmarks import get_benchmark
 from flexeval.cli import app
 from flexeval.errors import FlexEvalError
+from flexeval.evaluate import RunConfig, run_benchmarks
 from flexeval.model.tiny import make_tiny_model
-from flexeval.runner import RunConfig, run_benchmarks
 
 cli = CliRunner()
 
@@ -153,7 +153,7 @@ def test_resume_does_not_depend_on_how_the_model_is_spelled(env, tmp_path, monke
     raw = bytearray(weights.read_bytes())
     raw[-1] ^= 0x01  # the last byte of the last tensor's data
     weights.write_bytes(bytes(raw))
-    from flexeval.identity import checkpoint_content
+    from flexeval.results.identity import checkpoint_content
 
     changed = {r[0]: r for r in checkpoint_content(copy)}["model.safetensors"]
     orig = {r[0]: r for r in checkpoint_content(model)}["model.safetensors"]
@@ -164,7 +164,7 @@ def test_resume_does_not_depend_on_how_the_model_is_spelled(env, tmp_path, monke
 # ---- 5. strict JSON -----------------------------------------------------------------------------
 
 def test_non_finite_numbers_are_null_and_named(env, tmp_path):
-    from flexeval.store import record_line
+    from flexeval.results.store import record_line
 
     line = record_line({"key": "k", "option_nll": [1.5, float("nan"), float("inf")], "x": {"y": float("-inf")}})
     rec = _strict_json(line.decode())

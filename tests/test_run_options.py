@@ -1,4 +1,4 @@
-"""--bench lists, --limit fractions, --offset, --ids, --gen-kwargs, --question-style (flexeval/run_options.py)."""
+"""--bench lists, --limit fractions, --offset, --ids, --gen-kwargs, --question-style (flexeval/items.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from flexeval.benchmarks import select_benchmarks
 from flexeval.benchmarks.base import Sample
 from flexeval.benchmarks.question_style import styled_sample
 from flexeval.errors import FlexEvalError
-from flexeval.run_options import (
+from flexeval.items import (
     check_unprefixed_ids_found,
     limit_count,
     parse_gen_kwargs,

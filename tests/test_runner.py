@@ -11,9 +11,9 @@ from typer.testing import CliRunner
 
 from flexeval.benchmarks import get_benchmark
 from flexeval.cli import app
+from flexeval.evaluate import RunConfig, run_benchmarks
 from flexeval.model import load_pretrained, reference
 from flexeval.model.tiny import make_tiny_model
-from flexeval.runner import RunConfig, run_benchmarks
 
 
 @pytest.fixture(scope="module")

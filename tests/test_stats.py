@@ -1,4 +1,4 @@
-"""Standard errors and bootstrap intervals (flexeval/stats.py): values worked out by hand."""
+"""Standard errors and bootstrap intervals (flexeval/results/intervals.py): values worked out by hand."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import math
 import pytest
 
 from flexeval.benchmarks import get_benchmark
-from flexeval.stats import accuracy_interval, add_intervals, paired_difference
-from flexeval.tables import score_records
+from flexeval.results.intervals import accuracy_interval, add_intervals, paired_difference
+from flexeval.results.scoring import score_records
 
 
 def test_standard_error_of_one_subset_by_hand():

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from flexeval.errors import FlexEvalError
-from flexeval.meta import data_fingerprint, environment_info
-from flexeval.store import PredictionStore, fingerprint, read_records, write_json_atomic
+from flexeval.results.runinfo import data_fingerprint, environment_info
+from flexeval.results.store import PredictionStore, fingerprint, read_records, write_json_atomic
 
 
 def rec(i: int, **extra) -> dict:

@@ -9,7 +9,8 @@ import pytest
 
 from flexeval.benchmarks import get_benchmark, list_benchmarks
 from flexeval.errors import FlexEvalError
-from flexeval.tables import list_benchmarks_table, rescore_tree, score_records, write_report
+from flexeval.results.report import list_benchmarks_table, write_report
+from flexeval.results.scoring import rescore_tree, score_records
 
 
 def vstar_record(stem: str, subset: str, options: list[str], prediction: str) -> dict:

@@ -7,7 +7,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from flexeval.attention import generate_answers
+from flexeval.analysis.attention import generate_answers
 from flexeval.benchmarks import get_benchmark
 from flexeval.benchmarks.base import open_image
 from flexeval.benchmarks.conversation import SHORT_ANSWER_SUFFIX, llava_v1_prompt

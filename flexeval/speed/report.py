@@ -1,4 +1,4 @@
-"""The output of `flexeval bench`: the printed table, bench.csv (the rows) and bench.json (everything)."""
+"""The output of `flexeval speed`: the printed table, speed.csv (the rows) and speed.json (everything)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ def _fmt(v) -> str:
 
 def format_table(res: dict) -> str:
     i, c = res["info"], res["ceilings"]
-    lines = [f"flexeval bench: {i['model']} on {i['device']}, {i['dtype']}, median of {i['repeat']} after warm-up; "
+    lines = [f"flexeval speed: {i['model']} on {i['device']}, {i['dtype']}, median of {i['repeat']} after warm-up; "
              f"prompt {i['prompt_tokens']} tokens, options {i['option_tokens']} tokens",
              f"measured ceilings: matmul {c['matmul_tflops']:.3g} TFLOP/s ({c['matmul_n']}^3), "
              f"copy {c['copy_gb_per_s']:.3g} GB/s"]
@@ -27,7 +27,7 @@ def format_table(res: dict) -> str:
         lines.append(f"check fast vs reference ({ch['selection']}): prefill logits {ch['prefill_logits_max_rel_diff']:.2e}, "
                      f"option NLL {ch['option_nll_max_rel_diff']:.2e} (tolerance {ch['tolerance']:g}), same greedy "
                      f"tokens {ch['same_greedy_tokens']}: {'PASS' if ch['passed'] else 'FAIL'}")
-    from flexeval.tables import aligned
+    from flexeval.results.accuracy import aligned
 
     lines.append(aligned([list(COLUMNS)] + [[_fmt(r[k]) for k in COLUMNS] for r in res["rows"]]))
     return "\n".join(lines)
@@ -36,14 +36,14 @@ def format_table(res: dict) -> str:
 def write_results(res: dict, out: Path) -> tuple[Path, Path]:
     import csv
 
-    from flexeval.jsonsafe import replace_non_finite
-    from flexeval.store import write_json_atomic, write_text_atomic
+    from flexeval.results.jsonsafe import replace_non_finite
+    from flexeval.results.store import write_json_atomic, write_text_atomic
 
     out.mkdir(parents=True, exist_ok=True)
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
     w.writeheader()
     w.writerows(replace_non_finite(res["rows"])[0])  # a NaN figure is an empty cell
-    write_text_atomic(out / "bench.csv", buf.getvalue())
-    write_json_atomic(out / "bench.json", res)  # strict JSON: non-finite figures as null
-    return out / "bench.csv", out / "bench.json"
+    write_text_atomic(out / "speed.csv", buf.getvalue())
+    write_json_atomic(out / "speed.json", res)  # strict JSON: non-finite figures as null
+    return out / "speed.csv", out / "speed.json"

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from flexeval.errors import FlexEvalError
-from flexeval.jsonsafe import strict_object
+from flexeval.results.jsonsafe import strict_object
 
 try:  # advisory lock against two processes claiming the same shard; Linux/macOS only
     import fcntl

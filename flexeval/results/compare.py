@@ -9,7 +9,7 @@ does), then joined by item id. Items present in only one run are counted and lis
 silently dropped; an id whose subset or target differs between the runs is not the same item and
 is an error. For each accuracy row (the benchmark's subsets, `overall`, and its extra rows) on the
 shared items: accuracy of A and of B, the difference B - A in percentage points, its standard
-error (of the per-item differences) and its paired bootstrap 95% interval (flexeval/stats.py: the
+error (of the per-item differences) and its paired bootstrap 95% interval (flexeval/results/intervals.py: the
 same resampled items for both runs), and how many items went up (B scored higher) or down.
 The flipped items are the shared items whose scores differ.
 """
@@ -21,8 +21,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from flexeval.errors import FlexEvalError
-from flexeval.stats import Interval, paired_difference
-from flexeval.store import PREDICTIONS
+from flexeval.results.intervals import Interval, paired_difference
+from flexeval.results.store import PREDICTIONS
 
 
 @dataclass
@@ -88,7 +88,7 @@ def compare_runs(run_a: Path, run_b: Path) -> Comparison:
 
 
 def compare_bench_dirs(dir_a: Path, dir_b: Path) -> BenchComparison:
-    from flexeval.tables import scored_dir
+    from flexeval.results.scoring import scored_dir
 
     bench_a, protocol_a, scored_a, _ = scored_dir(dir_a)
     bench_b, protocol_b, scored_b, _ = scored_dir(dir_b)
@@ -158,7 +158,7 @@ def _pct(x: float, signed: bool = False) -> str:
 
 
 def format_comparison(c: Comparison, show: int = 20) -> str:
-    from flexeval.tables import aligned
+    from flexeval.results.accuracy import aligned
 
     out = []
     for bc in c.benches:
@@ -189,6 +189,6 @@ def format_comparison(c: Comparison, show: int = 20) -> str:
 
 def comparison_json(c: Comparison) -> dict:
     """The comparison as plain JSON values (NaN, an undefined error or interval, becomes null)."""
-    from flexeval.jsonsafe import replace_non_finite
+    from flexeval.results.jsonsafe import replace_non_finite
 
     return replace_non_finite(asdict(c))[0]

@@ -1,7 +1,7 @@
 """Benchmark (not a test): speed-up of 1 vs 2 vs 3 ... processes under torchrun, same files.
 
-    python -m flexeval.dist_bench                     # tiny model, generated V* data, CPU, 1,2,3 procs
-    python -m flexeval.dist_bench --device cuda --procs 1,2,4,8 --model <checkpoint> --data-dir <V* folder>
+    python -m flexeval.speed.scaling                     # tiny model, generated V* data, CPU, 1,2,3 procs
+    python -m flexeval.speed.scaling --device cuda --procs 1,2,4,8 --model <checkpoint> --data-dir <V* folder>
 
 Each world size runs the same command from scratch under `torchrun --standalone`; the figures are
 the run's own wall time from run.json (load + model + merge; not interpreter start or model

@@ -1,4 +1,4 @@
-"""The end-to-end part of `flexeval bench`: a generated benchmark in the release layouts, run by
+"""The end-to-end part of `flexeval speed`: a generated benchmark in the release layouts, run by
 the real runner (data workers, batching, the prediction store, scoring), with the share of wall
 time the model was not running.
 
@@ -116,7 +116,7 @@ class GpuUtilisation:
 def run_end_to_end(model, out: Path, n_items: int, batch_sizes: dict[str, int], workers: int | None,
                    new_tokens: int) -> list[dict]:
     """Run the generated benchmarks through the real runner; one row per benchmark."""
-    from flexeval.runner import RunConfig, run_benchmark
+    from flexeval.evaluate import RunConfig, run_benchmark
 
     dirs = make_data(out / "e2e-data", n_items)
     results = out / "e2e-results"

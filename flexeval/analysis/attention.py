@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from flexeval.errors import FlexEvalError
-from flexeval.store import write_bytes_atomic
+from flexeval.results.store import write_bytes_atomic
 
 TOKENS_HELP = "answer (row of the first answer token) | prompt-end (row of the last prompt token) | N (row of generated token N)"
 DISPLAY_LONG_SIDE = 640  # px of the drawn image: legible, and small PNGs
@@ -197,7 +197,7 @@ def save_figure(fig, path: Path, dpi: int) -> Path:
         fig.savefig(buf, format="png", dpi=dpi)
     finally:
         plt.close(fig)
-    write_bytes_atomic(path, buf.getvalue())  # temp + rename, the user's file mode (flexeval/store.py)
+    write_bytes_atomic(path, buf.getvalue())  # temp + rename, the user's file mode (flexeval/results/store.py)
     return path
 
 
@@ -235,8 +235,8 @@ def attention_for_bench(bench: str, model: str, data_dir: Path | None, ids: str 
     """`flexeval attention --bench`: pictures of chosen items, under <out>/<model tag>/<bench>/attention/."""
     from flexeval.benchmarks import get_benchmark
     from flexeval.benchmarks.base import open_image
+    from flexeval.evaluate import RunConfig, model_tag
     from flexeval.requests import Generate
-    from flexeval.runner import RunConfig, model_tag
 
     b = get_benchmark(bench)
     protocol = b.check_protocol(protocol)

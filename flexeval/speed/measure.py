@@ -1,4 +1,4 @@
-"""`flexeval bench`: the speed of the one fast path, its bounds and its ratios, in ONE run.
+"""`flexeval speed`: the speed of the one fast path, its bounds and its ratios, in ONE run.
 
 Figures with their context, never a timed test. On one device, after warm-up (CUDA events on
 CUDA, perf_counter on the CPU), median of `repeat` calls:
@@ -10,7 +10,7 @@ CUDA, perf_counter on the CPU), median of `repeat` calls:
        one decode step (with its memory floor);
   e.   end to end: the real runner over a generated benchmark (bench_e2e.py);
 plus a fast-vs-reference check on the device, the measured matmul ceiling and copy bandwidth.
-Ratios are computed from times of the same run. Writes bench.csv (the rows) and bench.json.
+Ratios are computed from times of the same run. Writes speed.csv (the rows) and speed.json.
 """
 
 from __future__ import annotations
@@ -24,7 +24,9 @@ from pathlib import Path
 
 import torch
 
-from flexeval.bench_cost import (
+from flexeval.errors import FlexEvalError
+from flexeval.speed.device import Timer, device_ceilings, elapsed_between, free, is_oom, mark, profile_table
+from flexeval.speed.flops import (
     RequestShape,
     choice_flops,
     clip_flops,
@@ -34,21 +36,19 @@ from flexeval.bench_cost import (
     highres_flops,
     llm_flops,
 )
-from flexeval.bench_device import Timer, device_ceilings, elapsed_between, free, is_oom, mark, profile_table
-from flexeval.bench_report import COLUMNS, format_table, write_results
-from flexeval.errors import FlexEvalError
+from flexeval.speed.report import COLUMNS, format_table, write_results
 
 SELECTIONS = ("none", "attention", "center", "all")
 CHECK_TOLERANCE = {torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 5e-2}  # max relative difference
 
 
 @dataclass
-class BenchConfig:
+class SpeedConfig:
     arch: str = "llava-1.5-7b"  # random weights of this shape, unless `model` is given
     model: str | None = None  # a real checkpoint (folder or hub id)
     device: str = "auto"
     dtype: str = "auto"
-    out: Path = Path("results/bench")
+    out: Path = Path("results/speed")
     new_tokens: int = 8
     repeat: int | None = None  # None: 3 on CUDA, 1 on the CPU
     max_batch: int | None = None  # batch search cap; None: 64 on CUDA, 4 on the CPU
@@ -122,9 +122,9 @@ class Workload:
     def __init__(self, model, seed: int = 0):
         import random
 
-        from flexeval.bench_e2e import TEXTVQA_SIZE, VSTAR_SIZE
         from flexeval.benchmarks.conversation import SHORT_ANSWER_SUFFIX, llava_v1_prompt
         from flexeval.benchmarks.samples import draw_scene
+        from flexeval.speed.end_to_end import TEXTVQA_SIZE, VSTAR_SIZE
 
         tok = model.tokenizer
         question = self._grow(lambda q: len(tok.encode_chunk(q)) - 1, 40)  # ~40 question tokens
@@ -179,7 +179,7 @@ def variants(model) -> dict:
     return out
 
 
-def load_model(cfg: BenchConfig):
+def load_model(cfg: SpeedConfig):
     from flexeval.model import RunOptions, load_pretrained
     from flexeval.model.loading import resolve_device, resolve_dtype
     from flexeval.model.random_weights import random_model
@@ -341,9 +341,9 @@ def stage_rows(model, work: Workload, timer, batch: int, new_tokens: int, ceilin
     return rows
 
 
-def run_bench(cfg: BenchConfig) -> dict:
-    from flexeval.bench_e2e import run_end_to_end
-    from flexeval.meta import environment_info
+def run_bench(cfg: SpeedConfig) -> dict:
+    from flexeval.results.runinfo import environment_info
+    from flexeval.speed.end_to_end import run_end_to_end
 
     t_build = time.perf_counter()
     base = load_model(cfg)
@@ -406,7 +406,7 @@ def run_bench(cfg: BenchConfig) -> dict:
             "end_to_end": e2e, "rows": rows}
 
 
-def main(cfg: BenchConfig) -> dict:
+def main(cfg: SpeedConfig) -> dict:
     if cfg.new_tokens < 3:
         raise FlexEvalError(f"--new-tokens {cfg.new_tokens}: at least 3 are needed to time a whole decode step")
     threads = torch.get_num_threads()

@@ -1,4 +1,4 @@
-"""`flexeval bench`: the structure and sanity of its output (never its speed), and its FLOP
+"""`flexeval speed`: the structure and sanity of its output (never its speed), and its FLOP
 accounting against torch's own FLOP counter on the tiny model."""
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 from typer.testing import CliRunner
 
-from flexeval.bench import generate_requests
-from flexeval.bench_cost import clip_flops, clip_shape, highres_flops, llm_flops
 from flexeval.cli import app
+from flexeval.speed.flops import clip_flops, clip_shape, highres_flops, llm_flops
+from flexeval.speed.measure import generate_requests
 
 SELECTIONS = ("none", "attention", "center", "all")
 CENTER_RATIO = (3 * 3) / (9 * 9)  # the 3x3 centre cells of the 9x9 selection grid
@@ -26,13 +26,13 @@ def bench_out(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
     threads = torch.get_num_threads()
     try:
-        result = CliRunner().invoke(app, ["bench", "--arch", "tiny", "--device", "cpu", "--out", str(out),
+        result = CliRunner().invoke(app, ["speed", "--arch", "tiny", "--device", "cpu", "--out", str(out),
                                           "--max-batch", "2", "--stage-batch", "2", "--new-tokens", "3",
                                           "--e2e-items", "4", "--workers", "1", "--threads", "1"])
     finally:
         torch.set_num_threads(threads)
     assert result.exit_code == 0, result.output
-    return out, result.output, json.loads((out / "bench.json").read_text())
+    return out, result.output, json.loads((out / "speed.json").read_text())
 
 
 def _rows(res, section=None, what=None):
@@ -69,7 +69,7 @@ def test_every_row_is_there_with_positive_finite_times(bench_out):
     assert all(ch["passed"] and ch["same_greedy_tokens"] for ch in res["checks"])  # float32: 1e-4
     # the printed table and the CSV hold the same rows as the JSON
     assert "vs_reference" in printed and printed.count("\nd ") == len(_rows(res, "d"))
-    with open(out / "bench.csv") as f:
+    with open(out / "speed.csv") as f:
         rows = list(csv.DictReader(f))
     assert [(r["section"], r["what"], r["selection"], int(r["batch"])) for r in rows] == \
         [(r["section"], r["what"], r["selection"], r["batch"]) for r in res["rows"]]

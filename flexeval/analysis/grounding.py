@@ -13,7 +13,7 @@ The score is the official GQA evaluation script's `--grounding` score (eval.py, 
 The attention file the script reads: a JSON array [{"questionId": str, "attention": M x M floats}].
 
 `flexeval grounding` makes that map from the model: the row's head-summed low-res attention over
-the 576 image tokens (flexeval/attention.py, from the one fast path), mapped from the padded square
+the 576 image tokens (flexeval/analysis/attention.py, from the one fast path), mapped from the padded square
 onto the ORIGINAL frame, averaged over each of the M x M cells, normalised to sum to 1, transposed
 to x-first, and scored for every layer asked.
 """
@@ -105,7 +105,7 @@ def score_attention_file(questions_path: Path, scenes_path: Path, attentions_pat
 
 def frame_attention(lowres_map: torch.Tensor, orig_size: tuple[int, int], map_size: int) -> np.ndarray:
     """[576] map over the padded square -> x-first [M, M] over the original frame, summing to 1."""
-    from flexeval.attention import lowres_grid, square_to_frame
+    from flexeval.analysis.attention import lowres_grid, square_to_frame
 
     s = SUPERSAMPLE
     fine = square_to_frame(lowres_grid(lowres_map), orig_size, (map_size * s, map_size * s)).astype(np.float64)
@@ -150,7 +150,7 @@ def grounding_csv_text(curves: list[ModelCurve]) -> str:
 
 def write_grounding_tables(out: Path) -> tuple[Path, Path]:
     """grounding.csv and grounding.png over every model folder under `out`, written atomically."""
-    from flexeval.store import write_text_atomic
+    from flexeval.results.store import write_text_atomic
 
     curves = read_curves(out)
     if not curves:
@@ -167,7 +167,7 @@ def plot_curves(curves: list[ModelCurve], path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from flexeval.attention import save_figure
+    from flexeval.analysis.attention import save_figure
 
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
     for c in curves:

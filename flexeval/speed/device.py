@@ -1,4 +1,4 @@
-"""Measuring on a device for `flexeval bench`: timing, the dtype's matmul ceiling, copy bandwidth,
+"""Measuring on a device for `flexeval speed`: timing, the dtype's matmul ceiling, copy bandwidth,
 out-of-memory handling and profiler tables."""
 
 from __future__ import annotations
@@ -7,6 +7,8 @@ import statistics
 import time
 
 import torch
+
+from flexeval.execute import is_oom  # noqa: F401  (the speed rows' OOM test is the runner's)
 
 
 def mark(device: torch.device):
@@ -63,12 +65,6 @@ def device_ceilings(device: torch.device, dtype: torch.dtype, timer: Timer) -> d
     copy_s = timer(lambda: dst.copy_(src), repeat=10)
     return {"matmul_n": n, "matmul_tflops": 2 * n ** 3 / matmul_s / 1e12, "copy_bytes": nbytes,
             "copy_gb_per_s": 2 * nbytes / copy_s / 1e9}
-
-
-def is_oom(e: BaseException) -> bool:
-    from flexeval.runner import _is_oom
-
-    return _is_oom(e)
 
 
 def free(device: torch.device) -> None:

@@ -1,4 +1,4 @@
-"""FLOP and byte accounting for `flexeval bench`: one small function per stage.
+"""FLOP and byte accounting for `flexeval speed`: one small function per stage.
 
 Counted FLOPs are the matmul work the algorithm needs (2 FLOPs per multiply-add), not what a
 kernel happens to execute: padding rows, masked-out scores and elementwise ops (norms, RoPE,

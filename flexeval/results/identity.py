@@ -14,7 +14,7 @@ import os
 import re
 from pathlib import Path
 
-from flexeval.store import file_sha256
+from flexeval.results.store import file_sha256
 
 CHECKPOINT_SUFFIXES = (".safetensors", ".bin", ".model", ".json", ".jinja")  # .jinja: chat templates
 _OBJECT_ID = re.compile(r"^[0-9a-f]{40}$|^[0-9a-f]{64}$")

@@ -1,8 +1,8 @@
 """`flexeval grounding`: the GQA grounding score of a model's attention maps, for every layer.
 
-Per question: greedy answer, then the asked row's maps (flexeval/attention.py; `--token answer` by
+Per question: greedy answer, then the asked row's maps (flexeval/analysis/attention.py; `--token answer` by
 default: the row of the answer's first token) at every asked layer, each turned into the official
-M x M x-first map over the original frame and scored (flexeval/grounding.py). Records go to a
+M x M x-first map over the original frame and scored (flexeval/analysis/grounding.py). Records go to a
 PredictionStore (append + fsync per batch, resumable after a kill, like `run`) under
 <out>/<model tag>/; then <out>/<model tag>/grounding.json and, over every model in <out>,
 <out>/grounding.csv and <out>/grounding.png.
@@ -38,22 +38,13 @@ class GroundingConfig:
 def run_grounding(cfg: GroundingConfig) -> dict:
     from tqdm import tqdm
 
-    from flexeval.attention import continuation_for, generate_answers, parse_layers, parse_token
+    from flexeval.analysis.attention import continuation_for, generate_answers, parse_layers, parse_token
+    from flexeval.analysis.grounding import SUMMARY, summary_rows, write_grounding_tables
     from flexeval.benchmarks.gqa import GQA, QUESTIONS, SCENES, load_questions, load_scenes
-    from flexeval.grounding import SUMMARY, summary_rows, write_grounding_tables
+    from flexeval.evaluate import RunConfig, model_identity, model_tag
+    from flexeval.execute import BatchSizer, ImageDataset, Item, feed_batches, log, request_fingerprint
     from flexeval.model import RunOptions, load_pretrained
-    from flexeval.runner import (
-        BatchSizer,
-        Item,
-        RunConfig,
-        _ImageDataset,
-        feed_batches,
-        log,
-        model_identity,
-        model_tag,
-        request_fingerprint,
-    )
-    from flexeval.store import PredictionStore, fingerprint, write_json_atomic
+    from flexeval.results.store import PredictionStore, fingerprint, write_json_atomic
 
     if cfg.map_size < 1:
         raise FlexEvalError(f"--map-size must be a positive integer, not {cfg.map_size}")
@@ -81,7 +72,7 @@ def run_grounding(cfg: GroundingConfig) -> dict:
         f"-> {folder}")
     sizer = BatchSizer(cfg.batch_size, str(model.device))
     sub = [samples[i] for i in pending]
-    dataset = _ImageDataset([Item(samples[i], requests[i], keys[i]) for i in pending], model.preprocessor)
+    dataset = ImageDataset([Item(samples[i], requests[i], keys[i]) for i in pending], model.preprocessor)
     bar = tqdm(total=len(pending), desc="grounding", unit="question", disable=cfg.quiet, dynamic_ncols=True)
 
     def score_batch(items):
@@ -103,7 +94,7 @@ def run_grounding(cfg: GroundingConfig) -> dict:
         return recs
 
     def _layer_scores(maps, orig_size, sample):
-        from flexeval.grounding import frame_attention, grounding_score
+        from flexeval.analysis.grounding import frame_attention, grounding_score
 
         q = questions[sample.id]
         scene = scenes.get(str(q["imageId"]))
