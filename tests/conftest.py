@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import random
 import shutil
 from dataclasses import dataclass
@@ -17,6 +18,18 @@ from pathlib import Path
 import pytest
 
 SEED = 0
+
+# ---- hypothesis: the same examples every run by default; a larger random search by choice ----
+# HYPOTHESIS_PROFILE=ci (default): derandomized (examples derived from each test's name, so every run,
+# locally and in CI, draws the same ones) and no example database. HYPOTHESIS_PROFILE=thorough: 1000
+# new random examples per property test, to hunt for bugs; a failure prints the @reproduce_failure blob.
+with contextlib.suppress(ImportError):
+    from hypothesis import settings as _hypothesis_settings
+
+    _hypothesis_settings.register_profile("ci", max_examples=40, derandomize=True, database=None, deadline=None)
+    _hypothesis_settings.register_profile("thorough", max_examples=1000, derandomize=False, deadline=None,
+                                          print_blob=True)
+    _hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 # ---- checkpoints ----

@@ -124,3 +124,25 @@ def test_cli_compare_text_and_json(tmp_path):
     assert data["benches"][0]["rows"][2]["difference"]["estimate"] == pytest.approx(20.0)
     r = cli.invoke(app, ["compare", str(a), str(tmp_path / "nowhere")])
     assert r.exit_code == 1 and "not a folder" in r.output
+
+
+def test_float_noise_is_not_a_flip_and_real_changes_are():
+    """22 items differ as floats; 12 only by summation order (0.9 vs sum of ten 0.09 = 0.8999999999999998,
+    1.0 vs 0.9999999999999999), 10 by a real change of the VQA score: 10 flips, 6 up and 4 down."""
+    bench = get_benchmark("textvqa")
+    noise_b = sum([0.09] * 10)
+    assert noise_b != 0.9 and abs(noise_b - 0.9) < 1e-15  # the planted noise is real float noise
+    pairs = [(0.9, noise_b)] * 8 + [(1.0, sum([0.1] * 10))] * 4  # noise only
+    pairs += [(0.0, 0.3), (0.3, 0.6), (0.6, 0.9), (0.9, 1.0), (0.0, 1.0), (0.3, 1.0)]  # up
+    pairs += [(1.0, 0.9), (0.6, 0.0), (0.9, 0.6), (0.3, 0.0)]  # down
+    pairs += [(0.6, 0.6)] * 3  # identical
+
+    def recs(side):
+        return [{"id": f"q{k}", "subset": "val", "target": "x", "score": p[side]} for k, p in enumerate(pairs)]
+
+    bc = compare_records(bench, recs(0), recs(1), "paper", "paper")
+    assert sum(1 for a, b in pairs if a != b) == 22
+    assert [f["id"] for f in bc.flipped] == [f"q{k}" for k in range(12, 22)]
+    overall = next(r for r in bc.rows if r.subset == "overall")
+    assert (overall.up, overall.down, overall.n) == (6, 4, 25)
+    assert overall.difference.estimate == pytest.approx(100 * (0.3 * 3 + 0.1 + 1.0 + 0.7 - 0.1 - 0.6 - 0.3 - 0.3) / 25)

@@ -4,6 +4,7 @@ scorers give scores within [0, 1] whatever the prediction, rescoring is idempote
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -17,7 +18,8 @@ from flexeval.benchmarks.vqa_eval import vqa_accuracy
 from flexeval.errors import FlexEvalError
 from flexeval.results.scoring import rescore_dir
 
-SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+# max_examples, derandomize and the database come from the profile tests/conftest.py loads (HYPOTHESIS_PROFILE)
+SETTINGS = settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
 text = st.text(st.characters(blacklist_categories=("Cs",)), max_size=12)
 json_value = st.recursive(st.none() | st.booleans() | st.integers(-5, 5) | st.floats(allow_nan=True) | text,
                           lambda inner: st.lists(inner, max_size=4) | st.dictionaries(text, inner, max_size=3),
@@ -137,3 +139,22 @@ def test_rescoring_is_idempotent_and_counts_every_record(samples_of, tmp_path_fa
     expected = sum(0.0 if r.get("non_finite") else bench.score(r, protocol)["score"] for r in records)
     assert overall["correct"] == pytest.approx(expected, abs=1e-6)
     shutil.rmtree(folder.parent)
+
+
+def test_the_default_profile_draws_the_same_examples_every_run():
+    """Without HYPOTHESIS_PROFILE the property tests are reproducible: the profile is derandomized
+    with a fixed count, and two searches of one property draw the very same examples."""
+    if os.environ.get("HYPOTHESIS_PROFILE", "ci") != "ci":
+        pytest.skip("HYPOTHESIS_PROFILE chooses a random search")
+    assert settings.default.derandomize and settings.default.max_examples == 40
+    assert settings.default.database is None
+    drawn: list = []
+
+    @given(x=text)
+    def draw(x):
+        drawn.append(x)
+
+    draw()
+    first, drawn[:] = list(drawn), []
+    draw()
+    assert drawn == first and len(set(first)) > 10

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -256,3 +257,42 @@ def test_every_generate_benchmark_through_the_runner_matches_the_reference(env, 
         if name == "magnifierbench":
             n_images = sorted(s.meta["n_images"] for s in samples.values())
             assert n_images == [0, 1, 1, 2]
+
+
+def test_planted_answers_are_scored_above_zero_by_the_runner(env, tmp_path):
+    """The tiny model's replies score 0 against the generated answers, so scoring is checked here on
+    answers planted equal to its replies: a first run gives each TextVQA item's greedy reply; the answers
+    of the second run's data are k copies of that reply and 10 - k of a word it is not. Leave-one-out VQA
+    accuracy by hand: k = 2 -> (2 x 1/3 + 8 x 2/3) / 10 = 0.6, k = 3 -> (3 x 2/3 + 7 x 1) / 10 = 0.9,
+    k = 1 -> (1 x 0 + 9 x 1/3) / 10 = 0.3; accuracy.csv's overall row is their mean, 60.0."""
+    root, model_dir, _ = env
+    data = get_benchmark("textvqa").make_sample(tmp_path / "data", n=3, seed=2)
+
+    def run(out):
+        cfg = RunConfig(bench="textvqa", model=str(model_dir), data_dir=data, out=out, workers=0, quiet=True,
+                        batch_size="3", max_new_tokens=3)
+        run_benchmarks(cfg)
+        return _lines(out / "tiny" / "textvqa" / "max-new-tokens-3" / "predictions.jsonl")
+
+    first = run(tmp_path / "first")
+    replies = {r["id"]: r["prediction"] for r in first}
+    assert all(r["score"] == 0.0 for r in first) and all(replies.values())  # why answers are planted
+    annotations = data / "TextVQA_0.5.1_val.json"
+    doc = json.loads(annotations.read_text())
+    planted = {}
+    for entry, k in zip(doc["data"], (2, 3, 1)):
+        reply = replies[str(entry["question_id"])]
+        assert reply.strip().lower() != "unplanted"
+        entry["answers"] = [reply] * k + ["unplanted"] * (10 - k)
+        planted[str(entry["question_id"])] = {2: 0.6, 3: 0.9, 1: 0.3}[k]
+    annotations.write_text(json.dumps(doc))
+    second = run(tmp_path / "second")
+    assert {r["id"]: r["prediction"] for r in second} == replies  # the same greedy replies
+    for rec in second:
+        assert rec["score"] == pytest.approx(planted[rec["id"]]), rec
+        assert rec["score"] == pytest.approx(_hand_textvqa(rec["prediction"], rec["target"]))
+    accuracy = (tmp_path / "second" / "tiny" / "textvqa" / "max-new-tokens-3" / "accuracy.csv").read_text()
+    overall = next(row for row in csv.DictReader(accuracy.splitlines()) if row["subset"] == "overall")
+    # correct = 0.6 + 0.9 + 0.3; stderr = sd(0.6, 0.9, 0.3) / sqrt(3) = 0.3 / sqrt(3)
+    assert (float(overall["correct"]), float(overall["accuracy"])) == (pytest.approx(1.8), pytest.approx(60.0))
+    assert float(overall["stderr"]) == pytest.approx(100 * 0.3 / 3 ** 0.5, abs=1e-4)

@@ -11,7 +11,9 @@ is an error. For each accuracy row (the benchmark's subsets, `overall`, and its 
 shared items: accuracy of A and of B, the difference B - A in percentage points, its standard
 error (of the per-item differences) and its paired bootstrap 95% interval (flexeval/results/intervals.py: the
 same resampled items for both runs), and how many items went up (B scored higher) or down.
-The flipped items are the shared items whose scores differ.
+The flipped items are the shared items whose scores differ by more than float noise
+(SCORE_TOLERANCE): a VQA score summed in another order (0.9 vs 0.8999999999999998) is the same score,
+not a flip, and it is not counted as up or down either.
 """
 
 from __future__ import annotations
@@ -23,6 +25,17 @@ from pathlib import Path
 from flexeval.errors import FlexEvalError
 from flexeval.results.intervals import Interval, paired_difference
 from flexeval.results.store import PREDICTIONS
+
+# Scores are in [0, 1] (VQA: averages of tenths and thirds); summation order moves them by ~1e-16.
+SCORE_TOLERANCE = 1e-9
+
+
+def score_change(a: float, b: float) -> int:
+    """+1 if B scored higher than A beyond float noise, -1 if lower, 0 if the same score."""
+    a, b = float(a), float(b)
+    if math.isclose(a, b, rel_tol=0.0, abs_tol=SCORE_TOLERANCE) or (math.isnan(a) and math.isnan(b)):
+        return 0
+    return 1 if b > a or math.isnan(a) else -1
 
 
 @dataclass
@@ -121,12 +134,13 @@ def compare_records(benchmark, scored_a: list[dict], scored_b: list[dict], proto
         rows.append(RowComparison(
             subset=subset, n=len(flat_a), accuracy_a=_mean_of_strata(strata_a), accuracy_b=_mean_of_strata(strata_b),
             difference=paired_difference(strata_a, strata_b),
-            up=sum(1 for x, y in zip(flat_a, flat_b) if y > x), down=sum(1 for x, y in zip(flat_a, flat_b) if y < x)))
+            up=sum(1 for x, y in zip(flat_a, flat_b) if score_change(x, y) > 0),
+            down=sum(1 for x, y in zip(flat_a, flat_b) if score_change(x, y) < 0)))
     order = {name: k for k, name in enumerate([*benchmark.subsets, "overall"])}
     rows.sort(key=lambda r: order.get(r.subset, len(order)))  # stable: extra rows keep their order
     flipped = [{"id": i, "subset": ra["subset"], "score_a": float(ra["score"]), "score_b": float(rb["score"]),
                 "prediction_a": ra.get("prediction"), "prediction_b": rb.get("prediction")}
-               for i, ra, rb in zip(shared, a, b) if float(ra["score"]) != float(rb["score"])]
+               for i, ra, rb in zip(shared, a, b) if score_change(ra["score"], rb["score"])]
     return BenchComparison(benchmark=benchmark.name, dir_a=where_a, dir_b=where_b, protocol_a=protocol_a,
                            protocol_b=protocol_b, n_shared=len(shared),
                            only_a=[i for i in by_a if i not in by_b], only_b=[i for i in by_b if i not in by_a],
