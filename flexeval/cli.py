@@ -1,4 +1,6 @@
-"""The `flexeval` command line (typer). Every user-facing error is a FlexEvalError: printed, exit 1."""
+"""The `flexeval` command line (typer). Every command runs inside the one error path of
+flexeval/cli_common.py: a FlexEvalError is printed as one line (exit 1), Ctrl-C and a full disk say
+what was kept (exit 130 / 1). Model flags are also accepted as `--model-args key=value,...`."""
 
 from __future__ import annotations
 
@@ -9,12 +11,13 @@ from typing import Optional
 
 import typer
 
+from flexeval.cli_common import MODEL_ARGS_HELP, MODEL_KNOBS, FlexEvalTyper, apply_model_args
 from flexeval.errors import FlexEvalError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
+app = FlexEvalTyper(add_completion=False, no_args_is_help=True,
                   help="Evaluate FlexAttention / LLaVA-1.5 models on high-resolution VQA benchmarks.")
-model_app = typer.Typer(no_args_is_help=True, help="Build and inspect models.")
-data_app = typer.Typer(no_args_is_help=True, help="Benchmark data: generated samples and real downloads.")
+model_app = FlexEvalTyper(no_args_is_help=True, help="Build and inspect models.")
+data_app = FlexEvalTyper(no_args_is_help=True, help="Benchmark data: generated samples and real downloads.")
 app.add_typer(model_app, name="model")
 app.add_typer(data_app, name="data")
 
@@ -27,13 +30,9 @@ RECIPE_HELP = ("release: LLaVA-1.5's eval recipe (pad to square, v1 template, ch
                "LLaVA-1.5 formats) | native: the checkpoint's own processor, chat template and tokenizer (transformers)")
 
 
-def _fail(e: Exception) -> None:
-    typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(1)
-
-
 @app.command()
 def run(
+    ctx: typer.Context,
     bench: str = typer.Option(..., "--bench", "-b",
                               help="vstar | magnifierbench | textvqa | rsvqa_hrben | all, or a list: vstar,textvqa"),
     model: str = typer.Option(DEFAULT_MODEL, "--model", "-m", help="checkpoint folder or hub id"),
@@ -61,7 +60,7 @@ def run(
     # issue 15: lmms-eval / lm-eval conveniences (flexeval/items.py, benchmarks/question_style.py)
     offset: int = typer.Option(0, "--offset", help="skip the first K items (before --limit)"),
     ids: Optional[Path] = typer.Option(None, "--ids", help="file with one item id a line (optionally bench:id)"),
-    gen_kwargs: Optional[str] = typer.Option(None, "--gen-kwargs", help="key=value,...: max_new_tokens (greedy only)"),
+    gen_kwargs: Optional[str] = typer.Option(None, "--gen-kwargs", help="key=value,... as lm-eval: max_new_tokens (the same as --max-new-tokens); greedy only"),
     question_style: str = typer.Option("release", "--question-style", help="release | lmms-eval (TextVQA: question.capitalize())"),
     model_kind: str = typer.Option("auto", "--model-kind", help=MODEL_KIND_HELP),
     recipe: Optional[str] = typer.Option(None, "--recipe", help=RECIPE_HELP),
@@ -69,40 +68,28 @@ def run(
     min_pixels: Optional[int] = typer.Option(None, "--min-pixels", help="transformers image processors with a pixel budget (Qwen-VL): lower bound"),
     max_pixels: Optional[int] = typer.Option(None, "--max-pixels", help="transformers image processors with a pixel budget (Qwen-VL): upper bound"),
     image_option: Optional[list[str]] = typer.Option(None, "--image-option", help=IMAGE_OPTION_HELP),
+    model_args: Optional[str] = typer.Option(None, "--model-args", help=MODEL_ARGS_HELP),
 ) -> None:
     """Evaluate a model on a benchmark; writes predictions.jsonl, accuracy.csv and run.json."""
     from flexeval.evaluate import RunConfig, run_benchmarks
-    from flexeval.interrupt import is_write_error, stop_message
     from flexeval.items import parse_gen_kwargs, parse_limit
 
-    try:
-        generation = parse_gen_kwargs(gen_kwargs)
-        if "max_new_tokens" in generation:
-            if max_new_tokens not in (None, generation["max_new_tokens"]):
-                raise FlexEvalError(f"--max-new-tokens {max_new_tokens} and --gen-kwargs "
-                                    f"max_new_tokens={generation['max_new_tokens']} disagree; give one")
-            max_new_tokens = generation["max_new_tokens"]
-        cfg = RunConfig(bench=bench, model=model, data_dir=data_dir, out=out, limit=parse_limit(limit),
-                        batch_size=batch_size, protocol=protocol, dtype=dtype, device=device,
-                        selection=selection, threshold=threshold, first_layer=first_layer, zoom=zoom,
-                        split=split, workers=workers, tag=tag, seed=seed, quiet=quiet,
-                        max_new_tokens=max_new_tokens, max_image_pixels=max_image_pixels,
-                        max_non_finite=max_non_finite, offset=offset, ids_file=ids, question_style=question_style,
-                        model_kind=model_kind, recipe=recipe, trust_remote_code=trust_remote_code,
-                        min_pixels=min_pixels, max_pixels=max_pixels, image_options=tuple(image_option or ()))
-        if check:
-            _check(cfg)
-            return
-        run_benchmarks(cfg)
-    except FlexEvalError as e:
-        _fail(e)
-    except KeyboardInterrupt as e:  # one line: what was kept, how to continue
-        typer.secho(stop_message(e), fg=typer.colors.YELLOW, err=True)
-        raise typer.Exit(130) from None
-    except OSError as e:
-        if not is_write_error(e):
-            raise
-        _fail(stop_message(e))
+    knobs = apply_model_args(ctx, model_args)
+    generation = parse_gen_kwargs(gen_kwargs)
+    if "max_new_tokens" in generation:  # lm-eval's spelling of --max-new-tokens
+        if max_new_tokens not in (None, generation["max_new_tokens"]):
+            raise FlexEvalError(f"--max-new-tokens {max_new_tokens} and --gen-kwargs "
+                                f"max_new_tokens={generation['max_new_tokens']} disagree; give one")
+        max_new_tokens = generation["max_new_tokens"]
+    cfg = RunConfig(bench=bench, data_dir=data_dir, out=out, limit=parse_limit(limit), protocol=protocol,
+                    split=split, workers=workers, tag=tag, quiet=quiet, max_new_tokens=max_new_tokens,
+                    max_image_pixels=max_image_pixels, max_non_finite=max_non_finite, offset=offset, ids_file=ids,
+                    question_style=question_style, image_options=tuple(image_option or ()),
+                    **{k: knobs[k] for k in MODEL_KNOBS})
+    if check:
+        _check(cfg)
+        return
+    run_benchmarks(cfg)
 
 
 def _check(cfg) -> None:
@@ -119,10 +106,7 @@ def list_cmd(data_root: Path = typer.Option(Path("data"), "--data-dir", "-d", he
     """Each benchmark, where its data is expected, whether it is there, and how many items it has."""
     from flexeval.results.report import list_benchmarks_table
 
-    try:
-        typer.echo(list_benchmarks_table(data_root))
-    except FlexEvalError as e:
-        _fail(e)
+    typer.echo(list_benchmarks_table(data_root))
 
 
 @app.command()
@@ -130,11 +114,8 @@ def rescore(path: Path = typer.Argument(..., help="a benchmark results folder, o
     """Recompute accuracy.csv from predictions.jsonl alone (no model)."""
     from flexeval.results.scoring import rescore_tree
 
-    try:
-        for p in rescore_tree(path):
-            typer.echo(f"rescored {p}")
-    except FlexEvalError as e:
-        _fail(e)
+    for p in rescore_tree(path):
+        typer.echo(f"rescored {p}")
 
 
 @app.command()
@@ -147,10 +128,7 @@ def compare(
     """Paired comparison on the items both runs have: per-subset B - A, its bootstrap interval, flipped items."""
     from flexeval.results.compare import compare_runs, comparison_json, format_comparison
 
-    try:
-        result = compare_runs(run_a, run_b)
-    except FlexEvalError as e:
-        _fail(e)
+    result = compare_runs(run_a, run_b)
     typer.echo(json.dumps(comparison_json(result)) if json_out else format_comparison(result, show=show).rstrip())
 
 
@@ -159,14 +137,12 @@ def report(results_dir: Path = typer.Argument(Path("results"), help="results roo
     """Print and regenerate summary.csv and summary.md (paper numbers as reference rows)."""
     from flexeval.results.report import write_report
 
-    try:
-        typer.echo(write_report(results_dir))
-    except FlexEvalError as e:
-        _fail(e)
+    typer.echo(write_report(results_dir))
 
 
 @app.command()
 def inspect(
+    ctx: typer.Context,
     model: str = typer.Option(..., "--model", "-m"),
     image: Path = typer.Option(..., "--image"),
     prompt: str = typer.Option(..., "--prompt"),
@@ -184,19 +160,21 @@ def inspect(
     min_pixels: Optional[int] = typer.Option(None, "--min-pixels"),
     max_pixels: Optional[int] = typer.Option(None, "--max-pixels"),
     image_option: Optional[list[str]] = typer.Option(None, "--image-option", help=IMAGE_OPTION_HELP),
+    model_args: Optional[str] = typer.Option(None, "--model-args", help=MODEL_ARGS_HELP),
 ) -> None:
     """A window into one sample: generated tokens, selections per layer, option NLLs, logits."""
     from flexeval.analysis.inspect import inspect_sample
 
-    try:
-        result = inspect_sample(model=model, image=image, prompt=prompt,
-                                options=options.split("|") if options else None,
-                                max_new_tokens=max_new_tokens, dtype=dtype, device=device,
-                                dump_logits=dump_logits, raw=raw, selection=selection, model_kind=model_kind,
-                                recipe=recipe, min_pixels=min_pixels, max_pixels=max_pixels,
-                                trust_remote_code=trust_remote_code, image_options=tuple(image_option or ()))
-    except FlexEvalError as e:
-        _fail(e)
+    knobs = apply_model_args(ctx, model_args)
+    model, dtype, device, selection, model_kind, recipe, trust_remote_code, min_pixels, max_pixels = (
+        knobs[k] for k in ("model", "dtype", "device", "selection", "model_kind", "recipe", "trust_remote_code",
+                           "min_pixels", "max_pixels"))
+    result = inspect_sample(model=model, image=image, prompt=prompt,
+                            options=options.split("|") if options else None,
+                            max_new_tokens=max_new_tokens, dtype=dtype, device=device,
+                            dump_logits=dump_logits, raw=raw, selection=selection, model_kind=model_kind,
+                            recipe=recipe, min_pixels=min_pixels, max_pixels=max_pixels,
+                            trust_remote_code=trust_remote_code, image_options=tuple(image_option or ()))
     if json_out:
         typer.echo(json.dumps(result))
     else:
@@ -208,6 +186,7 @@ def inspect(
 
 @app.command()
 def attention(
+    ctx: typer.Context,
     model: str = typer.Option(DEFAULT_MODEL, "--model", "-m", help="checkpoint folder or hub id"),
     image: Optional[Path] = typer.Option(None, "--image", help="one image (with --prompt)"),
     prompt: Optional[str] = typer.Option(None, "--prompt", help="the question (wrapped in the LLaVA v1 template)"),
@@ -224,25 +203,25 @@ def attention(
     selection: Optional[str] = typer.Option(None, "--selection", help="attention | random | center | all | none"),
     tag: Optional[str] = typer.Option(None, "--tag", help="model tag used as the results folder name"),
     max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", help="answer length (default 16)"),
+    model_args: Optional[str] = typer.Option(None, "--model-args", help=MODEL_ARGS_HELP),
 ) -> None:
     """Attention-map pictures: the map of one query row over the original image, one panel per layer."""
     from flexeval.analysis.attention import attention_for_bench, attention_for_image
 
-    try:
-        if (image is None) == (bench is None):
-            raise FlexEvalError("give either --image IMG --prompt Q --out FILE.png, or --bench B --data-dir D")
-        if image is not None:
-            if prompt is None or out is None:
-                raise FlexEvalError("--image needs --prompt and --out FILE.png")
-            info = attention_for_image(model, image, prompt, layers, token, out, dtype, device, selection,
-                                       max_new_tokens or 16)
-            typer.echo(f"answer: {info['answer']}\nmap of the {info['token']}'s row, layers {info['layers']}: {out}")
-        else:
-            for p in attention_for_bench(bench, model, data_dir, ids, limit, layers, token, out or Path("results"),
-                                         dtype, device, selection, tag=tag, max_new_tokens=max_new_tokens):
-                typer.echo(f"wrote {p}")
-    except FlexEvalError as e:
-        _fail(e)
+    knobs = apply_model_args(ctx, model_args)
+    model, dtype, device, selection = (knobs[k] for k in ("model", "dtype", "device", "selection"))
+    if (image is None) == (bench is None):
+        raise FlexEvalError("give either --image IMG --prompt Q --out FILE.png, or --bench B --data-dir D")
+    if image is not None:
+        if prompt is None or out is None:
+            raise FlexEvalError("--image needs --prompt and --out FILE.png")
+        info = attention_for_image(model, image, prompt, layers, token, out, dtype, device, selection,
+                                   max_new_tokens or 16)
+        typer.echo(f"answer: {info['answer']}\nmap of the {info['token']}'s row, layers {info['layers']}: {out}")
+    else:
+        for p in attention_for_bench(bench, model, data_dir, ids, limit, layers, token, out or Path("results"),
+                                     dtype, device, selection, tag=tag, max_new_tokens=max_new_tokens):
+            typer.echo(f"wrote {p}")
 
 
 @app.command("attention-check")
@@ -255,9 +234,9 @@ def attention_check(out: Path = typer.Option(Path("attention-check.png"), "--out
     typer.echo(f"wrote {planted_check_png(out)}")
 
 
-grounding_app = typer.Typer(invoke_without_command=True, no_args_is_help=True,
-                            help="GQA grounding score of the attention maps per layer (`flexeval grounding --model M "
-                                 "--data-dir D`), or of an attention file (`flexeval grounding score ...`).")
+grounding_app = FlexEvalTyper(invoke_without_command=True, no_args_is_help=True,
+                              help="GQA grounding score of the attention maps per layer (`flexeval grounding --model M "
+                                   "--data-dir D`), or of an attention file (`flexeval grounding score ...`).")
 app.add_typer(grounding_app, name="grounding")
 
 
@@ -279,21 +258,22 @@ def grounding(
     workers: Optional[int] = typer.Option(None, "--workers", help="image decoding worker processes"),
     tag: Optional[str] = typer.Option(None, "--tag", help="model tag used as the folder name"),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
+    model_args: Optional[str] = typer.Option(None, "--model-args", help=MODEL_ARGS_HELP),
 ) -> None:
     """Score where the model looks, per layer, with the official GQA grounding definition."""
     if ctx.invoked_subcommand is not None:
         return
     from flexeval.analysis.grounding_run import GroundingConfig, run_grounding
 
-    try:
-        if model is None or data_dir is None:
-            raise FlexEvalError("flexeval grounding needs --model M and --data-dir D (or the `score` subcommand)")
-        summary = run_grounding(GroundingConfig(model=model, data_dir=data_dir, out=out, layers=layers, token=token,
-                                                map_size=map_size, limit=limit, batch_size=batch_size, dtype=dtype,
-                                                device=device, selection=selection, workers=workers, tag=tag,
-                                                quiet=quiet))
-    except FlexEvalError as e:
-        _fail(e)
+    knobs = apply_model_args(ctx, model_args)
+    model, dtype, device, selection, batch_size = (knobs[k] for k in ("model", "dtype", "device", "selection",
+                                                                      "batch_size"))
+    if model is None or data_dir is None:
+        raise FlexEvalError("flexeval grounding needs --model M and --data-dir D (or the `score` subcommand)")
+    summary = run_grounding(GroundingConfig(model=model, data_dir=data_dir, out=out, layers=layers, token=token,
+                                            map_size=map_size, limit=limit, batch_size=batch_size, dtype=dtype,
+                                            device=device, selection=selection, workers=workers, tag=tag,
+                                            quiet=quiet))
     for r in summary["layers"]:
         typer.echo(f"layer {r['layer']:>3}: {r['score']:7.2f}  (n={r['n']})")
     typer.echo(f"grounding table: {summary['files']['csv']}\nplot: {summary['files']['png']}")
@@ -309,10 +289,7 @@ def grounding_score_cmd(
     """The official eval.py --grounding score of a precomputed attention file."""
     from flexeval.analysis.grounding import score_attention_file
 
-    try:
-        res = score_attention_file(questions, scenes, attentions, map_size)
-    except FlexEvalError as e:
-        _fail(e)
+    res = score_attention_file(questions, scenes, attentions, map_size)
     typer.echo(f"Grounding: {res['score']:.2f}% ({res['n']} balanced questions)")
 
 
@@ -324,24 +301,23 @@ def make_tiny(out: Path = typer.Option(..., "--out"), seed: int = typer.Option(0
     from flexeval.model.tiny import make_tiny_model
     from flexeval.model.tiny_hf import make_tiny_hf_model
 
-    try:
-        if fmt.startswith("hf-"):
-            path = make_tiny_hf_model(out, family={"hf-llava": "llava-hf"}.get(fmt, fmt[3:]), seed=seed)
-        else:
-            path = make_tiny_model(out, seed=seed, fmt=fmt)
-    except FlexEvalError as e:
-        _fail(e)
+    if fmt.startswith("hf-"):
+        path = make_tiny_hf_model(out, family={"hf-llava": "llava-hf"}.get(fmt, fmt[3:]), seed=seed)
+    else:
+        path = make_tiny_model(out, seed=seed, fmt=fmt)
     typer.echo(f"tiny model written to {path}")
 
 
 @app.command()
 def speed(
+    ctx: typer.Context,
     arch: str = typer.Option("llava-1.5-7b", "--arch", help="llava-1.5-7b | tiny: that shape with random weights"),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="a real checkpoint instead of --arch"),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N"),
     dtype: str = typer.Option("auto", "--dtype", help="auto (fp16 on CUDA, fp32 on CPU) | float16 | bfloat16 | float32"),
     out: Path = typer.Option(Path("results/speed"), "--out", "-o", help="folder for speed.csv, speed.json, e2e data"),
-    new_tokens: int = typer.Option(8, "--new-tokens", help="generated tokens per sample (TextVQA-like)"),
+    max_new_tokens: int = typer.Option(8, "--max-new-tokens", help="generated tokens per sample (TextVQA-like)"),
+    new_tokens: Optional[int] = typer.Option(None, "--new-tokens", hidden=True),  # the old spelling: an error
     repeat: Optional[int] = typer.Option(None, "--repeat", help="timed calls per figure (default: 3 on CUDA, 1 on CPU)"),
     max_batch: Optional[int] = typer.Option(None, "--max-batch", help="batch search cap (default: 64 on CUDA, 4 on CPU)"),
     stage_batch: int = typer.Option(16, "--stage-batch", help="batch of the stage rows (capped by --max-batch)"),
@@ -349,16 +325,19 @@ def speed(
     workers: Optional[int] = typer.Option(None, "--workers", help="end-to-end data workers (default: the runner's)"),
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU intra-op threads (default: torch's)"),
     profile: bool = typer.Option(False, "--profile", help="also write torch.profiler tables of the best-batch calls"),
+    model_args: Optional[str] = typer.Option(None, "--model-args", help=MODEL_ARGS_HELP),
 ) -> None:
     """Benchmark the fast path: ms/sample, TFLOP/s, ratios vs the reference / none / all, stages, end to end."""
     from flexeval.speed.measure import SpeedConfig, main
 
-    try:
-        main(SpeedConfig(arch=arch, model=model, device=device, dtype=dtype, out=out, new_tokens=new_tokens,
-                         repeat=repeat, max_batch=max_batch, stage_batch=stage_batch, e2e_items=e2e_items,
-                         workers=workers, threads=threads, profile=profile))
-    except FlexEvalError as e:
-        _fail(e)
+    if new_tokens is not None:
+        raise FlexEvalError(f"--new-tokens is now --max-new-tokens (one spelling in every command): "
+                            f"write --max-new-tokens {new_tokens}")
+    knobs = apply_model_args(ctx, model_args)
+    model, dtype, device = (knobs[k] for k in ("model", "dtype", "device"))
+    main(SpeedConfig(arch=arch, model=model, device=device, dtype=dtype, out=out, max_new_tokens=max_new_tokens,
+                     repeat=repeat, max_batch=max_batch, stage_batch=stage_batch, e2e_items=e2e_items,
+                     workers=workers, threads=threads, profile=profile))
 
 
 @data_app.command("make-sample")
@@ -369,12 +348,9 @@ def make_sample(bench: str = typer.Option(..., "--bench", "-b", help="a benchmar
     """Generate sample items in the benchmark's exact release layout."""
     from flexeval.benchmarks import data_folders, get_benchmark
 
-    try:
-        for name, dest in data_folders(bench, out).items():
-            get_benchmark(name).make_sample(dest, n=n, seed=seed)
-            typer.echo(f"{name}: sample data in {dest}")
-    except FlexEvalError as e:
-        _fail(e)
+    for name, dest in data_folders(bench, out).items():
+        get_benchmark(name).make_sample(dest, n=n, seed=seed)
+        typer.echo(f"{name}: sample data in {dest}")
 
 
 @data_app.command("fetch")
@@ -383,11 +359,8 @@ def fetch(bench: str = typer.Option(..., "--bench", "-b"),
     """Download the real release files (needs a network)."""
     from flexeval.benchmarks import data_folders, get_benchmark
 
-    try:
-        for name, dest in data_folders(bench, out).items():
-            typer.echo(f"{name}: {get_benchmark(name).fetch(dest)}")
-    except FlexEvalError as e:
-        _fail(e)
+    for name, dest in data_folders(bench, out).items():
+        typer.echo(f"{name}: {get_benchmark(name).fetch(dest)}")
 
 
 def main() -> None:  # pragma: no cover

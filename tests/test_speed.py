@@ -23,11 +23,11 @@ CENTER_RATIO = (3 * 3) / (9 * 9)  # the 3x3 centre cells of the 9x9 selection gr
 
 @pytest.fixture(scope="module")
 def bench_out(tmp_path_factory):
-    out = tmp_path_factory.mktemp("bench")
+    out = tmp_path_factory.mktemp("speed")
     threads = torch.get_num_threads()
     try:
         result = CliRunner().invoke(app, ["speed", "--arch", "tiny", "--device", "cpu", "--out", str(out),
-                                          "--max-batch", "2", "--stage-batch", "2", "--new-tokens", "3",
+                                          "--max-batch", "2", "--stage-batch", "2", "--max-new-tokens", "3",
                                           "--e2e-items", "4", "--workers", "1", "--threads", "1"])
     finally:
         torch.set_num_threads(threads)

@@ -125,9 +125,9 @@ def run_end_to_end(model, out: Path, n_items: int, batch_sizes: dict[str, int], 
     for name, kind in (("vstar", "choice"), ("textvqa", "generate")):
         bench = get_benchmark(name)
         cfg = RunConfig(bench=name, model=str(model.source), out=results, batch_size=str(batch_sizes[kind]),
-                        workers=workers, tag="bench", quiet=True, max_new_tokens=new_tokens)
+                        workers=workers, tag="speed", quiet=True, max_new_tokens=new_tokens)
         t = time.perf_counter()
-        # the runner's accuracy table of random weights is noise here: keep stdout for the bench table
+        # the runner's accuracy table of random weights is noise here: keep stdout for the speed table
         with GpuUtilisation(model.device) as util, contextlib.redirect_stdout(io.StringIO()):
             run = run_benchmark(bench, model, cfg, dirs[name], bench.protocols[0])
         wall = time.perf_counter() - t

@@ -2,22 +2,20 @@
 
 Figures with their context, never a timed test. On one device, after warm-up (CUDA events on
 CUDA, perf_counter on the CPU), median of `repeat` calls:
-  a/b. generation (TextVQA-like: ~40 question tokens, `new_tokens` new) and V*-like choice scoring
+  a/b. generation (TextVQA-like: ~40 question tokens, `max_new_tokens` new) and V*-like choice scoring
        (4 options of 2-12 tokens) at batch 1 and at the best batch found (powers of two up to a cap
        or the first out-of-memory), for selection none / attention / center / all;
   c.   the literal reference (model/reference.py, the release's algorithm) at batch 1;
-  d.   the stages of a sample: JPEG decode + preprocess (CPU), CLIP (1 + zoom^2 crops), prefill,
+  d.   the stages of a sample (stages.py): JPEG decode + preprocess (CPU), CLIP (1 + zoom^2 crops), prefill,
        one decode step (with its memory floor);
-  e.   end to end: the real runner over a generated benchmark (bench_e2e.py);
+  e.   end to end: the real runner over a generated benchmark (end_to_end.py);
 plus a fast-vs-reference check on the device, the measured matmul ceiling and copy bandwidth.
 Ratios are computed from times of the same run. Writes speed.csv (the rows) and speed.json.
 """
 
 from __future__ import annotations
 
-import contextlib
 import io
-import statistics
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -25,18 +23,14 @@ from pathlib import Path
 import torch
 
 from flexeval.errors import FlexEvalError
-from flexeval.speed.device import Timer, device_ceilings, elapsed_between, free, is_oom, mark, profile_table
+from flexeval.speed.device import Timer, device_ceilings, free, is_oom, profile_table
 from flexeval.speed.flops import (
     RequestShape,
     choice_flops,
-    clip_flops,
     clip_shape,
-    decode_step_bytes,
     generate_flops,
-    highres_flops,
-    llm_flops,
 )
-from flexeval.speed.report import COLUMNS, format_table, write_results
+from flexeval.speed.report import COLUMNS, format_table, speed_row, write_results
 
 SELECTIONS = ("none", "attention", "center", "all")
 CHECK_TOLERANCE = {torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 5e-2}  # max relative difference
@@ -49,7 +43,7 @@ class SpeedConfig:
     device: str = "auto"
     dtype: str = "auto"
     out: Path = Path("results/speed")
-    new_tokens: int = 8
+    max_new_tokens: int = 8  # generated tokens per sample (exactly: the speed workload has no early stop)
     repeat: int | None = None  # None: 3 on CUDA, 1 on the CPU
     max_batch: int | None = None  # batch search cap; None: 64 on CUDA, 4 on the CPU
     stage_batch: int = 16  # stage rows run at this batch and at the best generation batch
@@ -60,10 +54,10 @@ class SpeedConfig:
     seed: int = 0
 
 
-# ---------------------------------------------------------------- the bench's calls into the model
+# ---------------------------------------------------------------- the speed benchmark's calls into the model
 
 def call_model(model, kind: str, work: "Workload", batch: int, new_tokens: int = 8):
-    """The bench's calls of the fast path: model.generate / model.choose over (request, image) pairs."""
+    """The speed benchmark's calls of the fast path: model.generate / model.choose over (request, image) pairs."""
     images = work.images_for(model, batch)
     if kind == "generate":
         return generate_requests(model, work.generate_prompts(batch), images, new_tokens)
@@ -81,26 +75,6 @@ def choose_requests(model, prompts: list[str], images: list, options) -> list:
     from flexeval.requests import Choice
 
     return model.choose([(Choice(prompt=p, question=p, options=tuple(options)), im) for p, im in zip(prompts, images)])
-
-
-@contextlib.contextmanager
-def layer_call_marks(device):
-    """Marks the start of every call of the fast path's layer loop (`Backbone.forward`, the model's
-    `lm.model(...)`) on the device's timeline, and the end of the block."""
-    from flexeval.model.llama import Backbone
-
-    inner, marks = Backbone.forward, []
-
-    def marked(self, *args, **kwargs):
-        marks.append(mark(device))
-        return inner(self, *args, **kwargs)
-
-    Backbone.forward = marked
-    try:
-        yield marks
-    finally:
-        Backbone.forward = inner
-        marks.append(mark(device))
 
 
 def call_reference(model, kind: str, work: "Workload", new_tokens: int = 8):
@@ -207,14 +181,6 @@ def flops_per_sample(model, kind: str, work: Workload, results) -> float:
     return choice_flops(model.cfg, clip_shape(model.vision), shape, suffixes)
 
 
-def _row(section, what, selection, batch, seconds, flops=None, ratio=None, note="") -> dict:
-    ms = 1000 * seconds / batch
-    return {"section": section, "what": what, "selection": selection, "batch": batch, "ms_per_sample": ms,
-            "samples_per_s": 1000 / ms, "gflop_per_sample": flops / 1e9 if flops else None,
-            "tflops": flops / (ms / 1000) / 1e12 if flops else None, "selected_ratio": ratio,
-            "vs_reference": None, "vs_none": None, "vs_all": None, "note": note}
-
-
 def best_batch(model, kind, work, timer, cap, new_tokens) -> tuple[int, list[dict]]:
     """Largest-throughput power of two up to `cap`, stopping at the first out-of-memory."""
     tried, b = [], 1
@@ -249,7 +215,7 @@ def time_request(model, sel, kind, work, timer, batch, new_tokens, section="a") 
             batch //= 2
     ratio = results[0].hd_selected_ratio if model.use_hd else None
     what = f"{kind} ({new_tokens} new tokens)" if kind == "generate" else f"{kind} ({len(work.options)} options)"
-    return _row(section, what, sel, batch, s, flops_per_sample(model, kind, work, results), ratio)
+    return speed_row(section, what, sel, batch, s, flops_per_sample(model, kind, work, results), ratio)
 
 
 def add_ratios(rows: list[dict]) -> None:
@@ -288,62 +254,10 @@ def correctness_check(model, work: Workload, new_tokens: int) -> dict:
             "tolerance": tol, "passed": rel <= tol and nll_rel <= tol}
 
 
-def cpu_stage_rows(model, work: Workload, repeat: int) -> list[dict]:
-    """JPEG decode + preprocess of each image size on one CPU thread, as in a data worker."""
-    cpu = Timer(torch.device("cpu"), repeat)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # torch gives each DataLoader worker one thread
-    try:
-        return [_row("d", f"decode + preprocess {w}x{h} JPEG (CPU, 1 core)", "-", 1,
-                     cpu(lambda k=k: work.decode_preprocess(model, k))) for k, ((w, h), _) in enumerate(work.jpegs)]
-    finally:
-        torch.set_num_threads(threads)
-
-
-def stage_rows(model, work: Workload, timer, batch: int, new_tokens: int, ceilings: dict) -> list[dict]:
-    """CLIP, prefill and one decode step of `model`'s selection at `batch`. Prefill and decode
-    step are the intervals between the starts of the layer-loop calls inside one generate call
-    (each interval: the layers, the lm_head, the argmax and the step's host work)."""
-    rows = []
-    sel = model.options.selection
-    images = work.images_for(model, batch)
-    n_crops = 1 + model.zoom ** 2 if model.use_hd else 1
-    clip_s = timer(lambda: model.encode_images(images))
-    rows.append(_row("d", f"CLIP ({n_crops} crops) + projector", sel, batch, clip_s,
-                     clip_flops(clip_shape(model.vision), model.cfg, n_crops)))
-    call_model(model, "generate", work, batch, new_tokens)  # warm-up
-    prefills, steps, results = [], [], None
-    for _ in range(timer.repeat):
-        with layer_call_marks(model.device) as marks:
-            results = call_model(model, "generate", work, batch, new_tokens)
-        gaps = elapsed_between(marks)  # [prefill, step, ..., last step + building the results]
-        prefills.append(gaps[0])
-        steps += gaps[1:-1] or gaps[1:]
-    shape = request_shape(model, results[0])
-    clip = clip_shape(model.vision)
-    prefill_flops = llm_flops(model.cfg, shape.prompt_tokens, 0, 1) + highres_flops(
-        model.cfg, shape.hd_layers, 1, shape.selected, shape.selected)
-    prefill = _row("d", "prefill (LLM layers + lm_head)", sel, batch, statistics.median(prefills), prefill_flops,
-                   shape.selected / (model.grid * model.zoom) ** 2 if model.use_hd else None)
-    prefill["note"] = f"{prefill['tflops'] / ceilings['matmul_tflops']:.0%} of the matmul ceiling"
-    rows.append(prefill)
-    if steps:
-        step_s = statistics.median(steps)
-        n = max(len(r.token_ids) for r in results)
-        step_flops = (generate_flops(model.cfg, clip, shape, n) - generate_flops(model.cfg, clip, shape, 1)) / (n - 1)
-        nbytes = decode_step_bytes(model.cfg, batch, shape.prompt_tokens + n, model.lm.lm_head.weight.element_size(),
-                                   shape.hd_layers, shape.selected)
-        floor_s = nbytes / (ceilings["copy_gb_per_s"] * 1e9)
-        step = _row("d", "decode step", sel, batch, step_s, step_flops)
-        step["note"] = (f"{1000 * step_s:.3g} ms a step for the batch; memory floor {1000 * floor_s:.3g} ms "
-                        f"({nbytes / 1e9:.3g} GB at the copy bandwidth): {step_s / floor_s:.2f}x the floor")
-        rows.append(step)
-    return rows
-
-
-def run_bench(cfg: SpeedConfig) -> dict:
+def run_speed(cfg: SpeedConfig) -> dict:
     from flexeval.results.runinfo import environment_info
     from flexeval.speed.end_to_end import run_end_to_end
+    from flexeval.speed.stages import cpu_stage_rows, stage_rows
 
     t_build = time.perf_counter()
     base = load_model(cfg)
@@ -357,11 +271,11 @@ def run_bench(cfg: SpeedConfig) -> dict:
     main_sel = "center" if not cfg.model else ("attention" if base.cfg.has_hd else "none")
     main = models[main_sel]
     ceilings = device_ceilings(device, base.dtype, timer)
-    checks = [correctness_check(models[s], work, cfg.new_tokens) for s in dict.fromkeys([main_sel, "attention"])
+    checks = [correctness_check(models[s], work, cfg.max_new_tokens) for s in dict.fromkeys([main_sel, "attention"])
               if models.get(s) is not None]
     rows, search, bests = [], {}, {}
     for kind in ("generate", "choice"):
-        best, search[kind] = best_batch(main, kind, work, timer, cap, cfg.new_tokens)
+        best, search[kind] = best_batch(main, kind, work, timer, cap, cfg.max_new_tokens)
         bests[kind] = best
         for sel in SELECTIONS:
             for label, b in [("b1", 1)] + ([("best", best)] if best > 1 else []):
@@ -369,28 +283,28 @@ def run_bench(cfg: SpeedConfig) -> dict:
                     rows.append({k: None for k in COLUMNS} | {"section": "b", "what": kind, "selection": sel,
                                                               "batch": b, "note": "plain LLaVA-1.5: no high-res"})
                     continue
-                r = time_request(models[sel], sel, kind, work, timer, b, cfg.new_tokens, "a" if sel == main_sel else "b")
+                r = time_request(models[sel], sel, kind, work, timer, b, cfg.max_new_tokens, "a" if sel == main_sel else "b")
                 rows.append(r | {"label": label})
         # warm: the correctness check just ran the same reference kernels
-        ref_s = timer(lambda k=kind: call_reference(main, k, work, cfg.new_tokens), repeat=max(1, timer.repeat // 2),
+        ref_s = timer(lambda k=kind: call_reference(main, k, work, cfg.max_new_tokens), repeat=max(1, timer.repeat // 2),
                       warmup=0)
         ref_row = next(r for r in rows if r["selection"] == main_sel and r.get("label") == "b1" and kind in r["what"])
-        rows.append(_row("c", ref_row["what"], "reference", 1, ref_s, note=f"literal reference, {main_sel} selection")
+        rows.append(speed_row("c", ref_row["what"], "reference", 1, ref_s, note=f"literal reference, {main_sel} selection")
                     | {"label": "b1"})
     profiles = {}
     if cfg.profile:
         Path(cfg.out).mkdir(parents=True, exist_ok=True)
         for kind, b in bests.items():
             path = Path(cfg.out) / f"profile_{kind}_b{b}.txt"
-            path.write_text(profile_table(lambda k=kind, bb=b: call_model(main, k, work, bb, cfg.new_tokens), device))
+            path.write_text(profile_table(lambda k=kind, bb=b: call_model(main, k, work, bb, cfg.max_new_tokens), device))
             profiles[kind] = str(path)
     add_ratios(rows)
     rows += cpu_stage_rows(main, work, timer.repeat)
     for b in sorted({min(cfg.stage_batch, cap), bests["generate"]}):  # the decode target is at 16, prefill's at best
-        rows += stage_rows(main, work, timer, b, cfg.new_tokens, ceilings)
-    e2e = run_end_to_end(main, Path(cfg.out), cfg.e2e_items, bests, cfg.workers, cfg.new_tokens) if cfg.e2e_items else []
+        rows += stage_rows(main, work, timer, b, cfg.max_new_tokens, ceilings)
+    e2e = run_end_to_end(main, Path(cfg.out), cfg.e2e_items, bests, cfg.workers, cfg.max_new_tokens) if cfg.e2e_items else []
     for e in e2e:
-        rows.append(_row("e", f"end to end: flexeval run, {e['benchmark']} ({e['items']} items)", main_sel, e["batch"],
+        rows.append(speed_row("e", f"end to end: flexeval run, {e['benchmark']} ({e['items']} items)", main_sel, e["batch"],
                          e["wall_s"] * e["batch"] / e["items"], ratio=e["mean_hd_selected_ratio"],
                          note=f"{e['outside_model_fraction']:.0%} of wall time outside model calls"
                               + (f"; GPU idle {e['gpu_idle_fraction']:.0%}" if e["gpu_idle_fraction"] is not None else "")))
@@ -407,16 +321,16 @@ def run_bench(cfg: SpeedConfig) -> dict:
 
 
 def main(cfg: SpeedConfig) -> dict:
-    if cfg.new_tokens < 3:
-        raise FlexEvalError(f"--new-tokens {cfg.new_tokens}: at least 3 are needed to time a whole decode step")
+    if cfg.max_new_tokens < 3:
+        raise FlexEvalError(f"--max-new-tokens {cfg.max_new_tokens}: at least 3 are needed to time a whole decode step")
     threads = torch.get_num_threads()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     try:
-        res = run_bench(cfg)
+        res = run_speed(cfg)
     finally:  # the process's own setting again (a caller in the same process computes with it)
         torch.set_num_threads(threads)
     print(format_table(res))
     csv_path, json_path = write_results(res, Path(cfg.out))
-    print(f"bench table: {csv_path} and {json_path}")
+    print(f"speed table: {csv_path} and {json_path}")
     return res

@@ -9,6 +9,15 @@ COLUMNS = ("section", "what", "selection", "batch", "ms_per_sample", "samples_pe
            "tflops", "selected_ratio", "vs_reference", "vs_none", "vs_all", "note")
 
 
+
+def speed_row(section, what, selection, batch, seconds, flops=None, ratio=None, note="") -> dict:
+    """One row of speed.csv: `seconds` for `batch` samples, FLOPs per sample (None: not counted)."""
+    ms = 1000 * seconds / batch
+    return {"section": section, "what": what, "selection": selection, "batch": batch, "ms_per_sample": ms,
+            "samples_per_s": 1000 / ms, "gflop_per_sample": flops / 1e9 if flops else None,
+            "tflops": flops / (ms / 1000) / 1e12 if flops else None, "selected_ratio": ratio,
+            "vs_reference": None, "vs_none": None, "vs_all": None, "note": note}
+
 def _fmt(v) -> str:
     if v is None:
         return "-"

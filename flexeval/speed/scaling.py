@@ -38,13 +38,13 @@ def run_world(nproc: int, model: Path, data: Path, out: Path, device: str, batch
     env = os.environ | {"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": str(threads)}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc),
            "-m", "flexeval", "run", "--bench", bench, "--model", str(model), "--data-dir", str(data),
-           "--out", str(out), "--batch-size", batch_size, "--device", device, "--tag", "bench", "--quiet"]
+           "--out", str(out), "--batch-size", batch_size, "--device", device, "--tag", "speed", "--quiet"]
     t = time.time()
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     wall = time.time() - t
     if proc.returncode != 0:
         raise SystemExit(f"{nproc} processes failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    bench_dir = next((out / "bench").iterdir())
+    bench_dir = next((out / "speed").iterdir())
     run = json.loads((bench_dir / "run.json").read_text())
     return {"procs": nproc, "threads_per_rank": threads, "command_s": round(wall, 2),
             "run_s": run["timing"]["wall_s"], "items": run["timing"]["ran"],
@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--json", type=Path, help="also write the figures here")
     args = ap.parse_args(argv)
 
-    with tempfile.TemporaryDirectory(prefix="flexeval-dist-bench-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="flexeval-dist-speed-") as tmp:
         root = Path(tmp)
         model, data = args.model, args.data_dir
         if model is None or data is None:
