@@ -1,6 +1,8 @@
 """Checks before any work: the loaded items, the results tag, and `flexeval run --check`, which
 validates the data, the model folder and the output folder without running the model and lists
 every problem at once (a user fixing one error at a time on a 62k-item run loses a day).
+The checkpoint's own checks live with the loader, in flexeval/model/checks.py (one module the loader
+raises from and `run --check` collects from).
 """
 
 from __future__ import annotations
@@ -73,7 +75,7 @@ def image_problems(samples: list, max_pixels: int) -> list[str]:
 def check_run(cfg) -> tuple[list[str], list[str]]:
     """(problems, notes) for a RunConfig: data, model folder and output folder; nothing is run."""
     from flexeval.evaluate import plan_benchmarks
-    from flexeval.model.check import check_model_folder
+    from flexeval.model.checks import check_model_folder
     from flexeval.model.config import RunOptions
     from flexeval.model.loading import resolve_device
 

@@ -1,7 +1,8 @@
 """What lmms-eval and lm-eval users expect from `flexeval run`: benchmark lists, fractional
-limits, offsets, id files, generation kwargs. Plain parsing and selection; the runner applies them.
+limits, offsets, id files, generation kwargs. Plain parsing and filtering; the runner applies them.
+("Selection" is kept for the high-res tokens a layer attends to; here it is the items to run.)
 
-Item selection, per benchmark, in this order (the benchmark's own item order is kept throughout):
+The items a run evaluates, per benchmark, in this order (the benchmark's own item order is kept throughout):
 1. `--ids FILE`: only the items whose id is listed (one id a line; blank lines ignored). With
    several benchmarks a line may be prefixed `<benchmark>:` (e.g. `vstar:direct_attributes/sa_1`);
    such a line concerns that benchmark only, an unprefixed line every benchmark. A prefixed id
@@ -105,9 +106,10 @@ def read_id_file(path: Path | None, bench_names: list[str]) -> IdList | None:
     return IdList(path, tuple(common), {k: tuple(v) for k, v in by_bench.items()})
 
 
-def select_items(samples: list, bench_name: str, ids: IdList | None, offset: int, limit: int | float | None,
+def items_to_run(samples: list, bench_name: str, ids: IdList | None, offset: int, limit: int | float | None,
                  n_benches: int = 1) -> tuple[list, dict]:
-    """The items a run evaluates (see the module docstring) and a record of the selection for run.json."""
+    """The items a run evaluates (see the module docstring) and a record of how they were chosen, for
+    run.json: {loaded, [ids_file, after_ids, common_ids_found], offset, limit, kept}."""
     if offset < 0:
         raise FlexEvalError(f"--offset must be >= 0, not {offset}")
     info: dict = {"loaded": len(samples)}
@@ -128,8 +130,11 @@ def select_items(samples: list, bench_name: str, ids: IdList | None, offset: int
             info["common_ids_found"] = sorted(set(ids.common) & known)
     samples = samples[offset:]
     keep = limit_count(limit, len(samples))
-    info.update(offset=offset, limit=limit, selected=keep)
+    info.update(offset=offset, limit=limit, kept=keep)
     return samples[:keep], info
+
+
+select_items = items_to_run  # the old name, until flexeval/evaluate.py imports items_to_run
 
 
 def parse_gen_kwargs(spec: str | None) -> dict:
@@ -179,12 +184,12 @@ def _greedy_text(key: str) -> str:
     return {"do_sample": "false", "top_k": "none", "temperature": "0", "num_beams": "1", "top_p": "1.0"}[key]
 
 
-def check_unprefixed_ids_found(ids: IdList | None, selections: list[dict]) -> None:
+def check_unprefixed_ids_found(ids: IdList | None, item_records: list[dict]) -> None:
     """With several benchmarks, an unprefixed id that none of them has is an error (raised after the
     runs, whose results are kept: only then is every benchmark's list of ids known)."""
-    if ids is None or len(selections) < 2:
+    if ids is None or len(item_records) < 2:
         return
-    found = {i for sel in selections for i in sel.get("common_ids_found", ())}
+    found = {i for record in item_records for i in record.get("common_ids_found", ())}
     unknown = [i for i in ids.common if i not in found]
     if unknown:
         raise FlexEvalError(f"--ids file {ids.path}: no benchmark of this run has an item with id "

@@ -16,11 +16,11 @@ import torch
 from flexeval.errors import FlexEvalError
 from flexeval.hub import snapshot
 
+from .checks import header_problems, non_finite_problems, raise_problems, shape_problems, tokenizer_problems
 from .config import FlexConfig, RunOptions
 from .flex_llava import FlexLlava
 from .llama import LlavaLM
 from .tokenizer import LlavaTokenizer
-from .validate import header_problems, non_finite_problems, raise_problems, shape_problems, tokenizer_problems
 from .vision import VisionTower
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,

@@ -14,7 +14,7 @@ from safetensors.torch import load_file, save_file
 
 from flexeval.errors import FlexEvalError
 from flexeval.model import load_pretrained
-from flexeval.model.check import check_model_folder
+from flexeval.model.checks import check_model_folder
 
 WEIGHTS = "model.safetensors"
 

@@ -10,11 +10,11 @@ from flexeval.benchmarks.question_style import styled_sample
 from flexeval.errors import FlexEvalError
 from flexeval.items import (
     check_unprefixed_ids_found,
+    items_to_run,
     limit_count,
     parse_gen_kwargs,
     parse_limit,
     read_id_file,
-    select_items,
 )
 
 
@@ -49,24 +49,24 @@ def test_limit_integer_or_fraction():
 
 def test_offset_then_limit_keep_the_benchmark_order():
     items = samples(10)
-    chosen, info = select_items(items, "vstar", None, offset=3, limit=0.5)
+    chosen, info = items_to_run(items, "vstar", None, offset=3, limit=0.5)
     # 7 left after the offset; ceil(3.5) = 4: s3..s6
     assert [s.id for s in chosen] == ["s3", "s4", "s5", "s6"]
-    assert info == {"loaded": 10, "offset": 3, "limit": 0.5, "selected": 4}
+    assert info == {"loaded": 10, "offset": 3, "limit": 0.5, "kept": 4}
     with pytest.raises(FlexEvalError, match="--offset"):
-        select_items(items, "vstar", None, offset=-1, limit=None)
+        items_to_run(items, "vstar", None, offset=-1, limit=None)
 
 
 def test_ids_file_selects_and_names_unknown_ids(tmp_path):
     f = tmp_path / "ids.txt"
     f.write_text("s7\n\n  s2  \ns7\n")
     ids = read_id_file(f, ["vstar"])
-    chosen, info = select_items(samples(10), "vstar", ids, offset=0, limit=None)
+    chosen, info = items_to_run(samples(10), "vstar", ids, offset=0, limit=None)
     assert [s.id for s in chosen] == ["s2", "s7"]  # benchmark order, not file order; once each
     assert info["after_ids"] == 2
     f.write_text("s1\nnope-1\ns3\nnope-2\n")
     with pytest.raises(FlexEvalError, match=r"ids.txt.*vstar has no item with id nope-1, nope-2"):
-        select_items(samples(5), "vstar", read_id_file(f, ["vstar"]), offset=0, limit=None)
+        items_to_run(samples(5), "vstar", read_id_file(f, ["vstar"]), offset=0, limit=None)
     f.write_text("\n\n")
     with pytest.raises(FlexEvalError, match="lists no ids"):
         read_id_file(f, ["vstar"])
@@ -82,8 +82,8 @@ def test_ids_with_several_benchmarks(tmp_path):
     assert ids.common == ("34603", "odd:id")  # "odd" is no benchmark: the colon is part of the id
     v = [Sample(id="direct_attributes/sa_1", subset="d", question="q", image=None, target="t")]
     t = [Sample(id=i, subset="x", question="q", image=None, target="t") for i in ("34602", "34603", "odd:id")]
-    chosen_v, info_v = select_items(v, "vstar", ids, 0, None, n_benches=2)
-    chosen_t, info_t = select_items(t, "textvqa", ids, 0, None, n_benches=2)
+    chosen_v, info_v = items_to_run(v, "vstar", ids, 0, None, n_benches=2)
+    chosen_t, info_t = items_to_run(t, "textvqa", ids, 0, None, n_benches=2)
     assert [s.id for s in chosen_v] == ["direct_attributes/sa_1"]
     assert [s.id for s in chosen_t] == ["34602", "34603", "odd:id"]
     check_unprefixed_ids_found(ids, [info_v, info_t])  # every unprefixed id was found somewhere
@@ -95,7 +95,7 @@ def test_ids_with_several_benchmarks(tmp_path):
         read_id_file(f, ["vstar", "textvqa"])
     f.write_text("vstar:direct_attributes/sa_9\n")
     with pytest.raises(FlexEvalError, match="vstar has no item with id direct_attributes/sa_9"):
-        select_items(v, "vstar", read_id_file(f, ["vstar", "textvqa"]), 0, None, n_benches=2)
+        items_to_run(v, "vstar", read_id_file(f, ["vstar", "textvqa"]), 0, None, n_benches=2)
 
 
 def test_gen_kwargs_greedy_only():
