@@ -28,6 +28,17 @@ IMAGE_OPTION_HELP = ("KEY=VALUE for a transformers image processor's own setting
                      "max_patches=6, Idefics3 do_image_splitting=false), sizes; checked against the processor")
 RECIPE_HELP = ("release: LLaVA-1.5's eval recipe (pad to square, v1 template, chunked tokenisation; the default for "
                "LLaVA-1.5 formats) | native: the checkpoint's own processor, chat template and tokenizer (transformers)")
+# The options of the commands that load any model (run, inspect): one declaration each.
+MODEL_KIND_OPTION = typer.Option("auto", "--model-kind", help=MODEL_KIND_HELP)
+RECIPE_OPTION = typer.Option(None, "--recipe", help=RECIPE_HELP)
+TRUST_REMOTE_CODE_OPTION = typer.Option(False, "--trust-remote-code",
+                                        help="allow a checkpoint's own Python code (transformers models)")
+MIN_PIXELS_OPTION = typer.Option(None, "--min-pixels", help="transformers image processors with a pixel budget "
+                                 "(Qwen-VL): lower bound")
+MAX_PIXELS_OPTION = typer.Option(None, "--max-pixels", help="transformers image processors with a pixel budget "
+                                 "(Qwen-VL): upper bound")
+IMAGE_OPTION_OPTION = typer.Option(None, "--image-option", help=IMAGE_OPTION_HELP)
+MODEL_ARGS_OPTION = typer.Option(None, "--model-args", help=MODEL_ARGS_HELP)
 
 
 @app.command()
@@ -62,13 +73,13 @@ def run(
     ids: Optional[Path] = typer.Option(None, "--ids", help="file with one item id a line (optionally bench:id)"),
     gen_kwargs: Optional[str] = typer.Option(None, "--gen-kwargs", help="key=value,... as lm-eval: max_new_tokens (the same as --max-new-tokens); greedy only"),
     question_style: str = typer.Option("release", "--question-style", help="release | lmms-eval (TextVQA: question.capitalize())"),
-    model_kind: str = typer.Option("auto", "--model-kind", help=MODEL_KIND_HELP),
-    recipe: Optional[str] = typer.Option(None, "--recipe", help=RECIPE_HELP),
-    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="allow a checkpoint's own Python code (transformers models)"),
-    min_pixels: Optional[int] = typer.Option(None, "--min-pixels", help="transformers image processors with a pixel budget (Qwen-VL): lower bound"),
-    max_pixels: Optional[int] = typer.Option(None, "--max-pixels", help="transformers image processors with a pixel budget (Qwen-VL): upper bound"),
-    image_option: Optional[list[str]] = typer.Option(None, "--image-option", help=IMAGE_OPTION_HELP),
-    model_args: Optional[str] = typer.Option(None, "--model-args", help=MODEL_ARGS_HELP),
+    model_kind: str = MODEL_KIND_OPTION,
+    recipe: Optional[str] = RECIPE_OPTION,
+    trust_remote_code: bool = TRUST_REMOTE_CODE_OPTION,
+    min_pixels: Optional[int] = MIN_PIXELS_OPTION,
+    max_pixels: Optional[int] = MAX_PIXELS_OPTION,
+    image_option: Optional[list[str]] = IMAGE_OPTION_OPTION,
+    model_args: Optional[str] = MODEL_ARGS_OPTION,
 ) -> None:
     """Evaluate a model on a benchmark; writes predictions.jsonl, accuracy.csv and run.json."""
     from flexeval.evaluate import RunConfig, run_benchmarks
@@ -154,13 +165,13 @@ def inspect(
     dump_logits: Optional[Path] = typer.Option(None, "--dump-logits", help="safetensors file for prefill logits"),
     raw: bool = typer.Option(False, "--raw", help="use the prompt as is (no conversation template)"),
     selection: Optional[str] = typer.Option(None, "--selection", help="attention | random | center | all | none"),
-    model_kind: str = typer.Option("auto", "--model-kind", help=MODEL_KIND_HELP),
-    recipe: Optional[str] = typer.Option(None, "--recipe", help=RECIPE_HELP),
-    trust_remote_code: bool = typer.Option(False, "--trust-remote-code"),
-    min_pixels: Optional[int] = typer.Option(None, "--min-pixels"),
-    max_pixels: Optional[int] = typer.Option(None, "--max-pixels"),
-    image_option: Optional[list[str]] = typer.Option(None, "--image-option", help=IMAGE_OPTION_HELP),
-    model_args: Optional[str] = typer.Option(None, "--model-args", help=MODEL_ARGS_HELP),
+    model_kind: str = MODEL_KIND_OPTION,
+    recipe: Optional[str] = RECIPE_OPTION,
+    trust_remote_code: bool = TRUST_REMOTE_CODE_OPTION,
+    min_pixels: Optional[int] = MIN_PIXELS_OPTION,
+    max_pixels: Optional[int] = MAX_PIXELS_OPTION,
+    image_option: Optional[list[str]] = IMAGE_OPTION_OPTION,
+    model_args: Optional[str] = MODEL_ARGS_OPTION,
 ) -> None:
     """A window into one sample: generated tokens, selections per layer, option NLLs, logits."""
     from flexeval.analysis.inspect import inspect_sample
@@ -203,7 +214,7 @@ def attention(
     selection: Optional[str] = typer.Option(None, "--selection", help="attention | random | center | all | none"),
     tag: Optional[str] = typer.Option(None, "--tag", help="model tag used as the results folder name"),
     max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", help="answer length (default 16)"),
-    model_args: Optional[str] = typer.Option(None, "--model-args", help=MODEL_ARGS_HELP),
+    model_args: Optional[str] = MODEL_ARGS_OPTION,
 ) -> None:
     """Attention-map pictures: the map of one query row over the original image, one panel per layer."""
     from flexeval.analysis.attention import attention_for_bench, attention_for_image
@@ -258,7 +269,7 @@ def grounding(
     workers: Optional[int] = typer.Option(None, "--workers", help="image decoding worker processes"),
     tag: Optional[str] = typer.Option(None, "--tag", help="model tag used as the folder name"),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
-    model_args: Optional[str] = typer.Option(None, "--model-args", help=MODEL_ARGS_HELP),
+    model_args: Optional[str] = MODEL_ARGS_OPTION,
 ) -> None:
     """Score where the model looks, per layer, with the official GQA grounding definition."""
     if ctx.invoked_subcommand is not None:
@@ -325,7 +336,7 @@ def speed(
     workers: Optional[int] = typer.Option(None, "--workers", help="end-to-end data workers (default: the runner's)"),
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU intra-op threads (default: torch's)"),
     profile: bool = typer.Option(False, "--profile", help="also write torch.profiler tables of the best-batch calls"),
-    model_args: Optional[str] = typer.Option(None, "--model-args", help=MODEL_ARGS_HELP),
+    model_args: Optional[str] = MODEL_ARGS_OPTION,
 ) -> None:
     """Benchmark the fast path: ms/sample, TFLOP/s, ratios vs the reference / none / all, stages, end to end."""
     from flexeval.speed.measure import SpeedConfig, main

@@ -69,30 +69,16 @@ class FlexEvalTyper(typer.Typer):
         return lambda f: (register(one_error_path(f)), f)[1]
 
 
-def parse_key_values(spec: str, option: str) -> dict[str, str]:
-    """`a=1,b=x` -> {"a": "1", "b": "x"}; a part without `=` or a key given twice is an error."""
-    out: dict[str, str] = {}
-    for part in spec.split(","):
-        if not part.strip():
-            continue
-        key, sep, value = part.partition("=")
-        key = key.strip().replace("-", "_")
-        if not sep or not key:
-            raise FlexEvalError(f"{option} {spec!r}: {part.strip()!r} is not key=value (e.g. dtype=float16)")
-        if key in out:
-            raise FlexEvalError(f"{option}: {key} is given twice; give it once")
-        out[key] = value.strip()
-    return out
-
-
 def apply_model_args(ctx: typer.Context, spec: str | None) -> dict:
     """The command's parameters (ctx.params) with `--model-args` applied (see the module docstring)."""
+    from flexeval.items import parse_key_values
+
     params = dict(ctx.params)
     if not spec:
         return params
     flags = {p.name: p for p in ctx.command.params if p.param_type_name == "option" and p.name in MODEL_KNOBS}
     valid = sorted(["pretrained", *(k for k in flags if k != "model")])
-    for key, text in parse_key_values(spec, "--model-args").items():
+    for key, text in parse_key_values(spec, "--model-args", "dtype=float16").items():
         name = ALIASES.get(key, key)
         if name not in flags or key == "model":
             raise FlexEvalError(f"--model-args: unknown key {key!r} for `flexeval {ctx.info_name}`; "

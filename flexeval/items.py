@@ -137,20 +137,30 @@ def items_to_run(samples: list, bench_name: str, ids: IdList | None, offset: int
 select_items = items_to_run  # the old name, until flexeval/evaluate.py imports items_to_run
 
 
+def parse_key_values(spec: str, option: str, example: str) -> dict[str, str]:
+    """`a=1,b=x` -> {"a": "1", "b": "x"} (keys with `-` read as `_`), as lm-eval's --gen_kwargs and
+    --model_args are typed; a part without `=` or a key given twice is an error."""
+    out: dict[str, str] = {}
+    for part in str(spec).split(","):
+        key, sep, value = part.strip().partition("=")
+        key = key.strip().replace("-", "_")
+        if not part.strip():
+            continue
+        if not sep or not key:
+            raise FlexEvalError(f"{option} {spec!r}: {part.strip()!r} is not key=value (e.g. {example})")
+        if key in out:
+            raise FlexEvalError(f"{option}: {key} is given twice; give it once")
+        out[key] = value.strip()
+    return out
+
+
 def parse_gen_kwargs(spec: str | None) -> dict:
     """`max_new_tokens=64,temperature=0` -> {"max_new_tokens": 64}. Greedy-only: a sampling setting
     is an error that says so; settings that mean greedy anyway are accepted and dropped."""
     if not spec:
         return {}
     out: dict = {}
-    for part in str(spec).split(","):
-        part = part.strip()
-        if not part:
-            continue
-        key, sep, value = part.partition("=")
-        key, value = key.strip(), value.strip()
-        if not sep or not key:
-            raise FlexEvalError(f"--gen-kwargs {spec!r}: {part!r} is not key=value (e.g. max_new_tokens=64)")
+    for key, value in parse_key_values(spec, "--gen-kwargs", "max_new_tokens=64").items():
         if key not in GEN_KWARGS:
             raise FlexEvalError(f"--gen-kwargs: unknown key {key!r}; known: {', '.join(GEN_KWARGS)}")
         if key == "max_new_tokens":

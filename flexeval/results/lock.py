@@ -26,6 +26,19 @@ except ImportError:  # pragma: no cover - Windows: no lock, runs are not protect
     fcntl = None
 
 LOCK_NAME = ".flexeval-run.lock"
+
+
+def lock_exclusive(fd: int) -> bool:
+    """A non-blocking exclusive advisory lock on an open file: False if another process holds it
+    (True where there is no fcntl: Windows runs are not protected). The store's shards use it too."""
+    if fcntl is None:  # pragma: no cover - Windows
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return False
+    return True
+
 _held: dict[str, RunLock] = {}  # this process's locks by folder (a rerun in-process takes its own lock back)
 
 
@@ -66,17 +79,13 @@ def hold_run_lock(folder: Path, log=None) -> RunLock:
     except OSError as e:
         raise FlexEvalError(f"cannot write the results folder {folder} ({e.strerror}); fix its permissions or "
                             f"choose another --out") from e
-    if fcntl is not None:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as e:
-            os.close(fd)
-            who = _owner(path)
-            raise FlexEvalError(
-                f"{folder} is in use by another run (lock {path}: pid {who.get('pid', '?')} on host "
-                f"{who.get('host', '?')}, started {who.get('started', '?')}); wait for it to finish, or use "
-                f"another --out or --tag"
-            ) from e
+    if not lock_exclusive(fd):
+        os.close(fd)
+        who = _owner(path)
+        raise FlexEvalError(
+            f"{folder} is in use by another run (lock {path}: pid {who.get('pid', '?')} on host "
+            f"{who.get('host', '?')}, started {who.get('started', '?')}); wait for it to finish, or use "
+            f"another --out or --tag")
     stale = _owner(path)
     if stale.get("pid") and log is not None:
         log(f"taking over the stale lock {path} of pid {stale['pid']} on {stale.get('host', '?')} (that run "

@@ -28,11 +28,7 @@ from typing import Any
 
 from flexeval.errors import FlexEvalError
 from flexeval.results.jsonsafe import strict_object
-
-try:  # advisory lock against two processes claiming the same shard; Linux/macOS only
-    import fcntl
-except ImportError:  # pragma: no cover - Windows
-    fcntl = None
+from flexeval.results.lock import lock_exclusive  # against two processes claiming the same shard
 
 SHARDS_DIR = "shards"
 PREDICTIONS = "predictions.jsonl"
@@ -235,14 +231,9 @@ class PredictionStore:
         created = not self.shard_path.exists()
         fd = os.open(self.shard_path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o666)
         try:
-            if fcntl is not None:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except OSError as e:
-                    raise FlexEvalError(
-                        f"{self.shard_path} is being written by another process (same output folder, "
-                        f"config and rank); wait for it to finish or use another --out/--tag"
-                    ) from e
+            if not lock_exclusive(fd):
+                raise FlexEvalError(f"{self.shard_path} is being written by another process (same output folder, "
+                                    f"config and rank); wait for it to finish or use another --out/--tag")
             # Cut a torn tail from an earlier crash so the next record starts on a fresh line.
             data = self.shard_path.read_bytes()
             _, good_end = _parse_lines(data, self.shard_path)
