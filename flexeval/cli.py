@@ -154,7 +154,7 @@ def report(results_dir: Path = typer.Argument(Path("results"), help="results roo
 @app.command()
 def inspect(
     ctx: typer.Context,
-    model: str = typer.Option(..., "--model", "-m"),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="checkpoint folder or hub id (required)"),
     image: Path = typer.Option(..., "--image"),
     prompt: str = typer.Option(..., "--prompt"),
     options: Optional[str] = typer.Option(None, "--options", help='"a|b|..." scored by mean NLL (likelihood mode)'),
@@ -180,6 +180,8 @@ def inspect(
     model, dtype, device, selection, model_kind, recipe, trust_remote_code, min_pixels, max_pixels = (
         knobs[k] for k in ("model", "dtype", "device", "selection", "model_kind", "recipe", "trust_remote_code",
                            "min_pixels", "max_pixels"))
+    if model is None:
+        raise FlexEvalError("flexeval inspect needs --model M (or --model-args pretrained=M)")
     result = inspect_sample(model=model, image=image, prompt=prompt,
                             options=options.split("|") if options else None,
                             max_new_tokens=max_new_tokens, dtype=dtype, device=device,

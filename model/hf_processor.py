@@ -51,7 +51,7 @@ def _image_processor(folder: Path, trust_remote_code: bool, overrides: dict):
         return AutoImageProcessor.from_pretrained(str(folder), use_fast=False, **kw)
 
 
-def _image_only(cls):
+def image_only(cls):
     """`cls` accepting None for its video/audio sub-processors (its __init__ type-checks every one)."""
 
     class ImageOnly(cls):
@@ -105,7 +105,7 @@ def load_processor(folder: Path, trust_remote_code: bool = False, image_override
     template = chat_template_of(folder, tokenizer)
     extra = {k: v for k, v in proc_cfg.items()
              if k not in ("processor_class", "auto_map") and not isinstance(v, dict)}
-    cls = _image_only(getattr(transformers, name))
+    cls = image_only(getattr(transformers, name))
     params = inspect.signature(cls.__init__).parameters
     if not any(p.kind == p.VAR_KEYWORD for p in params.values()):
         extra = {k: v for k, v in extra.items() if k in params}

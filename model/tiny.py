@@ -42,7 +42,7 @@ TEMPLATE_LINES = (
 )
 
 
-def _corpus(seed: int) -> list[str]:
+def tokenizer_corpus(seed: int) -> list[str]:
     rng = random.Random(seed)
     words = ("red green blue yellow white black purple orange cup flag umbrella bag car kite left right side "
              "the of is what color on or answer question using single word phrase option letter given choices "
@@ -66,7 +66,7 @@ def train_tokenizer(out: Path, seed: int = 0, vocab_size: int = 400) -> Path:
 
     buf = io.BytesIO()
     spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(_corpus(seed)), model_writer=buf, model_type="bpe", vocab_size=vocab_size,
+        sentence_iterator=iter(tokenizer_corpus(seed)), model_writer=buf, model_type="bpe", vocab_size=vocab_size,
         byte_fallback=True, normalization_rule_name="identity", remove_extra_whitespaces=False,
         add_dummy_prefix=True, split_digits=True, unk_id=0, bos_id=1, eos_id=2, pad_id=-1,
         character_coverage=1.0, num_threads=1, minloglevel=2, allow_whitespace_only_pieces=True,

@@ -24,8 +24,8 @@ import torch
 
 from flexeval.errors import FlexEvalError
 
-from .hf_processor import _image_only
-from .tiny import CLIP, TINY, _corpus, train_tokenizer
+from .hf_processor import image_only
+from .tiny import CLIP, TINY, tokenizer_corpus, train_tokenizer
 
 FAMILIES = ("llava-hf", "llava-next", "qwen2-vl")
 
@@ -105,7 +105,7 @@ def _qwen_tokenizer(seed: int):
     tok.decoder = decoders.ByteLevel()
     trainer = BpeTrainer(vocab_size=420, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
                          special_tokens=[AddedToken(t, special=True, normalized=False) for t in QWEN_SPECIAL])
-    tok.train_from_iterator(_corpus(seed) + ["system You are a helpful assistant. user assistant"], trainer)
+    tok.train_from_iterator(tokenizer_corpus(seed) + ["system You are a helpful assistant. user assistant"], trainer)
     return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>")
 
 
@@ -209,7 +209,7 @@ def _build_qwen2_vl(out: Path, seed: int, chat_template: bool):
                               vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
                               tie_word_embeddings=False)
     image_processor = _qwen_image_processor()
-    processor = _image_only(tf.Qwen2VLProcessor)(image_processor=image_processor, tokenizer=tok, video_processor=None,
+    processor = image_only(tf.Qwen2VLProcessor)(image_processor=image_processor, tokenizer=tok, video_processor=None,
                                                  chat_template=QWEN2_VL_TEMPLATE if chat_template else None)
     return tf.Qwen2VLForConditionalGeneration(config), tok, image_processor, processor
 

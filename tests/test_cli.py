@@ -42,6 +42,7 @@ def test_every_command_and_callback_runs_inside_the_one_error_path():
       "{tmp}/a.json"], "q.json"),
     (["attention", "--model", "m"], "give either --image"),
     (["speed", "--new-tokens", "3"], "--new-tokens is now --max-new-tokens"),
+    (["inspect", "--image", "x.png", "--prompt", "p"], "needs --model M (or --model-args pretrained=M)"),
 ])
 def test_a_user_error_is_one_line_and_exit_1_in_every_kind_of_command(tmp_path, args, message):
     r = CliRunner().invoke(app, [a.replace("{tmp}", str(tmp_path)) for a in args])
