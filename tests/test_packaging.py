@@ -46,8 +46,13 @@ def test_pyproject_packages_every_folder_with_python_files():
         assert (folder / "__init__.py").is_file(), name
 
 
-def test_a_non_editable_install_runs_the_demo_outside_the_checkout(tmp_path):
+def test_a_non_editable_install_runs_the_demo_outside_the_checkout(tmp_path, release_dir):
+    """`pip install --target` (no network, no build isolation), then, from a folder outside the checkout
+    with only the install on PYTHONPATH: every module imports from the install, and `python -m flexeval
+    run` (runpy, as -m runs it, in the same process: one torch import) evaluates the tiny model."""
     pytest.importorskip("setuptools")
+    from flexeval.benchmarks import get_benchmark
+
     src, site, work = tmp_path / "src", tmp_path / "site", tmp_path / "elsewhere"
     src.mkdir()
     work.mkdir()
@@ -60,29 +65,24 @@ def test_a_non_editable_install_runs_the_demo_outside_the_checkout(tmp_path):
     pip = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--no-index",
            "--target", str(site), str(src)]
     subprocess.run(pip, check=True, capture_output=True, timeout=300)
+    get_benchmark("vstar").make_sample(work / "data", n=1)
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "FLEXEVAL_WT")}
     env |= {"PYTHONPATH": str(site), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-
-    # one process: where every module imports from, then the demo's model and data (typer's own runner)
-    where = subprocess.run([sys.executable, "-c", (
-        "import importlib, json, pkgutil, flexeval\n"
+    script = (
+        "import importlib, json, pkgutil, runpy, sys, flexeval\n"
         "names = [m.name for m in pkgutil.walk_packages(flexeval.__path__, 'flexeval.')]\n"
         "files = {n: importlib.import_module(n).__file__ for n in ['flexeval', *names]}\n"
-        "from flexeval.cli import app\n"
-        "app(['model', 'make-tiny', '--out', 'tiny'], standalone_mode=False)\n"
-        "app(['data', 'make-sample', '--bench', 'vstar', '--out', 'data', '--n', '1'], standalone_mode=False)\n"
-        "print(json.dumps(files))")],
-        cwd=work, env=env, capture_output=True, text=True, timeout=300)
-    assert where.returncode == 0, where.stderr
-    files = json.loads(where.stdout.splitlines()[-1])
+        "open('modules.json', 'w').write(json.dumps(files))\n"
+        f"sys.argv = ['flexeval', 'run', '--bench', 'vstar', '--model', {str(release_dir)!r}, '--tag', 'tiny',\n"
+        "            '--data-dir', 'data', '--out', 'results', '--workers', '0', '--quiet']\n"
+        "runpy.run_module('flexeval', run_name='__main__', alter_sys=True)\n")
+    r = subprocess.run([sys.executable, "-c", script], cwd=work, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    files = json.loads((work / "modules.json").read_text())
     assert {"flexeval.results.store", "flexeval.speed.measure", "flexeval.analysis.grounding",
             "flexeval.model.checks", "flexeval.benchmarks.vstar", "flexeval.cli_common"} <= set(files)
     outside = [n for n, f in files.items() if not Path(f).resolve().is_relative_to(site.resolve())]
     assert outside == []
-    r = subprocess.run([sys.executable, "-m", "flexeval", "run", "--bench", "vstar", "--model", "tiny", "--data-dir",
-                        "data", "--out", "results", "--workers", "0", "--quiet"],
-                       cwd=work, env=env, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr
     bench_dir = work / "results" / "tiny" / "vstar"
     records = [json.loads(x) for x in (bench_dir / "predictions.jsonl").read_text().splitlines()]
     assert len(records) == 2 and {r["subset"] for r in records} == {"direct_attributes", "relative_position"}
