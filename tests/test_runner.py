@@ -227,7 +227,8 @@ def test_every_generate_benchmark_through_the_runner_matches_the_reference(env, 
     """Each Generate benchmark end to end: generated ids = reference.generate of the benchmark's own
     prompt and image mode, prediction = their decoded text, score = computed here by hand.
     MagnifierBench's sample holds a two-image item (the first image is used) and a no-image item
-    (a counted, skipped row scored 0)."""
+    (a counted, skipped row scored 0). The tiny model's replies match no generated answer, so every score
+    here is 0: test_planted_answers_are_scored_above_zero_by_the_runner checks scores above 0."""
     from flexeval.benchmarks.base import open_image
 
     root, model_dir, _ = env
