@@ -264,14 +264,15 @@ app.add_typer(grounding_app, name="grounding")
 @grounding_app.callback()
 def grounding(
     ctx: typer.Context,
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="checkpoint folder or hub id"),
+    model: Optional[list[str]] = typer.Option(None, "--model", "-m", help="checkpoint folder or hub id; repeat it "
+                                              "for several curves (LLaVA-1.5 and FlexAttention) in one plot"),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", "-d", help="GQA folder (val_balanced_questions.json, "
                                                                           "val_sceneGraphs.json, images/)"),
     layers: str = typer.Option("all", "--layers", help="0-based layers, comma-separated, or 'all'"),
     limit: Optional[int] = typer.Option(None, "--limit", help="only the first N questions"),
     out: Path = typer.Option(Path("results-grounding"), "--out", "-o", help="one folder per model + grounding.csv/png"),
     token: str = typer.Option("answer", "--token", help="answer | prompt-end | N (see `flexeval attention`)"),
-    map_size: int = typer.Option(24, "--map-size", help="M of the M x M map scored (the official script's --mapSize)"),
+    map_size: int = typer.Option(7, "--map-size", help="M of the M x M map scored (the official script's --mapSize, 7 there)"),
     batch_size: str = typer.Option("auto", "--batch-size", help="N or 'auto'"),
     dtype: str = typer.Option("auto", "--dtype", help="auto | float16 | bfloat16 | float32"),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
@@ -286,17 +287,36 @@ def grounding(
     from flexeval.analysis.grounding_run import GroundingConfig, run_grounding
 
     try:
-        if model is None or data_dir is None:
+        if not model or data_dir is None:
             raise FlexEvalError("flexeval grounding needs --model M and --data-dir D (or the `score` subcommand)")
-        summary = run_grounding(GroundingConfig(model=model, data_dir=data_dir, out=out, layers=layers, token=token,
-                                                map_size=map_size, limit=limit, batch_size=batch_size, dtype=dtype,
-                                                device=device, selection=selection, workers=workers, tag=tag,
-                                                quiet=quiet))
+        if tag and len(model) > 1:
+            raise FlexEvalError("--tag names one model's folder; drop it when giving several --model")
+        for m in model:
+            summary = run_grounding(GroundingConfig(model=m, data_dir=data_dir, out=out, layers=layers, token=token,
+                                                    map_size=map_size, limit=limit, batch_size=batch_size, dtype=dtype,
+                                                    device=device, selection=selection, workers=workers, tag=tag,
+                                                    quiet=quiet))
+            typer.echo(f"{summary['model']} (query row {summary['token']}, M={summary['map_size']}):")
+            for r in summary["layers"]:
+                typer.echo(f"layer {r['layer']:>3}: {r['score']:7.2f}  (n={r['n']})")
     except FlexEvalError as e:
         _fail(e)
-    for r in summary["layers"]:
-        typer.echo(f"layer {r['layer']:>3}: {r['score']:7.2f}  (n={r['n']})")
     typer.echo(f"grounding table: {summary['files']['csv']}\nplot: {summary['files']['png']}")
+
+
+@grounding_app.command("plot")
+def grounding_plot_cmd(
+    runs: list[Path] = typer.Argument(..., help="grounding.json files, model folders or --out folders of runs"),
+    out: Path = typer.Option(Path("grounding.png"), "--out", "-o", help="the PNG (the CSV goes beside it)"),
+) -> None:
+    """Fig. 2 from several runs' files: one curve per model, the 43% BottomUp/MAC line."""
+    from flexeval.analysis.grounding import read_summaries, write_grounding_tables
+
+    try:
+        csv_path, png_path = write_grounding_tables(out.parent, read_summaries(runs), png=out)
+    except FlexEvalError as e:
+        _fail(e)
+    typer.echo(f"grounding table: {csv_path}\nplot: {png_path}")
 
 
 @grounding_app.command("score")
