@@ -161,7 +161,7 @@ class GQA(Benchmark):
     name = "gqa"
     aliases = ("gqa_val", "gqa-val")
     protocols = ("paper",)
-    subsets = SPLITS
+    subsets = ()  # one row per split loaded (the subset is the split): no empty row for the other split
     splits = SPLITS
 
     def check_split(self, split: str | None) -> str:

@@ -49,7 +49,7 @@ def run(
     threshold: Optional[float] = typer.Option(None, "--threshold", help="selection threshold out of 255 (release: 48)"),
     first_layer: Optional[int] = typer.Option(None, "--first-layer", help="first layer that uses high-res keys (release: 9)"),
     zoom: Optional[int] = typer.Option(None, "--zoom", help="zoom ratio 2|3|4 -> 672/1008/1344 px high-res view"),
-    split: Optional[str] = typer.Option(None, "--split", help="RSVQA-HRBEN split: test_phili (default) | test"),
+    split: Optional[str] = typer.Option(None, "--split", help="RSVQA-HRBEN: test_phili (default) | test; GQA: val_balanced (default) | testdev_balanced"),
     workers: Optional[int] = typer.Option(None, "--workers", help="image decoding worker processes (default: cores - 1, at most 8)"),
     tag: Optional[str] = typer.Option(None, "--tag", help="model tag used as the results folder name"),
     seed: int = typer.Option(0, "--seed", help="seed for the random selection ablation"),
@@ -242,7 +242,7 @@ def attention(
             typer.echo(f"answer: {info['answer']}\n{info['token']}'s row, layers {info['layers']}: {info['written']}")
         else:
             for p in attention_for_bench(bench, model, data_dir, ids, limit, layers, token, out or Path("results"), dtype,
-                                         device, selection, tag, 4, max_new_tokens, style, strip):
+                                         device, selection, tag=tag, max_new_tokens=max_new_tokens, style=style, strip=strip):
                 typer.echo(f"wrote {p}")
     except FlexEvalError as e:
         _fail(e)

@@ -126,3 +126,46 @@ def test_gqa_splits(tmp_path):
     assert gqa.count_report(testdev)["mismatch"] == {"testdev_balanced": {"expected": 12578, "loaded": 3}}
     with pytest.raises(FlexEvalError, match="choose one of val_balanced, testdev_balanced"):
         gqa.load(d, split="train")
+
+
+def test_fig2_from_two_runs_files(tmp_path):
+    """`flexeval grounding --from A --from B`: one curve per run's grounding.json, query row and M per row."""
+    from typer.testing import CliRunner
+
+    from flexeval.cli import app
+
+    for name, kind, token, base in (("llava", "llava-1.5", "answer", 20.0), ("flex", "flexattention", "prompt-end", 30.0)):
+        (tmp_path / name / "m").mkdir(parents=True)
+        summary = {"model": f"{name}-7b", "kind": kind, "select_layer": 8 if kind == "flexattention" else None,
+                   "token": token, "map_size": 7, "layers": [{"layer": k, "score": base + k, "n": 5} for k in range(3)]}
+        (tmp_path / name / "m" / "grounding.json").write_text(json.dumps(summary))
+    res = CliRunner().invoke(app, ["grounding", "--from", str(tmp_path / "llava"), "--from",
+                                   str(tmp_path / "flex" / "m" / "grounding.json"), "--out", str(tmp_path / "fig")])
+    assert res.exit_code == 0, res.output
+    rows = list(csv.DictReader((tmp_path / "fig" / "grounding.csv").open()))
+    assert [(r["model"], r["layer"], float(r["score"]), r["query_row"], r["kind"]) for r in rows] == [
+        ("llava-7b", "0", 20.0, "answer", "llava-1.5"), ("llava-7b", "1", 21.0, "answer", "llava-1.5"),
+        ("llava-7b", "2", 22.0, "answer", "llava-1.5"), ("flex-7b", "0", 30.0, "prompt-end", "flexattention"),
+        ("flex-7b", "1", 31.0, "prompt-end", "flexattention"), ("flex-7b", "2", 32.0, "prompt-end", "flexattention")]
+    assert (tmp_path / "fig" / "grounding.png").stat().st_size > 10_000
+    bad = CliRunner().invoke(app, ["grounding", "--from", str(tmp_path / "nothing"), "--out", str(tmp_path / "fig")])
+    assert bad.exit_code == 1 and "no grounding.json there" in bad.output
+
+
+def test_one_command_two_models(release_dir, llava_dir, tmp_path):
+    """`--model A --model B`: one folder and one curve each in the same grounding.csv / Fig. 2."""
+    from typer.testing import CliRunner
+
+    from flexeval.benchmarks import get_benchmark
+    from flexeval.cli import app
+
+    data = get_benchmark("gqa").make_sample(tmp_path / "gqa", n=2)
+    res = CliRunner().invoke(app, ["grounding", "--model", str(release_dir), "--model", str(llava_dir), "--data-dir",
+                                   str(data), "--layers", "9", "--out", str(tmp_path / "g"), "--dtype", "float32",
+                                   "--device", "cpu", "--workers", "0", "--quiet", "--token", "prompt-end"])
+    assert res.exit_code == 0, res.output
+    rows = list(csv.DictReader((tmp_path / "g" / "grounding.csv").open()))
+    assert sorted(r["kind"] for r in rows) == ["flexattention", "llava-1.5"]
+    assert {(r["layer"], r["query_row"], r["map_size"], r["n"]) for r in rows} == {("9", "prompt-end", "7", "2")}
+    for r in rows:
+        assert (tmp_path / "g" / r["model"] / "attentions" / "layer9.json").is_file()

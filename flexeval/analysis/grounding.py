@@ -223,6 +223,8 @@ def plot_curves(curves: list[ModelCurve], path: Path) -> Path:
     if shared:
         token, m = next(iter(settings))
         title += f"\nquery row: {query_row_text(token)}; map {m}x{m} (--mapSize {m})"
+    else:
+        title += "\nthe curves differ in query row or map size M: see each label"
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="best")
