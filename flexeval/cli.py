@@ -215,7 +215,7 @@ def attention(
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", "-d", help="the benchmark's folder"),
     ids: Optional[str] = typer.Option(None, "--ids", help="ID,ID,... items of --bench"),
     limit: Optional[int] = typer.Option(None, "--limit", help="the first N items of --bench"),
-    layers: str = typer.Option("8,9,10,11", "--layers", help="0-based layers, comma-separated, or 'all'"),
+    layers: Optional[str] = typer.Option(None, "--layers", help="0-based layers, comma-separated, or 'all' (default 8,9,10,11; release style: all)"),
     token: Optional[str] = typer.Option(None, "--token", help="query row: answer | prompt-end | N (default answer; release style: prompt-end)"),
     out: Optional[Path] = typer.Option(None, "--out", "-o",
                                        help="--image: the PNG to write; --bench: results root (default results)"),
@@ -231,7 +231,7 @@ def attention(
     from flexeval.analysis.attention import attention_for_bench, attention_for_image, check_style
 
     try:
-        token = check_style(style, token)
+        token, layers = check_style(style, token, layers)
         if (image is None) == (bench is None):
             raise FlexEvalError("give either --image IMG --prompt Q --out FILE.png, or --bench B --data-dir D")
         if image is not None:

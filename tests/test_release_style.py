@@ -74,6 +74,11 @@ def test_attention_cli_release_style_and_strip(release_dir, release_model, tmp_p
     assert res.exit_code == 0, res.output
     for name in ("o.png", "o-release.png", "o-strip-layer9.png"):
         assert Image.open(tmp_path / name).size[0] > 300
+    res = CliRunner().invoke(app, ["attention", "--model", str(release_dir), "--image", str(path), "--prompt", "q",
+                                   "--out", str(tmp_path / "r.png"), "--style", "release", "--dtype", "float32"])
+    n_layers = release_model.cfg.num_layers
+    assert res.exit_code == 0 and f"last prompt token's row, layers {list(range(n_layers))}" in res.output
+    assert sorted(p.name for p in tmp_path.glob("r*.png")) == ["r.png"]
     bad = CliRunner().invoke(app, ["attention", "--model", str(release_dir), "--image", str(path), "--prompt", "q",
                                    "--out", str(out), "--style", "paper"])
     assert bad.exit_code == 1 and "--style must be one of flexeval, release, both" in bad.output

@@ -188,11 +188,13 @@ def render(image, result: MapResult, question: str, layers: list[int], out: Path
     return save_figure(fig, Path(out), dpi=110)
 
 
-def check_style(style: str, token: str | None) -> str:
-    """-> the --token to use: the release style reads the last prompt row unless told otherwise."""
+def check_style(style: str, token: str | None, layers: str | None) -> tuple[str, str]:
+    """-> the --token and --layers to use: the release style reads the last prompt row, every layer,
+    unless told otherwise."""
     if style not in STYLES:
         raise FlexEvalError(f"--style must be one of {', '.join(STYLES)}, not {style!r}")
-    return token if token is not None else ("prompt-end" if style == "release" else "answer")
+    release = style == "release"
+    return token or ("prompt-end" if release else "answer"), layers or ("all" if release else "8,9,10,11")
 
 
 def draw(image, result: MapResult, question: str, layers: list[int], out: Path, style: str,
