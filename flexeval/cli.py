@@ -59,7 +59,7 @@ def run(
     threshold: Optional[float] = typer.Option(None, "--threshold", help="selection threshold out of 255 (release: 48)"),
     first_layer: Optional[int] = typer.Option(None, "--first-layer", help="first layer that uses high-res keys (release: 9)"),
     zoom: Optional[int] = typer.Option(None, "--zoom", help="zoom ratio 2|3|4 -> 672/1008/1344 px high-res view"),
-    split: Optional[str] = typer.Option(None, "--split", help="RSVQA-HRBEN split: test_phili (default) | test"),
+    split: Optional[str] = typer.Option(None, "--split", help="RSVQA-HRBEN: test_phili (default) | test; GQA: val_balanced (default) | testdev_balanced"),
     workers: Optional[int] = typer.Option(None, "--workers", help="image decoding worker processes (default: cores - 1, at most 8)"),
     tag: Optional[str] = typer.Option(None, "--tag", help="model tag used as the results folder name"),
     seed: int = typer.Option(0, "--seed", help="seed for the random selection ablation"),
@@ -207,10 +207,12 @@ def attention(
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", "-d", help="the benchmark's folder"),
     ids: Optional[str] = typer.Option(None, "--ids", help="ID,ID,... items of --bench"),
     limit: Optional[int] = typer.Option(None, "--limit", help="the first N items of --bench"),
-    layers: str = typer.Option("8,9,10,11", "--layers", help="0-based layers, comma-separated, or 'all'"),
-    token: str = typer.Option("answer", "--token", help="which query row: answer | prompt-end | N (see docs)"),
+    layers: Optional[str] = typer.Option(None, "--layers", help="0-based layers, comma-separated, or 'all' (default 8,9,10,11; release style: all)"),
+    token: Optional[str] = typer.Option(None, "--token", help="query row: answer | prompt-end | N (default answer; release style: prompt-end)"),
     out: Optional[Path] = typer.Option(None, "--out", "-o",
                                        help="--image: the PNG to write; --bench: results root (default results)"),
+    style: str = typer.Option("flexeval", "--style", help="flexeval (map + selected blocks) | release (its visualiser) | both"),
+    strip: Optional[int] = typer.Option(None, "--strip", help="LAYER: also one map per generated answer token"),
     dtype: str = typer.Option("auto", "--dtype", help="auto (fp16 on CUDA, fp32 on CPU; as `run`) | float16 | bfloat16 | float32"),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
     selection: Optional[str] = typer.Option(None, "--selection", help="attention | random | center | all | none"),
@@ -219,21 +221,22 @@ def attention(
     model_args: Optional[str] = MODEL_ARGS_OPTION,
 ) -> None:
     """Attention-map pictures: the map of one query row over the original image, one panel per layer."""
-    from flexeval.analysis.attention import attention_for_bench, attention_for_image
+    from flexeval.analysis.attention import attention_for_bench, attention_for_image, check_style
 
     knobs = apply_model_args(ctx, model_args)
     model, dtype, device, selection = (knobs[k] for k in ("model", "dtype", "device", "selection"))
+    token, layers = check_style(style, token, layers)
     if (image is None) == (bench is None):
         raise FlexEvalError("give either --image IMG --prompt Q --out FILE.png, or --bench B --data-dir D")
     if image is not None:
         if prompt is None or out is None:
             raise FlexEvalError("--image needs --prompt and --out FILE.png")
         info = attention_for_image(model, image, prompt, layers, token, out, dtype, device, selection,
-                                   max_new_tokens or 16)
-        typer.echo(f"answer: {info['answer']}\nmap of the {info['token']}'s row, layers {info['layers']}: {out}")
+                                   max_new_tokens or 16, style=style, strip=strip)
+        typer.echo(f"answer: {info['answer']}\n{info['token']}'s row, layers {info['layers']}: {info['written']}")
     else:
-        for p in attention_for_bench(bench, model, data_dir, ids, limit, layers, token, out or Path("results"),
-                                     dtype, device, selection, tag=tag, max_new_tokens=max_new_tokens):
+        for p in attention_for_bench(bench, model, data_dir, ids, limit, layers, token, out or Path("results"), dtype,
+                                     device, selection, tag=tag, max_new_tokens=max_new_tokens, style=style, strip=strip):
             typer.echo(f"wrote {p}")
 
 
@@ -256,14 +259,13 @@ app.add_typer(grounding_app, name="grounding")
 @grounding_app.callback()
 def grounding(
     ctx: typer.Context,
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="checkpoint folder or hub id"),
-    data_dir: Optional[Path] = typer.Option(None, "--data-dir", "-d", help="GQA folder (val_balanced_questions.json, "
-                                                                          "val_sceneGraphs.json, images/)"),
+    model: Optional[list[str]] = typer.Option(None, "--model", "-m", help="checkpoint folder or hub id; repeat: one curve each"),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", "-d", help="GQA folder (val_balanced_questions.json, val_sceneGraphs.json, images/)"),
     layers: str = typer.Option("all", "--layers", help="0-based layers, comma-separated, or 'all'"),
-    limit: Optional[int] = typer.Option(None, "--limit", help="only the first N questions"),
+    limit: Optional[int] = typer.Option(None, "--limit", help="only the first N questions (eval.py needs all)"),
     out: Path = typer.Option(Path("results-grounding"), "--out", "-o", help="one folder per model + grounding.csv/png"),
     token: str = typer.Option("answer", "--token", help="answer | prompt-end | N (see `flexeval attention`)"),
-    map_size: int = typer.Option(24, "--map-size", help="M of the M x M map scored (the official script's --mapSize)"),
+    map_size: int = typer.Option(7, "--map-size", help="M of the M x M map scored (the official script's --mapSize, 7 there)"),
     batch_size: str = typer.Option("auto", "--batch-size", help="N or 'auto'"),
     dtype: str = typer.Option("auto", "--dtype", help="auto | float16 | bfloat16 | float32"),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
@@ -272,23 +274,29 @@ def grounding(
     tag: Optional[str] = typer.Option(None, "--tag", help="model tag used as the folder name"),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
     model_args: Optional[str] = MODEL_ARGS_OPTION,
+    runs: Optional[list[Path]] = typer.Option(None, "--from", help="no model: plot runs' grounding.json into --out"),
 ) -> None:
     """Score where the model looks, per layer, with the official GQA grounding definition."""
     if ctx.invoked_subcommand is not None:
         return
+    from flexeval.analysis.grounding import read_summaries, write_grounding_tables
     from flexeval.analysis.grounding_run import GroundingConfig, run_grounding
 
     knobs = apply_model_args(ctx, model_args)
     model, dtype, device, selection, batch_size = (knobs[k] for k in ("model", "dtype", "device", "selection",
                                                                       "batch_size"))
-    if model is None or data_dir is None:
+    if runs:  # Fig. 2 from the files of earlier runs (e.g. one per model, in different --out folders)
+        return typer.echo("table, plot: {}, {}".format(*write_grounding_tables(out, read_summaries(runs))))
+    models = [model] if isinstance(model, str) else list(model or [])
+    if not models or data_dir is None:
         raise FlexEvalError("flexeval grounding needs --model M and --data-dir D (or the `score` subcommand)")
-    summary = run_grounding(GroundingConfig(model=model, data_dir=data_dir, out=out, layers=layers, token=token,
-                                            map_size=map_size, limit=limit, batch_size=batch_size, dtype=dtype,
-                                            device=device, selection=selection, workers=workers, tag=tag,
-                                            quiet=quiet))
-    for r in summary["layers"]:
-        typer.echo(f"layer {r['layer']:>3}: {r['score']:7.2f}  (n={r['n']})")
+    for m in models:
+        summary = run_grounding(GroundingConfig(model=m, data_dir=data_dir, out=out, layers=layers, token=token,
+                                                map_size=map_size, limit=limit, batch_size=batch_size, dtype=dtype,
+                                                device=device, selection=selection, workers=workers,
+                                                tag=tag if len(models) == 1 else None, quiet=quiet))
+        typer.echo(f"{summary['model']} (query row {summary['token']}, M={summary['map_size']}):\n"
+                   + "\n".join(f"layer {r['layer']:>3}: {r['score']:7.2f}  (n={r['n']})" for r in summary["layers"]))
     typer.echo(f"grounding table: {summary['files']['csv']}\nplot: {summary['files']['png']}")
 
 

@@ -239,6 +239,9 @@ def finish_benchmark(bench: Benchmark, model, cfg: RunConfig, plan: BenchmarkPla
               "model_s": round(stats.model_seconds, 3),
               "samples_per_s": round(ran["mine"] / stats.model_seconds, 4) if stats.model_seconds else None,
               "batch_size_final": ran["sizer"].size, "batches": stats.batches}
+    if timing["samples_per_s"]:  # this rank's model time; at GQA's size the number that says how long a run takes
+        log(f"[{bench.name}] {ran['mine']} items in {stats.model_seconds:.1f} s of model time: "
+            f"{timing['samples_per_s']:.2f} questions/s")
     run = run_summary(bench, model, cfg, plan.where_run, plan.identity, records, rows, timing)
     run["distributed"] = rank_summary(ran["ranks"])  # per rank: items, estimated cost, wall time; finish spread
     write_json_atomic(plan.out_dir / "run.json", run)

@@ -87,10 +87,10 @@ def test_attention_cli_for_bench_items(release_dir, tmp_path):
     ids = [samples[1].id, samples[2].id]  # 375x500 (tall) and 500x500
     res = CliRunner().invoke(app, ["attention", "--model", str(release_dir), "--bench", "gqa", "--data-dir",
                                    str(data), "--ids", ",".join(ids), "--layers", "7,8", "--out",
-                                   str(tmp_path / "res"), "--tag", "tiny"])
+                                   str(tmp_path / "res"), "--tag", "tiny", "--style", "both"])
     assert res.exit_code == 0, res.output
     folder = tmp_path / "res" / "tiny" / "gqa" / "attention"
-    assert sorted(p.name for p in folder.glob("*.png")) == sorted(f"{i}.png" for i in ids)
+    assert sorted(p.name for p in folder.glob("*.png")) == sorted(f"{i}{s}.png" for i in ids for s in ("", "-release"))
     bad = CliRunner().invoke(app, ["attention", "--model", str(release_dir), "--bench", "gqa", "--data-dir",
                                    str(data), "--ids", "nope", "--out", str(tmp_path / "res")])
     assert bad.exit_code == 1 and "nope not in gqa" in bad.output

@@ -149,7 +149,7 @@ def test_grounding_run_scores_and_resumes(release_dir, release_model, tmp_path):
         want = grounding_score(q, scenes[q["imageId"]], frame_attention(torch.from_numpy(m).flatten(), pil.size, 6))
         assert records[2]["scores"][str(layer)] == pytest.approx(want, rel=1e-4)
     rows = (out / "grounding.csv").read_text().splitlines()
-    assert rows[0] == "model,layer,score,n"
+    assert rows[0] == "model,layer,score,n,query_row,map_size,kind"
     mean7 = 100 * np.mean([r["scores"]["7"] for r in records])
     assert rows[1].split(",")[:2] == ["tiny", "7"] and float(rows[1].split(",")[2]) == pytest.approx(mean7, abs=1e-4)
     assert rows[1].split(",")[3] == "3"

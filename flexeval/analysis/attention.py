@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from flexeval.errors import FlexEvalError
 from flexeval.results.store import write_bytes_atomic
 
+STYLES = ("flexeval", "release", "both")
 TOKENS_HELP = "answer (row of the first answer token) | prompt-end (row of the last prompt token) | N (row of generated token N)"
 DISPLAY_LONG_SIDE = 640  # px of the drawn image: legible, and small PNGs
 
@@ -187,6 +188,42 @@ def render(image, result: MapResult, question: str, layers: list[int], out: Path
     return save_figure(fig, Path(out), dpi=110)
 
 
+def check_style(style: str, token: str | None, layers: str | None) -> tuple[str, str]:
+    """-> the --token and --layers to use: the release style reads the last prompt row, every layer,
+    unless told otherwise."""
+    if style not in STYLES:
+        raise FlexEvalError(f"--style must be one of {', '.join(STYLES)}, not {style!r}")
+    release = style == "release"
+    return token or ("prompt-end" if release else "answer"), layers or ("all" if release else "8,9,10,11")
+
+
+def draw(image, result: MapResult, question: str, layers: list[int], out: Path, style: str,
+         title_extra: str = "") -> list[Path]:
+    """--style flexeval: `render` (continuous map + selected blocks); release: the release visualiser's
+    grid (flexeval/analysis/release_style.py); both: the two, the release one as <name>-release.png."""
+    from flexeval.analysis.release_style import render_release
+
+    written = []
+    if style in ("flexeval", "both"):
+        written.append(render(image, result, question, layers, out, title_extra))
+    if style in ("release", "both"):
+        path = out if style == "release" else out.with_name(f"{out.stem}-release.png")
+        q = textwrap.shorten(question.replace("\n", " "), 150)
+        heading = (f"Q: {q}{title_extra}\nrelease style: {token_label(result.token)}'s row, top 20%, min-max, "
+                   f"> 64/255, 8x8 max pool; title: layer|mean")
+        written.append(render_release(image, result.maps.maps, layers, path, heading))
+    return written
+
+
+def draw_strip(model, prompt: str, image, pil, question: str, strip: int, out: Path, max_new_tokens: int) -> Path:
+    """--strip LAYER: one map per generated answer token at that layer (flexeval/analysis/token_strip.py)."""
+    from flexeval.analysis.token_strip import render_strip, strip_maps
+
+    layer = parse_layers(str(strip), model.cfg.num_layers)[0]
+    result = strip_maps(model, prompt, image, layer, max_new_tokens)
+    return render_strip(pil, result, layer, question, out.with_name(f"{out.stem}-strip-layer{layer}.png"))
+
+
 def save_figure(fig, path: Path, dpi: int) -> Path:
     """Save a matplotlib figure as PNG atomically (temp file + rename) and close it."""
     import matplotlib.pyplot as plt
@@ -211,7 +248,7 @@ def _load(model: str, dtype: str, device: str, selection: str | None):
 
 def attention_for_image(model: str, image: Path, prompt: str, layers: str, token: str, out: Path,
                         dtype: str = "auto", device: str = "auto", selection: str | None = None,
-                        max_new_tokens: int = 16) -> dict:
+                        max_new_tokens: int = 16, style: str = "flexeval", strip: int | None = None) -> dict:
     """`flexeval attention --image`: one picture; the prompt is wrapped in the LLaVA v1 template."""
     from flexeval.benchmarks.base import open_image
     from flexeval.benchmarks.conversation import IMAGE_TOKEN, llava_v1_prompt
@@ -223,15 +260,20 @@ def attention_for_image(model: str, image: Path, prompt: str, layers: str, token
     picked = parse_layers(layers, m.cfg.num_layers)
     pil = open_image(str(image))
     text = llava_v1_prompt(prompt, with_image=IMAGE_TOKEN not in prompt)
-    res = compute_maps(m, [text], [m.preprocess(pil)], tok, picked, max_new_tokens, [str(image)])[0]
-    render(pil, res, prompt, picked, out)
-    return {"out": str(out), "answer": res.answer, "layers": picked, "token": token_label(tok)}
+    processed = m.preprocess(pil)
+    res = compute_maps(m, [text], [processed], tok, picked, max_new_tokens, [str(image)])[0]
+    written = draw(pil, res, prompt, picked, Path(out), style)
+    if strip is not None:
+        written.append(draw_strip(m, text, processed, pil, prompt, strip, Path(out), max_new_tokens))
+    return {"out": str(out), "answer": res.answer, "layers": picked, "token": token_label(tok),
+            "written": [str(p) for p in written]}
 
 
 def attention_for_bench(bench: str, model: str, data_dir: Path | None, ids: str | None, limit: int | None,
                         layers: str, token: str, out: Path, dtype: str = "auto", device: str = "auto",
                         selection: str | None = None, protocol: str | None = None, tag: str | None = None,
-                        batch_size: int = 4, max_new_tokens: int | None = None) -> list[Path]:
+                        batch_size: int = 4, max_new_tokens: int | None = None, style: str = "flexeval",
+                        strip: int | None = None) -> list[Path]:
     """`flexeval attention --bench`: pictures of chosen items, under <out>/<model tag>/<bench>/attention/."""
     from flexeval.benchmarks import get_benchmark
     from flexeval.benchmarks.base import open_image
@@ -266,9 +308,11 @@ def attention_for_bench(bench: str, model: str, data_dir: Path | None, ids: str 
         # The maps are of the pad-to-square image path; Choice requests are answered by generation here.
         results = compute_maps(m, [r.prompt for r in reqs], [m.preprocess(p) for p in pils], tok, picked, n_new,
                                [s.id for s in chunk])
-        for s, pil, res in zip(chunk, pils, results):
+        for s, r, pil, res in zip(chunk, reqs, pils, results):
             name = "".join(c if c.isalnum() or c in "-_." else "_" for c in s.id) + ".png"
-            written.append(render(pil, res, s.question, picked, folder / name, title_extra=f"  item {s.id}"))
+            written += draw(pil, res, s.question, picked, folder / name, style, title_extra=f"  item {s.id}")
+            if strip is not None:
+                written.append(draw_strip(m, r.prompt, m.preprocess(pil), pil, s.question, strip, folder / name, n_new))
     return written
 
 

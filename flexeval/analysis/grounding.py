@@ -117,51 +117,86 @@ def frame_attention(lowres_map: torch.Tensor, orig_size: tuple[int, int], map_si
 
 # ---------------------------------------------------------------- tables and the plot over models
 
+SUMMARY = "grounding.json"
+KIND_LABELS = {"llava-1.5": "LLaVA-1.5", "flexattention": "FlexAttention"}
+
+
 @dataclass
 class ModelCurve:
     tag: str
     kind: str
     select_layer: int | None
     rows: list[dict]  # {"layer", "score", "n"}
+    token: str = "answer"  # the query row: answer | prompt-end | N
+    map_size: int | None = None
+
+
+def curve_from_summary(d: dict) -> ModelCurve:
+    return ModelCurve(d["model"], d["kind"], d.get("select_layer"), d["layers"], str(d.get("token", "answer")),
+                      d.get("map_size"))
 
 
 def read_curves(out: Path) -> list[ModelCurve]:
     from flexeval.benchmarks.base import read_json
 
+    return [curve_from_summary(read_json(p)) for p in sorted(Path(out).glob(f"*/{SUMMARY}"))]
+
+
+def read_summaries(paths: list[Path]) -> list[ModelCurve]:
+    """`flexeval grounding plot`: curves from runs' files (a grounding.json, a model folder holding one,
+    or a --out folder holding several)."""
+    from flexeval.benchmarks.base import read_json
+
     curves = []
-    for path in sorted(Path(out).glob(f"*/{SUMMARY}")):
-        d = read_json(path)
-        curves.append(ModelCurve(d["model"], d["kind"], d.get("select_layer"), d["layers"]))
+    for p in map(Path, paths):
+        found = [p] if p.is_file() else ([p / SUMMARY] if (p / SUMMARY).is_file() else sorted(p.glob(f"*/{SUMMARY}")))
+        if not found:
+            raise FlexEvalError(f"{p}: no {SUMMARY} there (give a grounding.json, a model folder of a "
+                                f"`flexeval grounding` run, or its --out folder)")
+        curves += [curve_from_summary(read_json(f)) for f in found]
     return curves
-
-
-SUMMARY = "grounding.json"
 
 
 def grounding_csv_text(curves: list[ModelCurve]) -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["model", "layer", "score", "n"])
+    w.writerow(["model", "layer", "score", "n", "query_row", "map_size", "kind"])
     for c in curves:
         for r in c.rows:
-            w.writerow([c.tag, r["layer"], f"{r['score']:.4f}", r["n"]])
+            w.writerow([c.tag, r["layer"], f"{r['score']:.4f}", r["n"], c.token, c.map_size, c.kind])
     return buf.getvalue()
 
 
-def write_grounding_tables(out: Path) -> tuple[Path, Path]:
-    """grounding.csv and grounding.png over every model folder under `out`, written atomically."""
+def write_grounding_tables(out: Path, curves: list[ModelCurve] | None = None,
+                           png: Path | None = None) -> tuple[Path, Path]:
+    """grounding.csv and grounding.png (Fig. 2) over every model folder under `out` (or `curves`), atomically."""
     from flexeval.results.store import write_text_atomic
 
-    curves = read_curves(out)
+    curves = read_curves(out) if curves is None else curves
     if not curves:
         raise FlexEvalError(f"no */{SUMMARY} under {out}; run `flexeval grounding --model M --out {out}` first")
-    csv_path, png_path = Path(out) / "grounding.csv", Path(out) / "grounding.png"
+    csv_path = Path(png).with_suffix(".csv") if png else Path(out) / "grounding.csv"
+    png_path = Path(png) if png else Path(out) / "grounding.png"
     write_text_atomic(csv_path, grounding_csv_text(curves))
     plot_curves(curves, png_path)
     return csv_path, png_path
 
 
+def query_row_text(token: str) -> str:
+    from flexeval.analysis.attention import parse_token, token_label
+
+    return f"{token} ({token_label(parse_token(token))})"
+
+
+def curve_label(c: ModelCurve, shared: bool) -> str:
+    n = c.rows[0]["n"] if c.rows else 0
+    own = "" if shared else f", row {c.token}, M={c.map_size}"
+    return f"{KIND_LABELS.get(c.kind, c.kind)}: {c.tag} (n={n}{own})"
+
+
 def plot_curves(curves: list[ModelCurve], path: Path) -> Path:
+    """The seed's Fig. 2: grounding score per LLM layer, one curve per model, the 43% BottomUp/MAC line;
+    the query row and M in the title (in each label when the curves differ)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -169,17 +204,28 @@ def plot_curves(curves: list[ModelCurve], path: Path) -> Path:
 
     from flexeval.analysis.attention import save_figure
 
-    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    settings = {(c.token, c.map_size) for c in curves}
+    shared = len(settings) == 1
+    fig, ax = plt.subplots(figsize=(8, 4.8))
     for c in curves:
-        ax.plot([r["layer"] for r in c.rows], [r["score"] for r in c.rows], marker="o", markersize=3,
-                label=f"{c.tag} ({c.kind}, n={c.rows[0]['n'] if c.rows else 0})")
-    ax.axhline(REFERENCE_SCORE, color="grey", linestyle="--", label=f"BottomUp / MAC spatial features ({REFERENCE_SCORE:g}%)")
-    starts = sorted({c.select_layer for c in curves if c.select_layer is not None})
-    for s in starts:
-        ax.axvline(s, color="red", linestyle=":", label=f"FlexAttention: first selection at layer {s}, high-res keys from {s + 1}")
+        style = "-" if c.kind == "flexattention" else "--"
+        ax.plot([r["layer"] for r in c.rows], [r["score"] for r in c.rows], style, marker="o", markersize=3,
+                label=curve_label(c, shared))
+    ax.axhline(REFERENCE_SCORE, color="grey", linestyle=":", linewidth=1.5,
+               label=f"BottomUp / MAC, spatial features: {REFERENCE_SCORE:g}%")
+    for s in sorted({c.select_layer for c in curves if c.select_layer is not None}):
+        ax.axvline(s, color="red", linestyle=":", linewidth=1,
+                   label=f"FlexAttention: first selection at layer {s}, high-res keys from {s + 1}")
     ax.set_xlabel("LLM layer (0-based)")
     ax.set_ylabel("GQA grounding score (%)")
-    ax.set_title("Attention-map accuracy per layer (official GQA grounding score, val balanced)")
+    ax.set_ylim(bottom=0)
+    title = "Attention-map accuracy per layer (official GQA eval.py --grounding, val balanced)"
+    if shared:
+        token, m = next(iter(settings))
+        title += f"\nquery row: {query_row_text(token)}; map {m}x{m} (--mapSize {m})"
+    else:
+        title += "\nthe curves differ in query row or map size M: see each label"
+    ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="best")
     fig.tight_layout()

@@ -24,7 +24,7 @@ class GroundingConfig:
     out: Path = Path("results-grounding")
     layers: str = "all"
     token: str = "answer"
-    map_size: int = 24
+    map_size: int = 7  # the official eval.py's --mapSize default
     limit: int | None = None
     batch_size: str = "auto"
     dtype: str = "auto"
@@ -64,7 +64,7 @@ def run_grounding(cfg: GroundingConfig) -> dict:
     requests = [bench.request(s, "paper") for s in samples]
     keys = [f"{s.fingerprint()}-{request_fingerprint(r)}" for s, r in zip(samples, requests)]
     config_fp = fingerprint({"analysis": "gqa_grounding", "model": model_identity(model), "layers": layers,
-                             "token": token, "map_size": cfg.map_size, "flexeval_grounding": 1})
+                             "token": token, "map_size": cfg.map_size, "flexeval_grounding": 2})
     store = PredictionStore(folder, config_fp)
     done = store.completed()
     pending = [i for i, k in enumerate(keys) if k not in done]
@@ -90,19 +90,18 @@ def run_grounding(cfg: GroundingConfig) -> dict:
             maps = model.attention_maps([prompts[k] for k, _ in ok], [images[k] for k, _ in ok],
                                         [c for _, c in ok], layers)
             for (k, _), m in zip(ok, maps):
-                recs[k] = {"prediction": gens[k].text, "scores": _layer_scores(m, images[k].orig_size, sub[items[k][0]])}
+                recs[k] = {"prediction": gens[k].text, **_layer_entries(m, images[k].orig_size, sub[items[k][0]])}
         return recs
 
-    def _layer_scores(maps, orig_size, sample):
-        from flexeval.analysis.grounding import frame_attention, grounding_score
+    def _layer_entries(maps, orig_size, sample):
+        from flexeval.analysis.attention_files import layer_entries
 
         q = questions[sample.id]
         scene = scenes.get(str(q["imageId"]))
         if scene is None:
             raise FlexEvalError(f"{data_dir / SCENES}: no scene graph for image {q['imageId']} (question {sample.id})")
         where = f"{data_dir / QUESTIONS} question {sample.id}"
-        return {str(layer): grounding_score(q, scene, frame_attention(maps.maps[layer], orig_size, cfg.map_size),
-                                            where) for layer in layers}
+        return layer_entries(maps.maps, orig_size, q, scene, layers, cfg.map_size, where)
 
     def flush(buffer):
         ready = [(j, im) for j, im, err in buffer if err is None]
@@ -123,14 +122,22 @@ def run_grounding(cfg: GroundingConfig) -> dict:
     store.close()
     records = store.finalize(keys)
     rows = summary_rows(records, layers)
+    from flexeval.analysis.attention import token_label
+    from flexeval.analysis.attention_files import write_attention_files
+
+    attention_files = write_attention_files(records, layers, cfg.map_size, folder)  # the official eval.py's input
     summary = {"model": tag, "kind": "flexattention" if model.use_hd else "llava-1.5",
                "select_layer": model.options.select_layer if model.use_hd else None,
-               "token": cfg.token, "map_size": cfg.map_size, "layers": rows,
+               "token": cfg.token, "query_row": token_label(token), "map_size": cfg.map_size, "layers": rows,
                "skipped": sum(1 for r in records if r.get("skipped")), "config_fingerprint": config_fp,
                "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
                "data": {"dir": str(data_dir.resolve()), "questions": len(samples)},
                "timing": {"wall_s": round(time.time() - t0, 3), "ran": len(pending)}}
+    summary["timing"]["questions_per_s"] = round(len(pending) / max(time.time() - t0, 1e-9), 3)
+    summary["attention_files"] = [str(p) for p in attention_files]
     write_json_atomic(folder / SUMMARY, summary)
+    log(f"[grounding] {len(pending)} questions in {summary['timing']['wall_s']:.1f} s: "
+        f"{summary['timing']['questions_per_s']:.2f} questions/s; attention files for eval.py: {attention_files[0].parent}")
     if summary["skipped"]:
         log(f"[grounding] {summary['skipped']} questions have no map and score 0 (marked 'skipped' in "
             f"{folder / 'predictions.jsonl'})")
