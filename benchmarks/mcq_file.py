@@ -270,6 +270,10 @@ class McqFile(Benchmark):
     def fetch(self, out_dir: Path) -> Path:
         raise FlexEvalError(f"{self.path} is a local file benchmark: nothing to fetch")
 
+    def make_sample(self, out_dir: Path, n: int = 6, seed: int = 0) -> Path:
+        raise FlexEvalError(f"{self.path} is a local file benchmark: it is its own data (make-sample writes the "
+                            f"named benchmarks' layouts, e.g. --bench hrbench_4k)")
+
 
 def file_bench_name(path: Path) -> str:
     """The results folder of a file benchmark: the file's stem as a plain folder name."""

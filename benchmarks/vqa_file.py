@@ -125,3 +125,7 @@ class VqaFile(Benchmark):
 
     def fetch(self, out_dir: Path) -> Path:
         raise FlexEvalError(f"{self.path} is a local file benchmark: nothing to fetch")
+
+    def make_sample(self, out_dir: Path, n: int = 6, seed: int = 0) -> Path:
+        raise FlexEvalError(f"{self.path} is a local file benchmark: it is its own data (make-sample writes the "
+                            f"named benchmarks' layouts, e.g. --bench hrbench_4k)")
