@@ -52,15 +52,15 @@ def get_benchmark(name: str) -> Benchmark:
 
 
 def file_benchmark(path: Path, must_exist: bool = True) -> Benchmark:
-    """The benchmark a file defines; its results folder is the file's stem (a built-in name gets `-file`)."""
+    """The benchmark a file defines; its results folder is the file's stem (a built-in's name gets `-file`)."""
     kind = FILE_KINDS.get(Path(path).suffix.lower())
     if kind is None:
         raise FlexEvalError(f"{path}: a file benchmark is a .tsv (VLMEvalKit MCQ layout) or a .jsonl (VQA) file")
     if must_exist and not Path(path).is_file():
         raise FlexEvalError(f"--bench {path}: no such file; give the path of a .tsv or .jsonl benchmark file")
     bench = kind(Path(path))
-    if any(bench.name.lower().replace("-", "_") in (b.name, *b.aliases) for b in BENCHMARKS.values()):
-        bench.name += "-file"  # never the folder of the built-in benchmark of that name
+    if bench.name.lower() in BENCHMARKS:
+        bench.name += "-file"  # never the results folder of the built-in benchmark of that name
     return bench
 
 
