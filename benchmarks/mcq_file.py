@@ -49,10 +49,14 @@ NO_CATEGORY = "all"
 class TsvRow:
     number: int  # 1-based data row (the header is row 0)
     cells: dict[str, str]
+    image: bytes | None = None  # the decoded `image` cell (its base64 text is dropped while reading)
+    n_images: int = 1
 
 
-def read_tsv(path: Path) -> tuple[list[str], list[TsvRow]]:
-    """Header and rows of a VLMEvalKit TSV (pandas' quoting); every row must have the header's width."""
+def read_tsv(path: Path, absorb=None) -> tuple[list[str], list[TsvRow]]:
+    """Header and rows of a VLMEvalKit TSV (pandas' quoting); every row must have the header's width.
+    `absorb(row)` sees each row as it is read (ImageCells decodes its image there, so a 2 GB file's
+    base64 text is never held whole)."""
     csv.field_size_limit(sys.maxsize)  # base64 images are megabytes long
     try:
         with open(path, encoding="utf-8", newline="") as f:
@@ -70,7 +74,10 @@ def read_tsv(path: Path) -> tuple[list[str], list[TsvRow]]:
                     raise FlexEvalError(f"{path}: row {k} has {len(cells)} columns, the header {len(header)}; "
                                         f"a tab or quote inside a field is not escaped: rewrite the file with "
                                         f"pandas `to_csv(sep='\\t', index=False)`")
-                rows.append(TsvRow(k, dict(zip(header, cells))))
+                row = TsvRow(k, dict(zip(header, cells)))
+                if absorb is not None:
+                    absorb(row)
+                rows.append(row)
     except (OSError, UnicodeDecodeError, csv.Error) as e:
         raise FlexEvalError(f"cannot read {path} as a UTF-8 TSV ({e}); check the file") from e
     return header, rows
@@ -112,24 +119,31 @@ def _first(value: str) -> tuple[str, int]:
 class ImageCells:
     """Decodes the image column once per distinct image (repeated images share one bytes object)."""
 
-    def __init__(self, path: Path, rows: list[TsvRow]):
-        self.path, self.by_index = path, {r.cells["index"].strip(): r for r in rows}
+    def __init__(self, path: Path):
+        self.path = path
         self.decoded: dict[str, bytes] = {}  # sha256 -> bytes
+        self.by_index: dict[str, TsvRow] = {}
+
+    def absorb(self, row: TsvRow) -> None:
+        """While reading: a base64 `image` cell becomes `row.image` (bytes); a short one stays (a reference)."""
+        self.by_index.setdefault(row.cells.get("index", "").strip(), row)
+        first, row.n_images = _first(row.cells.get("image", ""))
+        if len(first) > IMAGE_REF_MAX:
+            row.image, row.cells["image"] = self._decode(first, row), ""
 
     def image(self, row: TsvRow) -> tuple[Any, dict]:
         """(image source, meta extras) of a row: bytes (base64), or a path string (image_path)."""
-        value = row.cells.get("image", "").strip()
-        if value:
-            first, n = _first(value)
-            if len(first) <= IMAGE_REF_MAX:
-                target = self.by_index.get(first)
-                target_value = _first(target.cells.get("image", ""))[0] if target else ""
-                if len(target_value) <= IMAGE_REF_MAX:
-                    raise FlexEvalError(f"{self.path}: row {row.number} (index {row.cells['index']}), column 'image': "
-                                        f"{first!r} is neither base64 nor the index of a row holding an image; "
-                                        f"put the image's base64 there")
-                first = target_value
-            return self._decode(first, row), ({"n_images": n} if n > 1 else {})
+        extra = {"n_images": row.n_images} if row.n_images > 1 else {}
+        if row.image is not None:
+            return row.image, extra
+        ref = _first(row.cells.get("image", ""))[0]
+        if ref:
+            target = self.by_index.get(ref)
+            if target is None or target.image is None:
+                raise FlexEvalError(f"{self.path}: row {row.number} (index {row.cells['index']}), column 'image': "
+                                    f"{ref!r} is neither base64 nor the index of a row holding an image; "
+                                    f"put the image's base64 there")
+            return target.image, extra
         value = row.cells.get("image_path", "").strip()
         if not value:
             raise FlexEvalError(f"{self.path}: row {row.number} (index {row.cells['index']}) has no image "
@@ -145,8 +159,8 @@ class ImageCells:
         try:
             data = base64.b64decode(text.split(",", 1)[1] if text.startswith("data:") else text, validate=True)
         except (binascii.Error, ValueError) as e:
-            raise FlexEvalError(f"{self.path}: row {row.number} (index {row.cells['index']}), column 'image': not "
-                                f"valid base64 ({e}); re-export the image") from e
+            raise FlexEvalError(f"{self.path}: row {row.number} (index {row.cells.get('index', '?')}), column 'image': "
+                                f"not valid base64 ({e}); re-export the image") from e
         return self.decoded.setdefault(hashlib.sha256(data).hexdigest(), data)
 
 
@@ -183,7 +197,8 @@ def load_tsv(path: Path, extra_meta: tuple[str, ...] = ()) -> list[Sample]:
     path = Path(path)
     if not path.is_file():
         raise FlexEvalError(f"{path}: no such file; give the path of a VLMEvalKit MCQ TSV")
-    header, rows = read_tsv(path)
+    images = ImageCells(path)
+    header, rows = read_tsv(path, images.absorb)
     letters = option_letters(path, header)
     seen: dict[str, int] = {}
     for r in rows:
@@ -194,7 +209,6 @@ def load_tsv(path: Path, extra_meta: tuple[str, ...] = ()) -> list[Sample]:
             raise FlexEvalError(f"{path}: row {r.number}, column 'index': {index!r} repeats row {seen[index]}; "
                                 f"every row needs a unique index")
         seen[index] = r.number
-    images = ImageCells(path, rows)
     return [row_sample(path, letters, r, images, extra_meta) for r in rows]
 
 
