@@ -12,9 +12,13 @@ Scoring as the authors do (their evaluation is VLMEvalKit's HRBenchDataset, `rep
 per cycle, the accuracy of each category and of all rows; each reported number is the MEAN OVER
 THE 4 CYCLES of that per-cycle accuracy (not a circular "all four right" score). accuracy.csv has
 `single`, `cross` and `overall` so computed; their intervals treat the cycles as strata.
-The authors generate an answer with VLMEvalKit's prompt and extract the letter (exact matching, or
-a GPT judge); here the protocols are flexeval's: `letter` (default; the lmms-eval prompt and
-parser, benchmarks/mcq_file.py) and `likelihood` (lowest mean NLL, the FlexAttention paper's rule).
+The authors generate an answer with VLMEvalKit and extract its letter by exact matching
+(`can_infer`: a lone option letter among the reply's words, else a lone option text in it), then a
+GPT judge for what that misses. For LLaVA-1.5, VLMEvalKit's MCQ prompt is `{hint}\n{question}\nA. ...
+\nB. ...\nAnswer with the option's letter from the given choices directly.`, the very text of our
+`letter` protocol (the default here), which parses the reply with lmms-eval's rules instead (no
+judge; VLMEvalKit's `can_infer` differs between its versions, so no copy of one is kept).
+`--protocol likelihood`: the lowest mean-NLL option, the FlexAttention paper's rule.
 """
 
 from __future__ import annotations

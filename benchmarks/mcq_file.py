@@ -15,7 +15,8 @@ Protocols (the ones flexeval has for V*):
   to the lowest letter.
 - `letter` (lmms-eval style, as benchmarks/vstar_letter.py): `{hint}\\n{question}\\nA. ...\\nB. ...`
   then "Answer with the option's letter from the given choices directly.", greedy, 16 new tokens,
-  the reply parsed by lmms-eval's rules extended from A-D to the row's letters.
+  the reply parsed by lmms-eval's rules extended from A-D to the row's letters. The question text
+  is also exactly what VLMEvalKit's LLaVA class asks for a multiple-choice row.
 """
 
 from __future__ import annotations

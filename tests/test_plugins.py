@@ -97,5 +97,8 @@ def test_plugin_model_on_a_tsv_file(plugin_path, tmp_path):
     assert shortest == ["A", "A", "B", "B"]  # red | left | red (of blue, red, ...) | red (of green, red)
     assert [p["parsed"] for p in preds] == shortest
     assert [p["score"] for p in preds] == [1.0, 0.0, 0.0, 0.0]  # the answers are A, B, E, A
+    r = CliRunner().invoke(app, ["run", "--check", "--bench", str(path), "--model-kind", "always_red", "--model", "m",
+                                 "--out", str(tmp_path / "out")])
+    assert r.exit_code == 0 and "quiz: 4 items in" in r.output and "model plugin always_red" in r.output, r.output
     r = CliRunner().invoke(app, ["run", "--bench", str(path), "--model-kind", "nosuch", "--model", "m"])
     assert r.exit_code == 1 and "--model-kind nosuch: no such kind" in r.output and "always_red" in r.output
