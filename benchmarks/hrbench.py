@@ -95,6 +95,10 @@ class HRBench(McqFile):
     def _subsets(self, records: list[dict]) -> list[str]:
         return list(SUBSETS) + sorted({r["subset"] for r in records} - set(SUBSETS))
 
+    @property
+    def cli_name(self) -> str:
+        return self.name
+
     def run_info(self) -> dict:
         return {"metric": "accuracy averaged over the 4 cyclic option orders (HR-Bench)"}
 

@@ -278,6 +278,11 @@ class McqFile(Benchmark):
     def score(self, record: dict, protocol: str) -> dict:
         return score_choice(record, self.check_protocol(protocol))
 
+    @property
+    def cli_name(self) -> str:
+        """What `--bench` takes to run it again (run.json `command`): the file's path."""
+        return str(self.path.resolve())
+
     def run_info(self) -> dict:
         """run.json fields: the file (so rescore/compare find this benchmark again) and the metric."""
         return {"benchmark_file": str(self.path.resolve()), "benchmark_kind": self.kind, "metric": "accuracy"}

@@ -119,6 +119,11 @@ class VqaFile(Benchmark):
         self.check_protocol(protocol)
         return {"score": score_answer(record.get("prediction"), record["target"])}
 
+    @property
+    def cli_name(self) -> str:
+        """What `--bench` takes to run it again (run.json `command`): the file's path."""
+        return str(self.path.resolve())
+
     def run_info(self) -> dict:
         return {"benchmark_file": str(self.path.resolve()), "benchmark_kind": self.kind,
                 "metric": self.metric or metric_of(load_jsonl(self.path)[0].target)}

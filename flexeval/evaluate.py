@@ -257,8 +257,7 @@ def run_summary(bench, model, cfg, where_run: dict, identity: dict, records, row
     return {
         "benchmark": bench.name, "protocol": protocol, "split": split, "variant": where_run["variant"],
         "flexeval_version": __version__, "config_fingerprint": where_run["config_fingerprint"],
-        "command": run_command(cfg, str(getattr(bench, "path", bench.name)) if getattr(bench, "reads_own_file", False)
-                               else bench.name, data_dir, protocol, split),
+        "command": run_command(cfg, getattr(bench, "cli_name", bench.name), data_dir, protocol, split),
         **(bench.run_info() if hasattr(bench, "run_info") else {}),  # file benchmarks: the file, the metric
         "model": {"tag": model_tag(cfg, model), "kind": model_kind(model), "recipe": model.recipe,
                   "source": model.source, "folder": str(Path(model.folder).resolve()),
