@@ -108,14 +108,28 @@ def check_run(cfg) -> tuple[list[str], list[str]]:
     except FlexEvalError as e:
         problems.append(str(e))
         device = "cpu"
-    model_problems = check_model_folder(cfg.model, cfg.dtype, device, options)
+    plugin = _model_plugin(cfg.model_kind, problems)
+    model_problems = [] if plugin else check_model_folder(cfg.model, cfg.dtype, device, options)
     problems += model_problems
-    if not model_problems:
+    if plugin:
+        notes.append(f"model {cfg.model}: served by the model plugin {plugin.name} ({plugin.source}), not checked")
+    elif not model_problems:
         notes.append(f"model {cfg.model}: config, weights (headers, shapes, finite), tokenizer fine")
     out_problem = writable_problem(Path(cfg.out))
     if out_problem:
         problems.append(out_problem)
     return problems, notes
+
+
+def _model_plugin(kind: str, problems: list[str]):
+    """The `flexeval.models` plugin --model-kind names, or None; an unknown kind is a problem."""
+    from flexeval.plugins import model_plugin
+
+    try:
+        return model_plugin(kind)
+    except FlexEvalError as e:
+        problems.append(str(e))
+        return None
 
 
 def format_check(problems: list[str], notes: list[str]) -> str:

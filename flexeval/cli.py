@@ -45,7 +45,8 @@ MODEL_ARGS_OPTION = typer.Option(None, "--model-args", help=MODEL_ARGS_HELP)
 def run(
     ctx: typer.Context,
     bench: str = typer.Option(..., "--bench", "-b",
-                              help="vstar | magnifierbench | textvqa | rsvqa_hrben | all, or a list: vstar,textvqa"),
+                              help="vstar | magnifierbench | textvqa | rsvqa_hrben | all, or a list: vstar,textvqa; "
+                                   "hrbench_4k | hrbench_8k | a plugin's; or a file: path/to/mcq.tsv | vqa.jsonl"),
     model: str = typer.Option(DEFAULT_MODEL, "--model", "-m", help="checkpoint folder or hub id"),
     data_dir: Optional[Path] = typer.Option(
         None, "--data-dir", "-d", help="benchmark folder (with --bench all: a root holding one folder per benchmark)"),
@@ -115,9 +116,11 @@ def _check(cfg) -> None:
 @app.command("list")
 def list_cmd(data_root: Path = typer.Option(Path("data"), "--data-dir", "-d", help="root holding one folder per benchmark")) -> None:
     """Each benchmark, where its data is expected, whether it is there, and how many items it has."""
+    from flexeval.plugins import plugins_listing
     from flexeval.results.report import list_benchmarks_table
 
-    typer.echo(list_benchmarks_table(data_root))
+    typer.echo(list_benchmarks_table(data_root) + "
+" + plugins_listing())
 
 
 @app.command()

@@ -38,6 +38,7 @@ from flexeval.distributed import Cluster, RankProgress, rank_summary, take_share
 from flexeval.execute import BatchSizer, Item, Progress, build_items, log, pending_indices, run_items
 from flexeval.interrupt import note_progress
 from flexeval.items import IdList, check_unprefixed_ids_found, read_id_file, select_items
+from flexeval.plugins import load_plugin_model, model_plugin
 from flexeval.requests import Generate
 from flexeval.results.accuracy import format_rows, write_accuracy_csv
 from flexeval.results.identity import checkpoint_content, local_model_name
@@ -115,6 +116,8 @@ def model_tag(cfg: RunConfig, model) -> str:
 def model_identity(model) -> dict:
     """What makes two runs' predictions comparable: the checkpoint's content (not its place or the
     spelling of --model: flexeval/results/identity.py), config, knobs, dtype."""
+    if hasattr(model, "identity"):  # a model plugin (flexeval/plugins.py) says what identifies it
+        return model.identity()
     folder = Path(model.folder)
     config_text = (folder / "config.json").read_text()
     return {"files": checkpoint_content(folder), "config_sha": fingerprint(config_text), "format": model.cfg.format,
@@ -257,7 +260,8 @@ def run_summary(bench, model, cfg, where_run: dict, identity: dict, records, row
     return {
         "benchmark": bench.name, "protocol": protocol, "split": split, "variant": where_run["variant"],
         "flexeval_version": __version__, "config_fingerprint": where_run["config_fingerprint"],
-        "command": run_command(cfg, bench.name, data_dir, protocol, split),
+        "command": run_command(cfg, getattr(bench, "cli_name", bench.name), data_dir, protocol, split),
+        **(bench.run_info() if hasattr(bench, "run_info") else {}),  # file benchmarks: the file, the metric
         "model": {"tag": model_tag(cfg, model), "kind": model_kind(model), "recipe": model.recipe,
                   "source": model.source, "folder": str(Path(model.folder).resolve()),
                   **identity, "device": str(model.device), "architecture": model.cfg.to_dict()},
@@ -324,7 +328,9 @@ def run_benchmarks(cfg: RunConfig) -> list[dict]:
     options = RunOptions(selection=cfg.selection, threshold=cfg.threshold, first_hd_layer=cfg.first_layer,
                          zoom=cfg.zoom, seed=cfg.seed)
     # Everything a typo can break is checked before the model loads (flexeval/checks.py).
-    check_model_options(cfg.model, options, cfg.model_kind, cfg.recipe)
+    plugin = model_plugin(cfg.model_kind)  # --model-kind NAME of a `flexeval.models` plugin
+    if plugin is None:
+        check_model_options(cfg.model, options, cfg.model_kind, cfg.recipe)
     several = several_benchmarks(cfg.bench)
     ids = read_id_file(cfg.ids_file, [b.name for b, _, _ in plan])
     if cfg.split and several:
@@ -339,7 +345,8 @@ def run_benchmarks(cfg: RunConfig) -> list[dict]:
     try:
         if cluster.is_main:
             log(f"loading {cfg.model} ...")
-        model = load_model(cfg.model, dtype=cfg.dtype, device=cfg.device, options=options, model_kind=cfg.model_kind,
+        model = load_plugin_model(plugin, cfg.model, cfg.device, cfg.dtype) if plugin else load_model(
+                           cfg.model, dtype=cfg.dtype, device=cfg.device, options=options, model_kind=cfg.model_kind,
                            recipe=cfg.recipe, trust_remote_code=cfg.trust_remote_code, min_pixels=cfg.min_pixels,
                            max_pixels=cfg.max_pixels, image_options=cfg.image_options)
         if cluster.is_main:

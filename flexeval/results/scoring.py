@@ -80,10 +80,10 @@ def check_record_count(pred_path: Path, records: list[dict], run: dict) -> None:
 def scored_dir(bench_dir: Path):
     """(benchmark, protocol, scored records, rows) of a results folder, from predictions.jsonl alone;
     the benchmark and protocol from run.json, else the folder name and the default protocol."""
-    from flexeval.benchmarks import get_benchmark
+    from flexeval.benchmarks.registry import benchmark_for_run
 
     run = read_run_json(Path(bench_dir))
-    benchmark = get_benchmark(run.get("benchmark") or benchmark_folder(Path(bench_dir)).name)
+    benchmark = benchmark_for_run(run, benchmark_folder(Path(bench_dir)).name)
     protocol = benchmark.check_protocol(run.get("protocol"))
     pred_path = Path(bench_dir) / PREDICTIONS
     records = read_records(pred_path)
