@@ -119,8 +119,7 @@ def list_cmd(data_root: Path = typer.Option(Path("data"), "--data-dir", "-d", he
     from flexeval.plugins import plugins_listing
     from flexeval.results.report import list_benchmarks_table
 
-    typer.echo(list_benchmarks_table(data_root) + "
-" + plugins_listing())
+    typer.echo(list_benchmarks_table(data_root) + "\n" + plugins_listing())
 
 
 @app.command()
