@@ -21,8 +21,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from flexeval.benchmarks.base import DEFAULT_MAX_IMAGE_PIXELS, Benchmark, Sample, open_image
 from flexeval.analysis.coverage import enable_coverage, record_coverage
+from flexeval.benchmarks.base import DEFAULT_MAX_IMAGE_PIXELS, Benchmark, Sample, open_image
 from flexeval.benchmarks.question_style import styled_sample
 from flexeval.distributed import RankProgress
 from flexeval.errors import FlexEvalError
