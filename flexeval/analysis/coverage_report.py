@@ -123,6 +123,7 @@ def plot_recall(runs: list[dict], out: Path) -> Path:
     ax.set_xlabel("selecting layer (its tokens are attended to by the next layer)")
     ax.set_ylabel("target recall (mean over items)")
     ax.set_ylim(0, 1.02)
+    ax.xaxis.get_major_locator().set_params(integer=True)
     ax.set_title("V*: fraction of the target boxes covered by the selected high-res tokens")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
