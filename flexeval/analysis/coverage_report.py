@@ -22,9 +22,16 @@ CSV_NAME = "target_coverage.csv"
 COLUMNS = ["subset", "answers", "layer", "n", *COVERAGE_FIELDS]
 
 
-def _mean(values: list) -> float | None:
-    xs = [v for v in values if v is not None]
-    return round(float(np.mean(xs)), 6) if xs else None
+def _table(covered: list[dict], layers: list[int]) -> dict:
+    """field -> [items, layers] float array (NaN where a record lacks the layer or the value is None)."""
+    col = {layer: j for j, layer in enumerate(layers)}
+    out = {k: np.full((len(covered), len(layers)), np.nan) for k in COVERAGE_FIELDS}
+    for i, r in enumerate(covered):
+        tc = r["target_coverage"]
+        js = [col[layer] for layer in tc["layers"]]
+        for k in COVERAGE_FIELDS:
+            out[k][i, js] = [np.nan if v is None else v for v in tc[k]]
+    return out
 
 
 def coverage_rows(records: list[dict]) -> list[dict]:
@@ -32,24 +39,26 @@ def coverage_rows(records: list[dict]) -> list[dict]:
     covered = [r for r in records if isinstance(r.get("target_coverage"), dict)]
     if not covered:
         return []
-    subsets = sorted({r["subset"] for r in covered}) + ["overall"]
     layers = sorted({layer for r in covered for layer in r["target_coverage"]["layers"]})
+    table = _table(covered, layers)
+    subset = np.array([str(r["subset"]) for r in covered])
+    correct = np.array([float(r.get("score") or 0) == 1.0 for r in covered])
     rows = []
-    for subset in subsets:
-        mine = [r for r in covered if subset == "overall" or r["subset"] == subset]
-        for answers in ("all", "correct", "wrong"):
-            part = [r for r in mine if answers == "all" or (float(r.get("score") or 0) == 1.0) == (answers == "correct")]
-            for layer in layers:
-                vals = {k: [] for k in COVERAGE_FIELDS}
-                for r in part:
-                    tc = r["target_coverage"]
-                    if layer in tc["layers"]:
-                        i = tc["layers"].index(layer)
-                        for k in COVERAGE_FIELDS:
-                            vals[k].append(tc[k][i])
-                rows.append({"subset": subset, "answers": answers, "layer": layer, "n": len(part),
-                             **{k: _mean(vals[k]) for k in COVERAGE_FIELDS}})
+    for name in sorted(set(subset.tolist())) + ["overall"]:
+        in_subset = np.ones(len(covered), bool) if name == "overall" else subset == name
+        for answers, pick in (("all", in_subset), ("correct", in_subset & correct), ("wrong", in_subset & ~correct)):
+            means = {k: _column_means(table[k][pick]) for k in COVERAGE_FIELDS}
+            for j, layer in enumerate(layers):
+                rows.append({"subset": name, "answers": answers, "layer": layer, "n": int(pick.sum()),
+                             **{k: means[k][j] for k in COVERAGE_FIELDS}})
     return rows
+
+
+def _column_means(a: np.ndarray) -> list[float | None]:
+    """Mean of each column over its defined (non-NaN) values; None for a column without any."""
+    n = (~np.isnan(a)).sum(0)
+    sums = np.nansum(a, 0)
+    return [round(float(s / c), 6) if c else None for s, c in zip(sums, n)]
 
 
 def _csv_text(rows: list[dict], columns: list[str]) -> str:
@@ -61,9 +70,10 @@ def _csv_text(rows: list[dict], columns: list[str]) -> str:
     return buf.getvalue()
 
 
-def write_coverage_csv(out_dir: Path, records: list[dict]) -> Path | None:
-    """<run folder>/target_coverage.csv when the records carry coverage; None (nothing written) otherwise."""
-    rows = coverage_rows(records)
+def write_coverage_csv(out_dir: Path, records: list[dict], rows: list[dict] | None = None) -> Path | None:
+    """<run folder>/target_coverage.csv when the records carry coverage (`rows`: coverage_rows(records), if
+    the caller has them); None (nothing written) otherwise."""
+    rows = coverage_rows(records) if rows is None else rows
     if not rows:
         return None
     path = Path(out_dir) / CSV_NAME

@@ -49,25 +49,27 @@ def write_html_report(results_dir: Path, images: bool = True, per_page: int = PE
     out = results_dir / "report"
     write_if_changed(out / "assets" / "style.css", CSS)
     write_if_changed(out / "assets" / "list.js", LIST_JS)
+    coverage = {}
     for r in runs:
         r.records = read_records(r)
-        write_coverage_csv(r.folder, r.records)  # from the records, as rescore does for accuracy.csv
+        coverage[r.slug] = coverage_rows(r.records)
+        write_coverage_csv(r.folder, r.records, coverage[r.slug])  # from the records, as rescore does accuracy.csv
     has_plot = bool(write_coverage_summary(results_dir))
     notes = {}
     for r in runs:
-        notes[r.slug] = write_run(r, runs, out, images, per_page, say)
+        notes[r.slug] = write_run(r, runs, out, images, per_page, say, coverage[r.slug])
     write_if_changed(out / "index.html", pages.index_html(runs, notes, has_plot))
     return out / "index.html"
 
 
-def write_run(run: Run, runs: list[Run], out: Path, images: bool, per_page: int, say) -> str | None:
+def write_run(run: Run, runs: list[Run], out: Path, images: bool, per_page: int, say,
+              coverage: list[dict]) -> str | None:
     """The run's list page, items.js and item pages; returns a note for the index (e.g. no images)."""
     folder = out / "runs" / run.slug
     comparable = [o for o in runs if o is not run and o.bench == run.bench]
     subsets = sorted({str(rec.get("subset")) for rec in run.records})
     write_if_changed(folder / "items.js", pages.items_js(run.slug, run.records))
-    write_if_changed(folder / "index.html", pages.list_html(run, subsets, comparable, coverage_rows(run.records),
-                                                            per_page))
+    write_if_changed(folder / "index.html", pages.list_html(run, subsets, comparable, coverage, per_page))
     sources, note = image_sources(run) if images else ({}, "images left out (--no-images)")
     t0, written, n = time.time(), 0, len(run.records)
     for k, rec in enumerate(run.records):

@@ -12,7 +12,6 @@ from PIL import Image
 
 from flexeval.benchmarks.base import ImageRef, image_digest, open_image
 from flexeval.errors import FlexEvalError
-from flexeval.model.image import to_rgb8
 
 MAX_SIDE = 480  # px: a 62,000-item run's thumbnails stay ~1-2 GB at most, one page loads one
 
@@ -40,6 +39,8 @@ def thumbnail(source, thumbs_dir: Path, where: str) -> tuple[str | None, tuple[i
     if (thumbs_dir / name).is_file() and size_file.is_file():
         w, h = (int(v) for v in size_file.read_text().split("x"))
         return name, (w, h), None
+    from flexeval.model.image import to_rgb8  # here: importing the model package costs seconds
+
     try:
         img = open_image(source, where=where)
     except FlexEvalError as e:
