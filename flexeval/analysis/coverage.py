@@ -147,9 +147,9 @@ def wants_coverage(model, samples) -> bool:
 
 
 def enable_coverage(model, samples) -> None:
-    """Turn the model's selection trace on when `wants_coverage`; costs nothing otherwise."""
-    if wants_coverage(model, samples):
-        model.keep_selection = True
+    """The model's selection trace on exactly when `wants_coverage` (off again for the next benchmark)."""
+    if hasattr(model, "keep_selection"):
+        model.keep_selection = wants_coverage(model, samples)
 
 
 def record_coverage(sample, result, image) -> dict:
