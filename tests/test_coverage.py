@@ -151,3 +151,18 @@ def test_attention_run_maps_are_the_prompt_end_rows_and_nll_is_unchanged(planted
     frac = fine.reshape(24, 42, 24, 42).mean((1, 3)).flatten()
     m = maps.maps[9].numpy()
     assert records[0]["target_coverage"]["attention_mass"][1] == pytest.approx((m * frac).sum() / m.sum(), abs=2e-3)
+
+
+def test_a_broken_bbox_in_a_vstar_file_is_an_error_naming_the_file(tmp_path):
+    from flexeval.benchmarks import get_benchmark
+
+    data = _vstar_with_planted_boxes(tmp_path)
+    item = data / "relative_position" / "sa_2.json"
+    obj = json.loads(item.read_text())
+    obj["bbox"] = [[1, 2, "wide", 4]]
+    item.write_text(json.dumps(obj))
+    with pytest.raises(FlexEvalError, match=r"sa_2\.json: bbox\[0\].*restore the release file"):
+        get_benchmark("vstar").load(data)
+    del obj["bbox"]  # no annotation: a valid item without coverage
+    item.write_text(json.dumps(obj))
+    assert [s.meta for s in get_benchmark("vstar").load(data)][1] == {}
