@@ -358,12 +358,11 @@ class FlexLlava:
         logits = self.lm.lm_head(hidden).float()  # [B, rows, V]
         mean_nll = blocks.mean_nll(logits).tolist()
         ratios = self._row_ratios(hires.trace, blocks.row_valid) if hires else [None] * b
+        maps, masks = trace.first_rows() if self.keep_selection and hires else ({}, {})  # the prompt-end row
         return [ChoiceResult(option_nll=mean_nll[i][: len(option_ids[i])], n_prompt_tokens=int(n_prefix[i]) + 1,
-                             hd_selected_ratio=ratios[i], selection=AttentionMaps(  # row 0: the prompt-end row
-                                 {k: v[i, 0].float().cpu() for k, v in sorted(trace.maps.items())},
-                                 {k: v[i, 0].cpu() for k, v in sorted(trace.masks.items()) if k in trace.maps},
-                                 (self.grid * self.zoom) ** 2) if trace.keep_masks and hires else None)
-                for i in range(b)]
+                             hd_selected_ratio=ratios[i], selection=AttentionMaps(
+                                 {k: v[i] for k, v in maps.items()}, {k: v[i] for k, v in masks.items()},
+                                 (self.grid * self.zoom) ** 2) if maps else None) for i in range(b)]
 
     def _row_ratios(self, trace: Trace, row_valid: torch.Tensor) -> list[float | None]:
         """Per sample: the selected fraction averaged over its real option rows and the layers."""
