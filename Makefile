@@ -35,6 +35,9 @@ demo: setup
 	$(BIN)/flexeval model make-tiny --out $(DEMO)/llava-tiny-plain --seed 0 --format llava
 	$(BIN)/flexeval grounding --model $(DEMO)/llava-tiny-flexattn --data-dir $(DEMO)/data/gqa --out $(DEMO)/grounding --quiet
 	$(BIN)/flexeval grounding --model $(DEMO)/llava-tiny-plain --data-dir $(DEMO)/data/gqa --out $(DEMO)/grounding --quiet
+	# the browsable report: V* maps of two items (prompt-end row, the one target coverage measures), then the site
+	$(BIN)/flexeval attention --model $(DEMO)/llava-tiny-flexattn --bench vstar --data-dir $(DEMO)/data/vstar --limit 2 --layers 8,9,10 --token prompt-end --out $(DEMO)/results
+	$(BIN)/flexeval report $(DEMO)/results --html
 
 test: setup
 	$(BIN)/python -m pytest

@@ -17,6 +17,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from flexeval.analysis.coverage import parse_boxes
 from flexeval.errors import FlexEvalError
 from flexeval.hub import fetch_dataset
 from flexeval.requests import Choice, Generate
@@ -49,6 +50,14 @@ def _check_options(js: Path, options: Any) -> None:
             raise FlexEvalError(f"{js}: options[{k}] = {o!r:.80} repeats options[{seen[o.strip()]}]; "
                                 f"a tie would be scored as the first option; {fix}")
         seen[o.strip()] = k
+
+
+def _target_meta(item: dict, js: Path) -> dict:
+    """The annotated targets (for target coverage, flexeval/analysis/coverage.py): `bbox` as a list of
+    [x, y, w, h] boxes in original pixels, and `target_object` as the release has it."""
+    if "bbox" not in item:
+        return {}
+    return {"target_object": item.get("target_object"), "bbox": parse_boxes(item["bbox"], str(js))}
 
 
 def _orphan_images(folder: Path) -> list[Path]:
@@ -107,6 +116,7 @@ class VStar(Benchmark):
             image=str(image),
             target=str(options[0]),
             options=tuple(options),
+            meta=_target_meta(item, js),
         )
 
     def request(self, sample: Sample, protocol: str) -> Choice | Generate:

@@ -146,11 +146,22 @@ def compare(
 
 
 @app.command()
-def report(results_dir: Path = typer.Argument(Path("results"), help="results root")) -> None:
-    """Print and regenerate summary.csv and summary.md (paper numbers as reference rows)."""
+def report(
+    results_dir: Path = typer.Argument(Path("results"), help="results root"),
+    html: bool = typer.Option(False, "--html", help="also write a browsable static site under RESULTS_DIR/report/"),
+    images: bool = typer.Option(True, "--images/--no-images", help="--html: item thumbnails from the data folders"),
+) -> None:
+    """Print and regenerate summary.csv and summary.md (paper numbers as reference rows); V* target
+    coverage (target_coverage.csv/.png) where runs have it; with --html the static site."""
+    from flexeval.analysis.coverage_report import write_coverage_summary
     from flexeval.results.report import write_report
 
     typer.echo(write_report(results_dir))
+    write_coverage_summary(results_dir)
+    if html:
+        from flexeval.results.html import write_html_report
+
+        typer.echo(f"HTML report: {write_html_report(results_dir, images=images)} (open it in a browser)")
 
 
 @app.command()

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from flexeval import __version__
+from flexeval.analysis.coverage_report import write_coverage_csv
 from flexeval.benchmarks import data_folders, select_benchmarks, several_benchmarks
 from flexeval.benchmarks.base import DEFAULT_MAX_IMAGE_PIXELS, Benchmark, Sample
 from flexeval.benchmarks.question_style import changes_questions, check_question_style
@@ -237,6 +238,7 @@ def finish_benchmark(bench: Benchmark, model, cfg: RunConfig, plan: BenchmarkPla
                                   where=where)
     store.write_predictions(records, plan.out_dir)
     write_accuracy_csv(plan.out_dir / "accuracy.csv", rows)
+    write_coverage_csv(plan.out_dir, records)  # V* with a selecting model: target_coverage.csv
     stats, n_items = ran["stats"], len(plan.items)
     timing = {"wall_s": round(time.time() - ran["t0"], 3), "ran": ran["pending"], "reused": n_items - ran["pending"],
               "model_s": round(stats.model_seconds, 3),

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from flexeval.analysis.coverage import enable_coverage, record_coverage
 from flexeval.benchmarks.base import DEFAULT_MAX_IMAGE_PIXELS, Benchmark, Sample, open_image
 from flexeval.benchmarks.question_style import styled_sample
 from flexeval.distributed import RankProgress
@@ -208,6 +209,7 @@ def run_items(items: list[Item], model, store: PredictionStore, sizer: BatchSize
     if not items:
         return stats
     progress.status("starting the image decoders")
+    enable_coverage(model, [it.sample for it in items])  # V* boxes + a selecting model: target_coverage
 
     def flush(batch: list) -> None:
         _run_batch(items, batch, model, store, sizer, stats, progress)
@@ -245,8 +247,8 @@ def _run_batch(items: list[Item], batch: list, model, store: PredictionStore, si
             continue
         answer = getattr(model, kind.method)
         results = sizer.run([(it.request, image) for it, image in ready], answer)
-        for (it, _), res in zip(ready, results):
-            it.record = kind.record(it.request, res)
+        for (it, image), res in zip(ready, results):
+            it.record = kind.record(it.request, res) | record_coverage(it.sample, res, image)
     stats.model_seconds += time.time() - t
     store.append([sample_record(items[i]) for i, _, _ in batch])  # flushed and fsync'ed: a kill loses nothing
     stats.batches += 1

@@ -74,6 +74,12 @@ class Trace:
     def wants_map(self, layer: int) -> bool:
         return layer in self.map_layers
 
+    def first_rows(self) -> tuple[dict, dict]:
+        """The maps [B, 576] (float32) and masks [B, N] of each sample's first high-res row, on the CPU, for
+        the layers with both (likelihood scoring: the prompt-end row, the same in every option block)."""
+        maps = {k: v[:, 0].float().cpu() for k, v in sorted(self.maps.items()) if k in self.masks}
+        return maps, {k: self.masks[k][:, 0].cpu() for k in maps}
+
     def record(self, layer: int, selection: torch.Tensor) -> None:
         self.selected[layer] = selection.sum(-1)
         if self.keep_masks:

@@ -69,6 +69,7 @@ class ChoiceResult:
     hd_selected_ratio: float | None = None
     prompt: str | None = None
     prompt_ids: list[int] | None = None
+    selection: AttentionMaps | None = None  # with keep_selection: the prompt-end row's maps and masks
 
 
 @dataclass
@@ -95,6 +96,7 @@ def _input_order(results: list, order: list[int]) -> list:
 
 class FlexLlava:
     recipe = "release"  # LLaVA-1.5's eval recipe: pad to square, v1 template, chunked tokenisation
+    keep_selection = False  # choose(): also return the prompt-end row's maps and masks (target coverage)
 
     def __init__(self, lm: LlavaLM, vision: VisionTower, tokenizer: LlavaTokenizer, cfg: FlexConfig,
                  options: RunOptions | None = None, device: str | torch.device = "cpu", dtype=torch.float32,
@@ -194,11 +196,11 @@ class FlexLlava:
         return HiResImages(feats=hd_feats, cos=cos, sin=sin, img_cols=batch.img_cols, pad_cells=pad_cells,
                            hd_grid=hd_grid, sample_keys=keys)
 
-    def _hires(self, images: HiResImages | None, n_rows: int, row_positions) -> HiResContext | None:
+    def _hires(self, images: HiResImages | None, n_rows: int, row_positions, trace=None) -> HiResContext | None:
         """The context of one forward call whose last n_rows rows use high-res keys."""
         if images is None:
             return None
-        return HiResContext(images, self.options, n_rows, row_positions, Trace())
+        return HiResContext(images, self.options, n_rows, row_positions, trace or Trace())
 
     def _new_cache(self, b: int, capacity: int) -> KVCache:
         c = self.cfg
@@ -347,14 +349,20 @@ class FlexLlava:
         # 2) every option as a block [last prompt token, option tokens but the last], all rows high-res.
         n_prefix = prefix.valid.sum(1)  # [B] the last prompt token's position
         positions = n_prefix[:, None] + blocks.offset  # [B, rows]
-        hires = self._hires(self._hires_images(images, hd_feats, prefix, prompt_ids), blocks.rows, positions)
+        # keep_selection: the selecting layers whose choice a later layer uses (S .. last - 1)
+        trace = Trace(keep_masks=True, map_layers=frozenset(range(self.options.select_layer, self.cfg.num_layers - 1)),
+                      map_cols=prefix.img_cols) if self.keep_selection else Trace()
+        hires = self._hires(self._hires_images(images, hd_feats, prefix, prompt_ids), blocks.rows, positions, trace)
         hidden = self.lm.model(self.lm.model.embed_tokens(blocks.tokens), *self._rope(positions), cache,
                                blocks.visible(prefix.valid), hires)
         logits = self.lm.lm_head(hidden).float()  # [B, rows, V]
         mean_nll = blocks.mean_nll(logits).tolist()
         ratios = self._row_ratios(hires.trace, blocks.row_valid) if hires else [None] * b
+        maps, masks = trace.first_rows() if self.keep_selection and hires else ({}, {})  # the prompt-end row
         return [ChoiceResult(option_nll=mean_nll[i][: len(option_ids[i])], n_prompt_tokens=int(n_prefix[i]) + 1,
-                             hd_selected_ratio=ratios[i]) for i in range(b)]
+                             hd_selected_ratio=ratios[i], selection=AttentionMaps(
+                                 {k: v[i] for k, v in maps.items()}, {k: v[i] for k, v in masks.items()},
+                                 (self.grid * self.zoom) ** 2) if maps else None) for i in range(b)]
 
     def _row_ratios(self, trace: Trace, row_valid: torch.Tensor) -> list[float | None]:
         """Per sample: the selected fraction averaged over its real option rows and the layers."""
