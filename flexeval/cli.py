@@ -294,6 +294,8 @@ def grounding(
                                                 quiet=quiet))
     except FlexEvalError as e:
         _fail(e)
+    if summary is None:  # another rank of a torchrun launch: rank 0 reports
+        return
     for r in summary["layers"]:
         typer.echo(f"layer {r['layer']:>3}: {r['score']:7.2f}  (n={r['n']})")
     typer.echo(f"grounding table: {summary['files']['csv']}\nplot: {summary['files']['png']}")
