@@ -86,6 +86,7 @@ class GroundingWork(MapsWork):
         self.summary: dict | None = None  # grounding.json as written (rank 0, once finished)
 
     def settings(self) -> dict:
+        # 2: records of the core (the answer's generation fields, run.json), not those of the old grounding runner
         return super().settings() | {"map_size": self.map_size, "flexeval_grounding": 2}
 
     def empty(self) -> dict:
