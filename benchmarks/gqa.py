@@ -31,7 +31,7 @@ from flexeval.errors import FlexEvalError
 from flexeval.requests import Generate
 
 from .base import Benchmark, Sample, require_field
-from .conversation import SHORT_ANSWER_SUFFIX, llava_v1_prompt
+from .wording import SHORT_ANSWER_SUFFIX
 
 SPLITS = ("val_balanced", "testdev_balanced")
 SPLIT_ALIASES = {"val": "val_balanced", "testdev": "testdev_balanced"}
@@ -193,7 +193,7 @@ class GQA(Benchmark):
         self.check_protocol(protocol)
         # LLaVA-1.5's GQA prompt (its eval script): the short-answer suffix, greedy, short answers.
         question = sample.question + SHORT_ANSWER_SUFFIX
-        return Generate(prompt=llava_v1_prompt(question), question=question, max_new_tokens=16)
+        return Generate(question=question, max_new_tokens=16)
 
     def score(self, record: dict, protocol: str) -> dict:
         # The official script: prediction == answer, after LLaVA's answer clean-up (lower case, no final period).

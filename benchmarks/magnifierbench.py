@@ -34,7 +34,6 @@ from flexeval.errors import FlexEvalError
 from flexeval.requests import Generate
 
 from .base import Benchmark, ImageRef, Sample, decode_image_bytes, read_json, read_parquet_text, require_field
-from .conversation import llava_v1_prompt
 
 HUB_REPO = "Otter-AI/MagnifierBench"
 SUBSET = "test"
@@ -115,10 +114,10 @@ class MagnifierBench(Benchmark):
         protocol = self.check_protocol(protocol)
         if protocol == "official":
             question = official_question(sample.question)
-            return Generate(prompt=llava_v1_prompt(question), question=question, max_new_tokens=MAX_NEW_TOKENS,
+            return Generate(question=question, max_new_tokens=MAX_NEW_TOKENS,
                             image_mode="crop")
         question = paper_instruction(sample.question) + PAPER_SUFFIX
-        return Generate(prompt=llava_v1_prompt(question), question=question, max_new_tokens=MAX_NEW_TOKENS)
+        return Generate(question=question, max_new_tokens=MAX_NEW_TOKENS)
 
     def score(self, record: dict, protocol: str) -> dict:
         protocol = self.check_protocol(protocol)

@@ -36,7 +36,7 @@ from flexeval.errors import FlexEvalError
 
 from .asking import ask, choose
 from .base import Benchmark, Sample
-from .conversation import SHORT_ANSWER_SUFFIX
+from .wording import SHORT_ANSWER_SUFFIX
 
 LETTERS = "ABCDEFGH"
 LETTER_POST_PROMPT = "\nAnswer with the option's letter from the given choices directly."

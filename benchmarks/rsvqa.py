@@ -38,7 +38,7 @@ from .base import (
     require_field,
     subset_item_scores,
 )
-from .conversation import SHORT_ANSWER_SUFFIX, llava_v1_prompt
+from .wording import SHORT_ANSWER_SUFFIX
 
 ZENODO_RECORD = "6344367"
 SPLITS = ("train", "val", "test", "test_phili")
@@ -137,7 +137,7 @@ class RSVQAHRBEN(Benchmark):
     def request(self, sample: Sample, protocol: str) -> Generate:
         self.check_protocol(protocol)
         question = sample.question + SHORT_ANSWER_SUFFIX
-        return Generate(prompt=llava_v1_prompt(question), question=question, max_new_tokens=MAX_NEW_TOKENS)
+        return Generate(question=question, max_new_tokens=MAX_NEW_TOKENS)
 
     def score(self, record: dict, protocol: str) -> dict:
         protocol = self.check_protocol(protocol)

@@ -21,7 +21,7 @@ from flexeval.errors import FlexEvalError
 
 from .asking import ask
 from .base import Benchmark, Sample
-from .conversation import SHORT_ANSWER_SUFFIX
+from .wording import SHORT_ANSWER_SUFFIX
 from .mcq_file import NO_CATEGORY, file_bench_name
 from .vqa_eval import normalize_answer, vqa_accuracy
 

@@ -23,8 +23,8 @@ from flexeval.hub import fetch_dataset
 from flexeval.requests import Choice, Generate
 
 from .base import Benchmark, Sample, read_json, require_field
-from .conversation import SHORT_ANSWER_SUFFIX, VSTAR_OFFICIAL_SYSTEM, llava_v1_prompt
 from .vstar_letter import LETTER_MAX_NEW_TOKENS, letter_prompt, read_lettered, score_letter, write_lettered
+from .wording import SHORT_ANSWER_SUFFIX, VSTAR_OFFICIAL_SYSTEM
 
 SUBSETS = ("direct_attributes", "relative_position")
 IMAGE_EXTS = (".jpg", ".JPG", ".jpeg", ".JPEG", ".png", ".PNG", ".webp")
@@ -123,14 +123,14 @@ class VStar(Benchmark):
         protocol = self.check_protocol(protocol)
         if protocol == "letter":
             question = letter_prompt(sample)
-            return Generate(prompt=llava_v1_prompt(question), question=question, max_new_tokens=LETTER_MAX_NEW_TOKENS)
+            return Generate(question=question, max_new_tokens=LETTER_MAX_NEW_TOKENS)
         if protocol == "official":
             # penghao-wu/vstar: other system prompt, no answer-format suffix, EOS after the option,
             # image not padded (the CLIP processor resizes the short side and centre-crops).
-            return Choice(prompt=llava_v1_prompt(sample.question, system=VSTAR_OFFICIAL_SYSTEM),
-                          question=sample.question, options=sample.options, append_eos=True, image_mode="crop")
+            return Choice(question=sample.question, options=sample.options, append_eos=True, image_mode="crop",
+                          system=VSTAR_OFFICIAL_SYSTEM)
         question = sample.question + SHORT_ANSWER_SUFFIX
-        return Choice(prompt=llava_v1_prompt(question), question=question, options=sample.options)
+        return Choice(question=question, options=sample.options)
 
     def score(self, record: dict, protocol: str) -> dict:
         if self.check_protocol(protocol) == "letter":

@@ -13,7 +13,7 @@ _default_template_yaml, checked at commit 75571cf, version 0.7.2); the code is o
   else `text` stays as is. Then the post-prompt "\\nAnswer with the option's letter from the given
   choices directly." (empty pre-prompt). Because `$` and `[^()]` let the last option run to the
   end of `text`, whatever follows the last option in `text` stays glued to it, as in lmms-eval.
-  The prompt goes into our conversation template (`--recipe` decides which), image as the recipe
+  The question goes into the model's chat template (`--recipe` decides which), image as the recipe
   says.
 - Generation: greedy, max_new_tokens 16 (lmms-eval: temperature 0, num_beams 1, do_sample false).
 - Parsing (`extract_answer_letter`): on the reply stripped and upper-cased, the first of these

@@ -308,6 +308,8 @@ def grounding(
                                                 map_size=map_size, limit=limit, batch_size=batch_size, dtype=dtype,
                                                 device=device, selection=selection, workers=workers,
                                                 tag=tag if len(models) == 1 else None, quiet=quiet))
+        if summary is None:  # another rank of a torchrun launch: rank 0 reports
+            return
         typer.echo(f"{summary['model']} (query row {summary['token']}, M={summary['map_size']}):\n"
                    + "\n".join(f"layer {r['layer']:>3}: {r['score']:7.2f}  (n={r['n']})" for r in summary["layers"]))
     typer.echo(f"grounding table: {summary['files']['csv']}\nplot: {summary['files']['png']}")

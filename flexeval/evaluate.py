@@ -8,7 +8,9 @@ A benchmark run in named phases over one `Item` type:
        run.json (its figures: a function of the records).
 
 The request kinds are one table, REQUEST_KINDS: request type -> model method -> record builder. A
-model is anything with a `preprocessor` and those methods (`generate`, `choose`).
+model is anything with a `preprocessor` and those methods (`generate`, `choose`). `run_benchmark`
+takes a work (flexeval/execute.py `Answers` by default); `grounding` and `attention --bench` pass
+theirs (flexeval/analysis/maps_work.py) and get the same plan, shares, store, lock and run.json.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from flexeval.checks import (
     split_for,
 )
 from flexeval.distributed import Cluster, RankProgress, rank_summary, take_share
-from flexeval.execute import BatchSizer, Item, Progress, build_items, log, pending_indices, run_items
+from flexeval.execute import Answers, BatchSizer, Item, Progress, build_items, log, pending_indices, run_items
 from flexeval.interrupt import note_progress
 from flexeval.items import IdList, check_unprefixed_ids_found, read_id_file, select_items
 from flexeval.plugins import load_plugin_model, model_plugin
@@ -163,7 +165,8 @@ class BenchmarkPlan:
 
 
 def plan_benchmark(bench: Benchmark, model, cfg: RunConfig, data_dir: Path, protocol: str,
-                   samples: list[Sample] | None, ids: IdList | None, say: bool = True) -> BenchmarkPlan:
+                   samples: list[Sample] | None, ids: IdList | None, say: bool = True,
+                   work: Answers | None = None) -> BenchmarkPlan:
     """Samples -> the selected items, their requests and keys, the results folders and the config fingerprint."""
     several = several_benchmarks(cfg.bench)
     split = split_for(bench, cfg.split, several=several)
@@ -176,11 +179,12 @@ def plan_benchmark(bench: Benchmark, model, cfg: RunConfig, data_dir: Path, prot
     chosen, selection = select_items(samples, bench.name, ids, cfg.offset, cfg.limit, 2 if several else 1)
     if cfg.question_style != "release" and not changes_questions(bench.name, cfg.question_style) and say:
         log(f"[{bench.name}] --question-style {cfg.question_style} changes nothing here (benchmarks/question_style.py)")
-    items = build_items(bench, chosen, protocol, cfg.max_new_tokens, cfg.question_style)
+    work = work or Answers()
+    items = build_items(bench, chosen, protocol, cfg.max_new_tokens, cfg.question_style, work)
     identity = model_identity(model)
     config_fp = fingerprint({"benchmark": bench.name, "protocol": protocol, "model": identity,
-                             "flexeval_scoring_inputs": 1})
-    bench_dir = results_folder(cfg, model, bench)
+                             "flexeval_scoring_inputs": 1} | work.settings())
+    bench_dir = results_folder(cfg, model, bench) / (work.folder or "")
     # Other protocols, splits and --limit runs get their own folder (flexeval/results/layout.py); shards are shared.
     generates = any(isinstance(it.request, Generate) for it in items)
     subset = items_part([s.id for s in chosen], len(samples), first_n=ids is None and not cfg.offset)
@@ -192,12 +196,14 @@ def plan_benchmark(bench: Benchmark, model, cfg: RunConfig, data_dir: Path, prot
 
 def run_benchmark(bench: Benchmark, model, cfg: RunConfig, data_dir: Path, protocol: str,
                   samples: list[Sample] | None = None, ids: IdList | None = None,
-                  cluster: Cluster | None = None) -> dict | None:
-    """One benchmark. Every rank runs its cost-balanced share of the pending items (flexeval/distributed.py);
-    rank 0 alone writes the results and returns run.json (the other ranks return None)."""
+                  cluster: Cluster | None = None, work: Answers | None = None) -> dict | None:
+    """One benchmark. Every rank runs its cost-balanced share of the pending items (flexeval/distributed.py)
+    with the work (default: answer each request); rank 0 alone writes the results and returns run.json
+    (the other ranks return None)."""
     t0 = time.time()
     cluster = cluster or Cluster.from_environ(cfg.device)
-    plan = plan_benchmark(bench, model, cfg, data_dir, protocol, samples, ids, say=cluster.is_main)
+    work = work or Answers()
+    plan = plan_benchmark(bench, model, cfg, data_dir, protocol, samples, ids, say=cluster.is_main, work=work)
     lock = hold_run_lock(plan.bench_dir, log) if cluster.is_main else None  # a second run on the folder refuses
     plan.out_dir.mkdir(parents=True, exist_ok=True)
     store = PredictionStore(plan.bench_dir, plan.config_fp, rank=cluster.rank, world_size=cluster.world_size)
@@ -216,7 +222,7 @@ def run_benchmark(bench: Benchmark, model, cfg: RunConfig, data_dir: Path, proto
     progress = RankProgress(bench.name, len(share.items), status, cfg.quiet)  # per-rank bar; watches the peers
     try:
         stats = run_items([plan.items[i] for i in share.items], model, store, sizer, cfg,
-                          Progress(progress.bar, progress), guard)
+                          Progress(progress.bar, progress), guard, work)
     finally:
         progress.close()
         store.close()  # the shard's flock goes even when a stop raises (an in-process rerun needs it)
@@ -225,13 +231,13 @@ def run_benchmark(bench: Benchmark, model, cfg: RunConfig, data_dir: Path, proto
         return None
     run = finish_benchmark(bench, model, cfg, plan, store, {"t0": t0, "stats": stats, "sizer": sizer,
                                                             "pending": len(pending), "mine": len(share.items),
-                                                            "ranks": rank_infos})
+                                                            "ranks": rank_infos}, work)
     lock.release()
     return run
 
 
 def finish_benchmark(bench: Benchmark, model, cfg: RunConfig, plan: BenchmarkPlan, store: PredictionStore,
-                     ran: dict) -> dict:
+                     ran: dict, work: Answers | None = None) -> dict:
     """Rank 0, once every rank is done: score the records once, predictions.jsonl, accuracy.csv, run.json."""
     where = str(plan.out_dir / "predictions.jsonl")
     records, rows = score_records(bench, store.collect([it.key for it in plan.items]), plan.where_run["protocol"],
@@ -249,6 +255,9 @@ def finish_benchmark(bench: Benchmark, model, cfg: RunConfig, plan: BenchmarkPla
             f"{timing['samples_per_s']:.2f} questions/s")
     run = run_summary(bench, model, cfg, plan.where_run, plan.identity, records, rows, timing)
     run["distributed"] = rank_summary(ran["ranks"])  # per rank: items, estimated cost, wall time; finish spread
+    extra = work.finish(plan, records, run) if work is not None else None
+    if extra is not None:
+        run[work.name] = extra
     write_json_atomic(plan.out_dir / "run.json", run)
     report_run(bench, plan.out_dir, records, rows, run["stats"])
     return run
@@ -319,6 +328,21 @@ def plan_benchmarks(cfg: RunConfig) -> list[tuple[Benchmark, Path, str]]:
     return [(b, dirs[b.name], protocols[b.name]) for b in benches]
 
 
+def on_cluster(cfg: RunConfig, body):
+    """body(cfg, cluster) in this process's place of a launch (torchrun, accelerate: rank from the
+    environment, device cuda:LOCAL_RANK; alone: rank 0 of 1); a failure is reported to the peers,
+    which stop. -> (body's result, cluster)."""
+    cluster = Cluster.from_environ(cfg.device)
+    cfg = replace(cfg, device=cluster.device, workers=cluster.default_workers(cfg.workers))
+    try:
+        return body(cfg, cluster), cluster
+    except BaseException as e:
+        cluster.report_failure(e)  # the peers see "failed" and this error, and stop
+        raise
+    finally:
+        cluster.close()
+
+
 def run_benchmarks(cfg: RunConfig) -> list[dict]:
     from flexeval.model import RunOptions, load_model
 
@@ -341,10 +365,8 @@ def run_benchmarks(cfg: RunConfig) -> list[dict]:
                                     explicit_dir=cfg.data_dir is not None and not several, protocol=protocol)
                for b, data_dir, protocol in plan}
     torch.manual_seed(cfg.seed)
-    # distributed: rank from the launcher's environment (torchrun, accelerate), device cuda:LOCAL_RANK
-    cluster = Cluster.from_environ(cfg.device)
-    cfg = replace(cfg, device=cluster.device, workers=cluster.default_workers(cfg.workers))
-    try:
+
+    def body(cfg: RunConfig, cluster: Cluster) -> list:
         if cluster.is_main:
             log(f"loading {cfg.model} ...")
         model = load_plugin_model(plugin, cfg.model, cfg.device, cfg.dtype) if plugin else load_model(
@@ -353,13 +375,10 @@ def run_benchmarks(cfg: RunConfig) -> list[dict]:
                            max_pixels=cfg.max_pixels, image_options=cfg.image_options)
         if cluster.is_main:
             log(f"model: {model_kind(model)} ({model.cfg.format}), recipe {model.recipe}")
-        runs = [run_benchmark(b, model, cfg, data_dir, protocol, samples[b.name], ids, cluster)
+        return [run_benchmark(b, model, cfg, data_dir, protocol, samples[b.name], ids, cluster)
                 for b, data_dir, protocol in plan]
-    except BaseException as e:
-        cluster.report_failure(e)  # the peers see "failed" and this error, and stop
-        raise
-    finally:
-        cluster.close()
+
+    runs, cluster = on_cluster(cfg, body)
     if not cluster.is_main:
         return []
     check_unprefixed_ids_found(ids, [r["data"]["selection"] for r in runs])

@@ -5,8 +5,11 @@
        fsync per batch)
 
 The request kinds are one table, REQUEST_KINDS: request type -> model method -> record builder. A
-model is anything with a `preprocessor` and those methods (`generate`, `choose`). Planning a run,
-finishing it (scores, tables, run.json) and the entry point are in flexeval/evaluate.py.
+model is anything with a `preprocessor` and those methods (`generate`, `choose`). What a run does
+with each batch is its work: `Answers` (run: each request answered by its kind) by default; the
+appendix's maps and grounding are works too (flexeval/analysis/maps_work.py), so they share the
+plan, the shares, the store, resume, the lock and run.json. Planning a run, finishing it (scores,
+tables, run.json) and the entry point are in flexeval/evaluate.py.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from flexeval.benchmarks.base import DEFAULT_MAX_IMAGE_PIXELS, Benchmark, Sample
 from flexeval.benchmarks.question_style import styled_sample
 from flexeval.distributed import RankProgress
 from flexeval.errors import FlexEvalError
+from flexeval.model.conversation import llava_v1_prompt
 from flexeval.requests import Choice, Generate, Request
 from flexeval.results.nonfinite import NonFiniteGuard, choice_problem
 from flexeval.results.store import PredictionStore, fingerprint
@@ -115,9 +119,11 @@ class Item:
 
 
 def request_fingerprint(req: Request) -> str:
-    # `question` is left out: it is part of `prompt`, and keys stay those of runs made before it existed.
-    fields = {k: v for k, v in asdict(req).items() if k != "question"}
-    return fingerprint(fields | {"kind": type(req).__name__})
+    """The request's part of a store key: its fields with the question in LLaVA-1.5's v1 conversation,
+    as requests carried it before the template moved to the model, so earlier results still resume
+    (tests/test_keys.py recomputes the old formula)."""
+    fields = {k: v for k, v in asdict(req).items() if k not in ("question", "system")}
+    return fingerprint({"prompt": llava_v1_prompt(req.question, req.system)} | fields | {"kind": type(req).__name__})
 
 
 def _prompt_fields(res) -> dict:
@@ -152,6 +158,36 @@ REQUEST_KINDS: dict[type, RequestKind] = {
 }
 
 
+class Answers:
+    """The work of `flexeval run`: each ready item's request answered by its kind's model method,
+    kind by kind in REQUEST_KINDS order (a batch's out-of-memory back-off per call)."""
+
+    name = "predictions"
+    folder: str | None = None  # a sub-folder of <out>/<tag>/<benchmark> for the store and results; None: itself
+
+    def settings(self) -> dict:
+        """What joins the config fingerprint (a changed setting never reuses records); {}: run's own."""
+        return {}
+
+    def adapt(self, request: Request) -> Request:
+        """The request this work asks of the model for a benchmark's request (the store key's request)."""
+        return request
+
+    def answer(self, model, ready: list[tuple[Item, object]], sizer: BatchSizer) -> None:
+        for req_type, kind in REQUEST_KINDS.items():
+            mine = [(it, image) for it, image in ready if type(it.request) is req_type]
+            if not mine:
+                continue
+            results = sizer.run([(it.request, image) for it, image in mine], getattr(model, kind.method))
+            for (it, image), res in zip(mine, results):
+                it.record = kind.record(it.request, res) | record_coverage(it.sample, res, image)
+
+    def finish(self, plan, records: list[dict], run: dict) -> dict | None:
+        """Rank 0, after the records are scored and before run.json is written: extra outputs; a dict
+        returned goes into run.json under `name`."""
+        return None
+
+
 @dataclass
 class RunStats:
     batches: int = 0
@@ -161,11 +197,13 @@ class RunStats:
 # ---------------------------------------------------------------- the phases of one benchmark
 
 def build_items(bench: Benchmark, samples: list[Sample], protocol: str, max_new_tokens: int | None,
-                question_style: str = "release") -> list[Item]:
-    """Each sample's request (the benchmark's, in --question-style, with --max-new-tokens applied) and store key."""
+                question_style: str = "release", work: Answers | None = None) -> list[Item]:
+    """Each sample's request (the benchmark's, in --question-style, with --max-new-tokens applied, as
+    the work asks it) and store key."""
     items = []
     for s in samples:
         req = bench.request(styled_sample(bench.name, s, question_style), protocol)
+        req = work.adapt(req) if work is not None else req
         if type(req) not in REQUEST_KINDS:
             raise FlexEvalError(f"{bench.name}: item {s.id} asks for a {type(req).__name__} request; the runner "
                                 f"answers {', '.join(t.__name__ for t in REQUEST_KINDS)} (add it to REQUEST_KINDS)")
@@ -202,17 +240,18 @@ class Progress:
 
 
 def run_items(items: list[Item], model, store: PredictionStore, sizer: BatchSizer, cfg,
-              progress: Progress, guard: NonFiniteGuard) -> RunStats:
-    """Images decoded in workers (cfg.workers; cfg.max_image_pixels guards each), batches of `sizer.size`,
-    each batch's records appended and fsync'ed."""
+              progress: Progress, guard: NonFiniteGuard, work: Answers | None = None) -> RunStats:
+    """Images decoded in workers (cfg.workers; cfg.max_image_pixels guards each), batches of `sizer.size`
+    answered by the work (default: Answers), each batch's records appended and fsync'ed."""
     stats = RunStats()
     if not items:
         return stats
     progress.status("starting the image decoders")
     enable_coverage(model, [it.sample for it in items])  # V* boxes + a selecting model: target_coverage
+    work = work or Answers()
 
     def flush(batch: list) -> None:
-        _run_batch(items, batch, model, store, sizer, stats, progress)
+        _run_batch(items, batch, model, store, sizer, stats, progress, work)
         guard.add(sample_record(items[i]) for i, _, _ in batch)  # too many NaN/inf items stop the run (stored ones kept)
 
     feed_batches(ImageDataset(items, model.preprocessor, cfg.max_image_pixels), cfg.workers, sizer, flush, progress)
@@ -221,7 +260,7 @@ def run_items(items: list[Item], model, store: PredictionStore, sizer: BatchSize
 
 def feed_batches(dataset: Dataset, workers: int | None, sizer: BatchSizer, flush, progress: Progress | None = None):
     """Decoded (index, image, error) entries to flush() in batches of sizer.size (read per batch: an OOM
-    back-off shrinks the next). Shared by `run` and `grounding`."""
+    back-off shrinks the next)."""
     batch: list = []
     for entry in _loader(dataset, workers):
         batch.append(entry)
@@ -235,20 +274,15 @@ def feed_batches(dataset: Dataset, workers: int | None, sizer: BatchSizer, flush
 
 
 def _run_batch(items: list[Item], batch: list, model, store: PredictionStore, sizer: BatchSizer,
-               stats: RunStats, progress: Progress) -> None:
+               stats: RunStats, progress: Progress, work: Answers) -> None:
     progress.status(f"model: first batch of {len(batch)} (the slowest: kernels warm up)")
     for i, _, err in batch:
         if err is not None:
             items[i].record = {"prediction": "", "skipped": err}
     t = time.time()
-    for req_type, kind in REQUEST_KINDS.items():
-        ready = [(items[i], image) for i, image, err in batch if err is None and type(items[i].request) is req_type]
-        if not ready:
-            continue
-        answer = getattr(model, kind.method)
-        results = sizer.run([(it.request, image) for it, image in ready], answer)
-        for (it, image), res in zip(ready, results):
-            it.record = kind.record(it.request, res) | record_coverage(it.sample, res, image)
+    ready = [(items[i], image) for i, image, err in batch if err is None]
+    if ready:
+        work.answer(model, ready, sizer)
     stats.model_seconds += time.time() - t
     store.append([sample_record(items[i]) for i, _, _ in batch])  # flushed and fsync'ed: a kill loses nothing
     stats.batches += 1

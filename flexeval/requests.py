@@ -13,23 +13,23 @@ from typing import Union
 
 @dataclass(frozen=True)
 class Generate:
-    """Greedy generation from `prompt` until EOS or `max_new_tokens`."""
+    """Greedy generation for `question` until EOS or `max_new_tokens`."""
 
-    prompt: str  # the full LLaVA v1 conversation text, holding one `<image>`
     question: str  # the user turn as the benchmark words it (answer-format suffix included), no template
     max_new_tokens: int = 32
     image_mode: str = "pad"  # "pad" (release: pad to square) | "crop" (CLIP processor: resize + centre crop)
+    system: str | None = None  # a protocol's own system text (official V*); None: the model's default
 
 
 @dataclass(frozen=True)
 class Choice:
-    """Mean-NLL score of each `prompt + " " + option` continuation; prediction = argmin."""
+    """Mean-NLL score of each option as the reply to `question`; prediction = argmin."""
 
-    prompt: str
     question: str
     options: tuple[str, ...]
     append_eos: bool = False  # official V*: the option is followed by </s>, counted in the mean
     image_mode: str = "pad"
+    system: str | None = None
 
 
 Request = Union[Generate, Choice]

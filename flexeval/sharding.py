@@ -44,7 +44,8 @@ def image_nbytes(image: ImageSource | None) -> int:
 
 def item_cost(request: Generate | Choice, image: ImageSource | None) -> float:
     """Estimated work of one item: prompt (+ image) prefill, options or new tokens, image decode."""
-    prompt_tokens = len(request.prompt) / CHARS_PER_TOKEN + (IMAGE_TOKENS if image is not None else 0)
+    # the question's text; the model's chat template adds about the same few tokens to every item
+    prompt_tokens = len(request.question) / CHARS_PER_TOKEN + (IMAGE_TOKENS if image is not None else 0)
     cost = prompt_tokens + image_nbytes(image) / IMAGE_BYTES_PER_UNIT
     if isinstance(request, Choice):  # every option is a continuation of the prompt, scored token by token
         cost += sum(len(option) / CHARS_PER_TOKEN + 1 for option in request.options)

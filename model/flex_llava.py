@@ -7,8 +7,10 @@
   per sample and its KV cache is shared by all of the sample's options, which run together as
   blocks of one suffix call (block-causal mask).
 
-Both take `[(request, ProcessedImage), ...]`, run the batch longest prompt first (as
-lm-evaluation-harness's Collator) and return results in input order. Nothing is kept between calls.
+Both take `[(request, ProcessedImage), ...]`, put each request in LLaVA-1.5's v1 conversation
+(`prompt_text`; `generate_prompts` / `choose_prompts` take finished prompts), run the batch longest
+prompt first (as lm-evaluation-harness's Collator) and return results in input order. Nothing is
+kept between calls.
 """
 
 from __future__ import annotations
@@ -18,12 +20,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from flexeval.errors import FlexEvalError
 from flexeval.requests import Choice, Generate
 
 from .config import FlexConfig, ResolvedOptions, RunOptions
+from .conversation import IMAGE_TOKEN, llava_v1_prompt
 from .fast import HiResContext, HiResImages, KVCache, Trace
 from .image import (
     Preprocessor,
@@ -35,6 +37,7 @@ from .image import (
     stitch_crops,
 )
 from .llama import LlavaLM
+from .option_blocks import OptionBlocks
 from .rope import hd_rope, rope_cos_sin
 from .selection import padding_cell_mask
 from .tokenizer import IMAGE_TOKEN_ID, LlavaTokenizer
@@ -127,10 +130,16 @@ class FlexLlava:
         # with selection none; plain LLaVA-1.5 follows its own processor: the padded image at 336.
         return self.options.highres_size if self.cfg.has_hd else self.cfg.lowres_size
 
+    @staticmethod
+    def prompt_text(request: Generate | Choice) -> str:
+        """The request in LLaVA-1.5's v1 conversation: its system text (or LLaVA's), the image first
+        unless the question places `<image>` itself."""
+        return llava_v1_prompt(request.question, request.system, with_image=IMAGE_TOKEN not in request.question)
+
     def batch_order(self, requests: list) -> list[int]:
         """The order `generate`/`choose` run a batch in (input indices, longest prompt first): the row
         order of the tensors inside the call, e.g. of a Trace's masks."""
-        return _longest_first([len(self.tokenizer.encode_prompt(r.prompt)) for r in requests])
+        return _longest_first([len(self.tokenizer.encode_prompt(self.prompt_text(r))) for r in requests])
 
     # ---- images ----
     @property
@@ -224,11 +233,18 @@ class FlexLlava:
     @torch.no_grad()
     def generate(self, items: list[tuple[Generate, ProcessedImage]], return_prefill_logits: bool = False):
         """Greedy decoding for each (Generate, image); results (and prefill logits [B, T, V]) in input order."""
-        ids_list = [self.tokenizer.encode_prompt(req.prompt) for req, _ in items]
+        return self.generate_prompts([self.prompt_text(req) for req, _ in items], [im for _, im in items],
+                                     [req.max_new_tokens for req, _ in items], return_prefill_logits)
+
+    @torch.no_grad()
+    def generate_prompts(self, prompts: list[str], images: list[ProcessedImage], max_new_tokens: list[int],
+                         return_prefill_logits: bool = False):
+        """`generate` for finished prompts (each holding one `<image>`): `inspect --raw`, the maps' answers."""
+        ids_list = [self.tokenizer.encode_prompt(p) for p in prompts]
         order = _longest_first([len(ids) for ids in ids_list])  # = batch_order
         results, prefill_logits = self._generate_batch(
-            [ids_list[i] for i in order], [items[i][1] for i in order],
-            [items[i][0].max_new_tokens for i in order], return_prefill_logits)
+            [ids_list[i] for i in order], [images[i] for i in order],
+            [max_new_tokens[i] for i in order], return_prefill_logits)
         results = _input_order(results, order)
         if not return_prefill_logits:
             return results
@@ -328,14 +344,20 @@ class FlexLlava:
     @torch.no_grad()
     def choose(self, items: list[tuple[Choice, ProcessedImage]]) -> list[ChoiceResult]:
         """Mean NLL of each option's tokens given its prompt (the release's train()-path scoring)."""
+        return self.choose_prompts([self.prompt_text(req) for req, _ in items], [im for _, im in items],
+                                   [req.options for req, _ in items], [req.append_eos for req, _ in items])
+
+    @torch.no_grad()
+    def choose_prompts(self, prompts: list[str], images: list[ProcessedImage], options: list, append_eos: list[bool]):
+        """`choose` for finished prompts: each prompt's options (and whether </s> follows each option)."""
         prompt_ids, option_ids = [], []
-        for req, _ in items:
-            pairs = [self.tokenizer.encode_option(req.prompt, o, req.append_eos) for o in req.options]
+        for prompt, opts, eos in zip(prompts, options, append_eos, strict=True):
+            pairs = [self.tokenizer.encode_option(prompt, o, eos) for o in opts]
             prompt_ids.append(pairs[0][0])
             option_ids.append([s for _, s in pairs])
         order = _longest_first([len(ids) for ids in prompt_ids])
         results = self._choose_batch([prompt_ids[i] for i in order], [option_ids[i] for i in order],
-                                     [items[i][1] for i in order])
+                                     [images[i] for i in order])
         return _input_order(results, order)
 
     def _choose_batch(self, prompt_ids, option_ids, images) -> list[ChoiceResult]:
@@ -343,7 +365,7 @@ class FlexLlava:
         # 1) the prompt minus its last token: no row uses high-res there, so run it once.
         prefix = self._embed([ids[:-1] for ids in prompt_ids], low)
         b, t, _ = prefix.embeds.shape
-        blocks = _OptionBlocks.build(prompt_ids, option_ids, self.device)
+        blocks = OptionBlocks.build(prompt_ids, option_ids, self.device)
         cache = self._new_cache(b, t + blocks.rows)
         self.lm.model(prefix.embeds, *self._rope(prefix.positions), cache, self._prefill_visible(prefix.valid))
         # 2) every option as a block [last prompt token, option tokens but the last], all rows high-res.
@@ -370,56 +392,3 @@ class FlexLlava:
         sel = torch.stack(list(trace.selected.values()), 0).float()  # [layers, B, R]
         per_row = (sel * row_valid[None]).sum((0, 2)) / (row_valid.sum(1) * sel.shape[0])
         return (per_row / n_tokens).tolist()
-
-
-@dataclass
-class _OptionBlocks:
-    """A sample's options laid out as equal-size blocks of one suffix call (block-causal)."""
-
-    tokens: torch.Tensor  # [B, rows] input ids: last prompt token, then each option's tokens but its last
-    targets: torch.Tensor  # [B, rows] the next token of each row (-100: padding)
-    row_valid: torch.Tensor  # [B, rows]
-    offset: torch.Tensor  # [B, rows] position within its block
-    block: int  # rows per block
-    n_blocks: int
-
-    @property
-    def rows(self) -> int:
-        return self.block * self.n_blocks
-
-    @staticmethod
-    def build(prompt_ids, option_ids, device) -> _OptionBlocks:
-        b = len(prompt_ids)
-        block = max(len(s) for sample in option_ids for s in sample)
-        n_blocks = max(len(s) for s in option_ids)
-        ts = n_blocks * block
-        tok = torch.zeros(b, ts, dtype=torch.long)
-        targets = torch.full((b, ts), -100, dtype=torch.long)
-        row_valid = torch.zeros(b, ts, dtype=torch.bool)
-        offset = torch.zeros(b, ts, dtype=torch.long)
-        for i, (pids, opts) in enumerate(zip(prompt_ids, option_ids)):
-            for k, suffix in enumerate(opts):
-                rows, s = [pids[-1]] + suffix[:-1], k * block
-                tok[i, s:s + len(rows)] = torch.tensor(rows)
-                targets[i, s:s + len(rows)] = torch.tensor(suffix)
-                row_valid[i, s:s + len(rows)] = True
-                offset[i, s:s + block] = torch.arange(block)
-        tok, targets, row_valid, offset = (x.to(device) for x in (tok, targets, row_valid, offset))
-        return _OptionBlocks(tok, targets, row_valid, offset, block, n_blocks)
-
-    def visible(self, prefix_valid: torch.Tensor) -> torch.Tensor:
-        """[B, rows, prefix + rows]: the whole real prefix, then causal within the row's own block."""
-        b, ts, dev = prefix_valid.shape[0], self.rows, prefix_valid.device
-        idx = torch.arange(ts, device=dev)
-        blk = idx // self.block
-        within = (blk[:, None] == blk[None, :]) & (idx[None, :] <= idx[:, None])
-        own = (within[None] & self.row_valid[:, None, :]) | torch.eye(ts, dtype=torch.bool, device=dev)[None]
-        return torch.cat([prefix_valid[:, None, :].expand(b, ts, prefix_valid.shape[1]), own], dim=2)
-
-    def mean_nll(self, logits: torch.Tensor) -> torch.Tensor:
-        """logits [B, rows, V] -> [B, n_blocks] mean NLL of each option's tokens."""
-        b = logits.shape[0]
-        nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), self.targets.reshape(-1), reduction="none",
-                              ignore_index=-100).reshape(b, self.n_blocks, self.block)
-        counts = (self.targets != -100).reshape(b, self.n_blocks, self.block).sum(-1)
-        return nll.sum(-1) / counts.clamp(min=1)

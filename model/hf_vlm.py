@@ -4,7 +4,8 @@
 `AutoModelForVision2Seq`) loads, with its own processor and chat template: the "native" recipe.
 A benchmark's request carries `question` (the user turn as the benchmark words it); the prompt is
 the checkpoint's chat template applied to [image, question] with the generation prompt, tokenised
-as one string the way `processor.apply_chat_template(..., tokenize=True)` does it.
+as one string the way `processor.apply_chat_template(..., tokenize=True)` does it. A request's
+`system` (official V*'s variant of LLaVA's system line) is not applied: the template has its own.
 
 - `generate([(Generate, image), ...])`: greedy, batched with left padding, stops at the
   checkpoint's EOS ids; a row's tokens end at its first EOS (kept) or its own max_new_tokens.

@@ -30,8 +30,8 @@ CLIP = dict(image_size=336, patch_size=14, hidden_size=32, intermediate_size=64,
 QK_GAIN = 2.0  # q/k init std = gain / sqrt(fan_in): peaky attention; selections ~3-25% per layer (about 10% on average), cells no closer than ~0.015/255 to the threshold on the demo data
 
 
-# Conversation text as the benchmarks word it (benchmarks/conversation.py: the LLaVA v1 template with
-# both system prompts and the short-answer suffix), so the tokenizer learns the template's pieces.
+# Conversation text as FlexLlava writes it (model/conversation.py: the LLaVA v1 template, with the
+# benchmarks' short-answer suffix and official V*'s system text), so the tokenizer learns the template's pieces.
 # The model may not import the benchmarks; tests/test_boundaries.py checks these lines match them.
 TEMPLATE_LINES = (
     "A chat between a curious human and an artificial intelligence assistant. The assistant gives helpful, "

@@ -128,10 +128,18 @@ class Sample:
     options: list
 
     @property
-    def prompt(self) -> str:
-        from flexeval.benchmarks.conversation import SHORT_ANSWER_SUFFIX, llava_v1_prompt
+    def asked(self) -> str:
+        """The question as a benchmark words it for a request (LLaVA's short-answer suffix)."""
+        from flexeval.benchmarks.wording import SHORT_ANSWER_SUFFIX
 
-        return llava_v1_prompt(self.question + SHORT_ANSWER_SUFFIX)
+        return self.question + SHORT_ANSWER_SUFFIX
+
+    @property
+    def prompt(self) -> str:
+        """The finished LLaVA v1 prompt FlexLlava makes of `asked` (for the literal reference)."""
+        from flexeval.model.conversation import llava_v1_prompt
+
+        return llava_v1_prompt(self.asked)
 
 
 SAMPLE_SPECS = [
@@ -176,20 +184,20 @@ def rel_diff(a, b) -> float:
 
 # ---- requests as the runner builds them ----
 
-def gen_items(prompts, images, max_new_tokens):
-    """[(Generate, image)] for FlexLlava.generate; max_new_tokens: one int, or one per prompt."""
+def gen_items(questions, images, max_new_tokens):
+    """[(Generate, image)] for FlexLlava.generate; max_new_tokens: one int, or one per question."""
     from flexeval.requests import Generate
 
-    n = max_new_tokens if isinstance(max_new_tokens, (list, tuple)) else [max_new_tokens] * len(prompts)
-    return [(Generate(prompt=p, question=p, max_new_tokens=k), im) for p, im, k in zip(prompts, images, n, strict=True)]
+    n = max_new_tokens if isinstance(max_new_tokens, (list, tuple)) else [max_new_tokens] * len(questions)
+    return [(Generate(question=q, max_new_tokens=k), im) for q, im, k in zip(questions, images, n, strict=True)]
 
 
-def choice_items(prompts, images, options, append_eos=False):
+def choice_items(questions, images, options, append_eos=False):
     """[(Choice, image)] for FlexLlava.choose."""
     from flexeval.requests import Choice
 
-    return [(Choice(prompt=p, question=p, options=tuple(o), append_eos=append_eos), im)
-            for p, im, o in zip(prompts, images, options, strict=True)]
+    return [(Choice(question=q, options=tuple(o), append_eos=append_eos), im)
+            for q, im, o in zip(questions, images, options, strict=True)]
 
 
 def batch_rows(model, items) -> list[int]:

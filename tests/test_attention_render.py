@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -91,6 +93,18 @@ def test_attention_cli_for_bench_items(release_dir, tmp_path):
     assert res.exit_code == 0, res.output
     folder = tmp_path / "res" / "tiny" / "gqa" / "attention"
     assert sorted(p.name for p in folder.glob("*.png")) == sorted(f"{i}{s}.png" for i in ids for s in ("", "-release"))
+    # the execution core's run: records with each picture, run.json; a rerun reuses them and draws nothing
+    (run_json,) = folder.rglob("run.json")
+    records = [json.loads(x) for x in (run_json.parent / "predictions.jsonl").read_text().splitlines()]
+    assert [r["picture"] for r in records] == [f"{s.id}.png" for s in samples if s.id in ids]
+    assert all(r["generated_ids"] for r in records)
+    drawn = {p.name: p.stat().st_mtime_ns for p in folder.glob("*.png")}
+    again = CliRunner().invoke(app, ["attention", "--model", str(release_dir), "--bench", "gqa", "--data-dir",
+                                     str(data), "--ids", ",".join(ids), "--layers", "7,8", "--out",
+                                     str(tmp_path / "res"), "--tag", "tiny", "--style", "both"])
+    assert again.exit_code == 0, again.output
+    assert json.loads(run_json.read_text())["timing"]["reused"] == 2
+    assert {p.name: p.stat().st_mtime_ns for p in folder.glob("*.png")} == drawn
     bad = CliRunner().invoke(app, ["attention", "--model", str(release_dir), "--bench", "gqa", "--data-dir",
                                    str(data), "--ids", "nope", "--out", str(tmp_path / "res")])
     assert bad.exit_code == 1 and "nope not in gqa" in bad.output

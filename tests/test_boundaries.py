@@ -1,6 +1,6 @@
 """The package boundaries, read from the source: model/ never imports the benchmarks, benchmarks/
 never import the model (the runner is the only place that knows both), and the tiny model's
-template text is the benchmarks' template."""
+template text is the model's template around the benchmarks' wording."""
 
 from __future__ import annotations
 
@@ -57,8 +57,9 @@ def test_the_checker_sees_every_kind_of_import(tmp_path):
             "flexeval.model.fast"} <= names
 
 
-def test_tiny_tokenizer_corpus_holds_the_benchmark_template():
-    from flexeval.benchmarks.conversation import SHORT_ANSWER_SUFFIX, VSTAR_OFFICIAL_SYSTEM, llava_v1_prompt
+def test_tiny_tokenizer_corpus_holds_the_model_template_with_the_benchmark_wording():
+    from flexeval.benchmarks.wording import SHORT_ANSWER_SUFFIX, VSTAR_OFFICIAL_SYSTEM
+    from flexeval.model.conversation import llava_v1_prompt
     from flexeval.model.tiny import TEMPLATE_LINES
 
     first = llava_v1_prompt("What is the color of the cup?" + SHORT_ANSWER_SUFFIX, with_image=False) + " red"
@@ -67,7 +68,7 @@ def test_tiny_tokenizer_corpus_holds_the_benchmark_template():
 
 
 def test_the_model_image_token_is_the_template_one():
-    from flexeval.benchmarks.conversation import IMAGE_TOKEN as TEMPLATE_IMAGE_TOKEN
+    from flexeval.model.conversation import IMAGE_TOKEN as TEMPLATE_IMAGE_TOKEN
     from flexeval.model.tokenizer import IMAGE_TOKEN
 
     assert IMAGE_TOKEN == TEMPLATE_IMAGE_TOKEN == "<image>"

@@ -1,5 +1,6 @@
 """Real torchrun launches on the CPU (gloo): same files as one process, resume across world sizes,
-a rank killed mid-run. Few launches on little data: each launch starts torch in every rank."""
+a rank killed mid-run, `flexeval grounding` on the same core. Few launches on little data: each
+launch starts torch in every rank."""
 
 from __future__ import annotations
 
@@ -50,9 +51,9 @@ def _args(env, out):
             "--out", str(out), "--batch-size", BATCH, "--workers", "0", "--quiet"]
 
 
-def _launch(env, out, nproc):
+def _launch(env, out, nproc, args=None):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc),
-           *_args(env, out)]
+           *(args or _args(env, out))]
     run_env = os.environ | {"HF_HUB_OFFLINE": "1", "FLEXEVAL_PEER_TIMEOUT_S": "20", "OMP_NUM_THREADS": "1"}
     return subprocess.Popen(cmd, env=run_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
@@ -151,3 +152,29 @@ def test_a_rank_killed_mid_run_fails_the_run_naming_it_and_its_work_is_reused(en
     again = _run_here(env[1], env[2], out)
     assert again["timing"]["reused"] == len(kept)
     assert (bench_dir / "predictions.jsonl").read_bytes() == (one / "predictions.jsonl").read_bytes()
+
+
+def test_grounding_at_two_ranks_gives_the_one_process_records(env):
+    """`flexeval grounding` is a work of the execution core: two ranks share its batches and rank 0
+    merges, to the bytes of one process."""
+    from flexeval.analysis.grounding_run import GroundingConfig, run_grounding
+
+    root, model_dir, _, _ = env
+    data = get_benchmark("gqa").make_sample(root / "gqa", n=4)  # 4 questions: 2 batches of 2
+    opts = {"layers": "7,9", "map_size": 6, "batch_size": BATCH, "workers": 0, "quiet": True}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each torchrun rank (OMP_NUM_THREADS=1)
+    try:
+        one = run_grounding(GroundingConfig(model=str(model_dir), data_dir=data, out=root / "g1", **opts))
+    finally:
+        torch.set_num_threads(threads)
+    args = ["-m", "flexeval", "grounding", "--model", str(model_dir), "--data-dir", str(data), "--out",
+            str(root / "g2"), "--layers", "7,9", "--map-size", "6", "--batch-size", BATCH, "--workers", "0", "--quiet"]
+    code, log = _finish(_launch(env, root / "g2", 2, args))
+    assert code == 0, log
+    folders = [root / g / "tiny" / "gqa" / "grounding" for g in ("g1", "g2")]
+    assert (folders[1] / "predictions.jsonl").read_bytes() == (folders[0] / "predictions.jsonl").read_bytes()
+    run = json.loads((folders[1] / "run.json").read_text())
+    assert [(r["rank"], r["items"]) for r in run["distributed"]["ranks"]] == [(0, 2), (1, 2)]
+    two = json.loads((root / "g2" / "tiny" / "grounding.json").read_text())
+    assert two["layers"] == one["layers"] and all(r["n"] == 4 for r in two["layers"])

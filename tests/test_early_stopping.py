@@ -21,7 +21,7 @@ N_NEW = 6
 
 @pytest.fixture(scope="module")
 def plain_tokens(release_model, samples, release_images):
-    res = release_model.generate(gen_items([s.prompt for s in samples], release_images, N_NEW))
+    res = release_model.generate(gen_items([s.asked for s in samples], release_images, N_NEW))
     return [r.token_ids for r in res]
 
 
@@ -49,13 +49,13 @@ def test_a_row_that_emits_eos_stops_alone_batched_and_in_the_reference(eos_model
                                                                         plain_tokens):
     eos = eos_model.tokenizer.eos_id
     prompts = [s.prompt for s in samples]
-    batched = eos_model.generate(gen_items(prompts, release_images, N_NEW))
+    batched = eos_model.generate(gen_items([s.asked for s in samples], release_images, N_NEW))
     stopped = [i for i, toks in enumerate(plain_tokens) if eos in toks and toks.index(eos) < N_NEW - 1]
     running = [i for i in range(len(samples)) if i not in stopped]
     assert 0 in stopped and running  # some rows stop early, others go on in the same batch
     for i in range(len(samples)):
         want = plain_tokens[i][: plain_tokens[i].index(eos) + 1] if i in stopped else plain_tokens[i]
-        alone = eos_model.generate(gen_items([prompts[i]], [release_images[i]], N_NEW))[0]
+        alone = eos_model.generate(gen_items([samples[i].asked], [release_images[i]], N_NEW))[0]
         ref_ids, ref_ratio, n_calls = _reference_ratio(eos_model, prompts[i], release_images[i], N_NEW)
         assert batched[i].token_ids == alone.token_ids == ref_ids == want, samples[i].name
         assert n_calls == len(want)  # one forward call per emitted token but the last
@@ -65,11 +65,11 @@ def test_a_row_that_emits_eos_stops_alone_batched_and_in_the_reference(eos_model
 
 
 def test_each_request_keeps_its_own_max_new_tokens(release_model, samples, release_images, plain_tokens):
-    prompts = [s.prompt for s in samples]
+    questions = [s.asked for s in samples]
     limits = [2, 6, 1, 4, 3]
-    batched = release_model.generate(gen_items(prompts, release_images, limits))
+    batched = release_model.generate(gen_items(questions, release_images, limits))
     for i, n in enumerate(limits):
-        alone = release_model.generate(gen_items([prompts[i]], [release_images[i]], n))[0]
+        alone = release_model.generate(gen_items([questions[i]], [release_images[i]], n))[0]
         assert batched[i].token_ids == alone.token_ids == plain_tokens[i][:n], samples[i].name
         assert batched[i].hd_selected_ratio == pytest.approx(alone.hd_selected_ratio, abs=1e-7)
         if n == 1:  # the prefill's high-res row alone: the ratio is its per-layer mean selection
@@ -80,7 +80,7 @@ def test_each_request_keeps_its_own_max_new_tokens(release_model, samples, relea
 def test_results_come_back_in_input_order(release_model, samples, release_images):
     """The model runs the batch longest prompt first; the caller still gets its own order back."""
     prompts = [s.prompt for s in samples]
-    items = gen_items(prompts, release_images, 2)
+    items = gen_items([s.asked for s in samples], release_images, 2)
     order = release_model.batch_order([r for r, _ in items])
     lengths = [len(release_model.tokenizer.encode_prompt(p)) for p in prompts]
     assert [lengths[i] for i in order] == sorted(lengths, reverse=True) and order != list(range(len(items)))

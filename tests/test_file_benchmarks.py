@@ -128,7 +128,7 @@ def _csv_rows(path: Path) -> dict[str, list[str]]:
 
 def test_tsv_runs_by_path_under_both_protocols(tmp_path, release_dir, monkeypatch):
     from flexeval.benchmarks.base import open_image
-    from flexeval.benchmarks.conversation import llava_v1_prompt
+    from flexeval.model.conversation import llava_v1_prompt
     from flexeval.model import load_pretrained, reference
 
     path = write_tsv(tmp_path / "data" / "my-mcq.tsv", mcq_rows(tmp_path / "data"))

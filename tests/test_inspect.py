@@ -9,9 +9,10 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from flexeval.benchmarks.conversation import SHORT_ANSWER_SUFFIX, llava_v1_prompt
+from flexeval.benchmarks.wording import SHORT_ANSWER_SUFFIX
 from flexeval.cli import app
 from flexeval.model import load_pretrained, reference
+from flexeval.model.conversation import llava_v1_prompt
 
 
 def test_inspect_json_matches_the_reference(release_dir, tmp_path):

@@ -10,6 +10,7 @@ from flexeval.benchmarks import get_benchmark
 from flexeval.benchmarks.base import ImageRef
 from flexeval.benchmarks.magnifierbench import MagnifierBench, parse_choice, strict_choice
 from flexeval.errors import FlexEvalError
+from flexeval.model import FlexLlava
 
 SYSTEM = ("A chat between a curious human and an artificial intelligence assistant. "
           "The assistant gives helpful, detailed, and polite answers to the human's questions.")
@@ -80,11 +81,12 @@ def test_prompts():
 
     s = Sample(id="1", subset="test", question=INSTRUCTION, image=None, target="C")
     paper = bench.request(s, "paper")
-    assert paper.prompt == (f"{SYSTEM} USER: <image>\n{REFORMATTED}\n"
+    assert paper.question == f"{REFORMATTED}\nAnswer with the option's letter from the given choices directly."
+    assert FlexLlava.prompt_text(paper) == (f"{SYSTEM} USER: <image>\n{REFORMATTED}\n"
                             "Answer with the option's letter from the given choices directly. ASSISTANT:")
     assert paper.max_new_tokens == 512 and paper.image_mode == "pad"
     official = bench.request(s, "official")
-    assert official.prompt == (f"{SYSTEM} USER: <image>\nAnswer with the option letter from the given "
+    assert FlexLlava.prompt_text(official) == (f"{SYSTEM} USER: <image>\nAnswer with the option letter from the given "
                                f"choices directly. {INSTRUCTION} ASSISTANT:")
     assert official.image_mode == "crop"
     with pytest.raises(FlexEvalError, match="no protocol 'lenient'"):

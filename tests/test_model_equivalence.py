@@ -40,7 +40,7 @@ def ref_nll(release_model, samples, release_images):
 
 def _fast_generate(model, recorded_traces, samples, images, indices):
     """-> per sample: (GenerationResult, prefill logits [T_batch, V] of its batch row, prefill masks)."""
-    items = gen_items([samples[i].prompt for i in indices], [images[i] for i in indices], N_NEW)
+    items = gen_items([samples[i].asked for i in indices], [images[i] for i in indices], N_NEW)
     with recorded_traces() as traces:
         res, pl = model.generate(items, return_prefill_logits=True)
     prefill, rows = traces[0], batch_rows(model, items)
@@ -64,7 +64,7 @@ def fast_gen(request, release_model, recorded_traces, samples, release_images):
 def _fast_score(model, recorded_traces, samples, images, indices):
     """-> per sample: (ChoiceResult, [per option: {layer: [rows, N] masks}])."""
     tok = model.tokenizer
-    items = choice_items([samples[i].prompt for i in indices], [images[i] for i in indices],
+    items = choice_items([samples[i].asked for i in indices], [images[i] for i in indices],
                          [samples[i].options for i in indices])
     with recorded_traces() as traces:
         res = model.choose(items)
@@ -187,7 +187,7 @@ def test_likelihood_selections_are_non_degenerate(ref_nll, samples):
 def test_other_modes_match_reference(options, variant, samples, release_images, recorded_traces):
     model = variant(**options)
     idx = [1, 3]  # tall and small: different lengths, left padding in the batch
-    items = gen_items([samples[i].prompt for i in idx], [release_images[i] for i in idx], 3)
+    items = gen_items([samples[i].asked for i in idx], [release_images[i] for i in idx], 3)
     with recorded_traces() as traces:
         res, pl = model.generate(items, return_prefill_logits=True)
     rows = batch_rows(model, items)
@@ -199,7 +199,7 @@ def test_other_modes_match_reference(options, variant, samples, release_images, 
         assert sorted(ref.selections) == sorted(traces[0].masks)
         for layer, want in ref.selections.items():
             assert torch.equal(traces[0].masks[layer][rows[b], 0], want[0]), (options, layer)
-        nll = model.choose(choice_items([samples[i].prompt], [release_images[i]], [samples[i].options]))[0].option_nll
+        nll = model.choose(choice_items([samples[i].asked], [release_images[i]], [samples[i].options]))[0].option_nll
         want = [reference.option_nll(model, samples[i].prompt, release_images[i], o)[0] for o in samples[i].options]
         assert all(abs(g - w) <= RTOL * abs(w) for g, w in zip(nll, want, strict=True)), (nll, want)
     if "first_hd_layer" in options:
@@ -209,7 +209,7 @@ def test_other_modes_match_reference(options, variant, samples, release_images, 
 def test_high_res_keys_change_the_output(release_model, variant, samples, release_images):
     """Attention selection must really feed high-res keys: the high-res row's logits move vs none."""
     i = 0
-    items = gen_items([samples[i].prompt], [release_images[i]], 1)
+    items = gen_items([samples[i].asked], [release_images[i]], 1)
     _, with_hd = release_model.generate(items, return_prefill_logits=True)
     _, none = variant(selection="none").generate(items, return_prefill_logits=True)
     assert with_hd.shape == none.shape

@@ -52,7 +52,7 @@ def test_llava_selection_none_equals_transformers_llava(llava_model, hf_llava, s
         assert im.pixels.shape == (3, 336, 336)  # baseline preprocesses at 336 directly
         ids = llava_model.tokenizer.encode_prompt(s.prompt)
         ref = hf_logits(hf_llava, ids, im.pixels)
-        res, ours = llava_model.generate(gen_items([s.prompt], [im], 1), return_prefill_logits=True)
+        res, ours = llava_model.generate(gen_items([s.asked], [im], 1), return_prefill_logits=True)
         assert ours.shape[1:] == ref.shape
         assert rel_diff(ours[0], ref) <= 1e-4, s.name
         assert rel_diff(ours[0, -1], ref[-1]) <= 1e-4
@@ -102,7 +102,7 @@ def test_release_selection_none_equals_transformers_llava(variant, hf_release, s
         assert im.pixels.shape == (3, 1008, 1008)
         low = F.interpolate(im.pixels[None], size=(336, 336), mode="bilinear", antialias=True, align_corners=False)[0]
         ref = hf_logits(hf_release, model.tokenizer.encode_prompt(s.prompt), low)
-        res, ours = model.generate(gen_items([s.prompt], [im], 1), return_prefill_logits=True)
+        res, ours = model.generate(gen_items([s.asked], [im], 1), return_prefill_logits=True)
         assert rel_diff(ours[0], ref) <= 1e-4, s.name
         assert res[0].token_ids == [int(ref[-1].argmax())]
         assert res[0].selected_per_layer == {}
@@ -113,7 +113,7 @@ def test_release_selection_none_equals_stripped_llava(variant, stripped_model, s
     model = variant(selection="none")
     assert stripped_model.cfg.format == "llava" and not stripped_model.cfg.has_hd
     idx = [0, 1, 3]
-    prompts, images = [samples[i].prompt for i in idx], [release_images[i] for i in idx]
+    prompts, images = [samples[i].asked for i in idx], [release_images[i] for i in idx]
     a, la = model.generate(gen_items(prompts, images, 5), return_prefill_logits=True)
     b, lb = stripped_model.generate(gen_items(prompts, images, 5), return_prefill_logits=True)
     assert [r.token_ids for r in a] == [r.token_ids for r in b]
@@ -127,18 +127,18 @@ def test_release_selection_none_equals_stripped_llava(variant, stripped_model, s
 # ---- batch invariance ----
 
 def test_batch_of_five_equals_one_by_one(release_model, samples, release_images):
-    prompts = [s.prompt for s in samples]
+    prompts = [s.asked for s in samples]
     batch, lb = release_model.generate(gen_items(prompts, release_images, 6), return_prefill_logits=True)
     batch_nll = release_model.choose(choice_items(prompts, release_images, [s.options for s in samples]))
     for i, s in enumerate(samples):
-        one, lo = release_model.generate(gen_items([s.prompt], [release_images[i]], 6), return_prefill_logits=True)
+        one, lo = release_model.generate(gen_items([s.asked], [release_images[i]], 6), return_prefill_logits=True)
         assert batch[i].token_ids == one[0].token_ids, s.name
         assert batch[i].selected_per_layer == one[0].selected_per_layer, s.name
         assert batch[i].n_prompt_tokens == one[0].n_prompt_tokens
         assert batch[i].hd_selected_ratio == pytest.approx(one[0].hd_selected_ratio, rel=1e-6)
         n = lo.shape[1]
         assert rel_diff(lb[i, -n:], lo[0]) <= 1e-4  # float32 summation order differs with padding
-        nll = release_model.choose(choice_items([s.prompt], [release_images[i]], [s.options]))[0]
+        nll = release_model.choose(choice_items([s.asked], [release_images[i]], [s.options]))[0]
         assert batch_nll[i].option_nll == pytest.approx(nll.option_nll, rel=1e-5), s.name
         assert batch_nll[i].hd_selected_ratio == pytest.approx(nll.hd_selected_ratio, rel=1e-6)
 
@@ -146,15 +146,15 @@ def test_batch_of_five_equals_one_by_one(release_model, samples, release_images)
 def test_option_scores_independent_of_other_options(release_model, samples, release_images):
     """Options share a prefix cache and run as blocks of one call: each block sees only itself."""
     s, im = samples[4], release_images[4]  # options of different token lengths
-    both = release_model.choose(choice_items([s.prompt], [im], [s.options]))[0].option_nll
-    rev = release_model.choose(choice_items([s.prompt], [im], [s.options[::-1]]))[0].option_nll
-    alone = [release_model.choose(choice_items([s.prompt], [im], [[o]]))[0].option_nll[0] for o in s.options]
+    both = release_model.choose(choice_items([s.asked], [im], [s.options]))[0].option_nll
+    rev = release_model.choose(choice_items([s.asked], [im], [s.options[::-1]]))[0].option_nll
+    alone = [release_model.choose(choice_items([s.asked], [im], [[o]]))[0].option_nll[0] for o in s.options]
     assert both == pytest.approx(rev[::-1], rel=1e-5)
     assert both == pytest.approx(alone, rel=1e-5)
 
 
 def test_shorter_generation_is_a_prefix(release_model, samples, release_images):
-    prompts = [s.prompt for s in samples[:3]]
+    prompts = [s.asked for s in samples[:3]]
     long = release_model.generate(gen_items(prompts, release_images[:3], 6))
     short = release_model.generate(gen_items(prompts, release_images[:3], 2))
     for a, b in zip(long, short, strict=True):
@@ -165,8 +165,8 @@ def test_shorter_generation_is_a_prefix(release_model, samples, release_images):
 # ---- no state between calls ----
 
 def test_no_state_between_calls(release_model, samples, release_images):
-    a = ([samples[0].prompt], [release_images[0]], [samples[0].options])
-    b = ([samples[2].prompt, samples[3].prompt], [release_images[2], release_images[3]],
+    a = ([samples[0].asked], [release_images[0]], [samples[0].options])
+    b = ([samples[2].asked, samples[3].asked], [release_images[2], release_images[3]],
          [samples[2].options, samples[3].options])
 
     def run(args):
@@ -187,7 +187,7 @@ def test_no_state_between_calls(release_model, samples, release_images):
 def test_same_prompt_other_image_is_not_the_previous_image(release_model, samples, release_images):
     """The release keeps high-res features on the attention modules; a call with another image must
     not see the previous one: same prompt, image X then Y == Y alone."""
-    p = samples[0].prompt
+    p = samples[0].asked
     y_alone = release_model.generate(gen_items([p], [release_images[1]], 3), return_prefill_logits=True)
     release_model.generate(gen_items([p], [release_images[0]], 3))
     y_after = release_model.generate(gen_items([p], [release_images[1]], 3), return_prefill_logits=True)
@@ -210,7 +210,7 @@ def _prefill_masks(model, recorded_traces, prompts, images, n_new=1):
 
 def test_random_selection_deterministic_and_batch_independent(variant, recorded_traces, samples, release_images):
     model = variant(selection="random", seed=3)
-    p, im = [s.prompt for s in samples], release_images
+    p, im = [s.asked for s in samples], release_images
     _, m_all = _prefill_masks(model, recorded_traces, p, im)
     _, m_again = _prefill_masks(model, recorded_traces, p, im)
     _, m_sub = _prefill_masks(model, recorded_traces, [p[3], p[0]], [im[3], im[0]])
@@ -235,7 +235,7 @@ def test_random_selection_deterministic_and_batch_independent(variant, recorded_
 
 def test_random_selection_in_likelihood_is_deterministic(variant, samples, release_images):
     model = variant(selection="random", seed=1)
-    p, im, o = [s.prompt for s in samples[:3]], release_images[:3], [s.options for s in samples[:3]]
+    p, im, o = [s.asked for s in samples[:3]], release_images[:3], [s.options for s in samples[:3]]
     a = model.choose(choice_items(p, im, o))
     b = model.choose(choice_items(p[::-1], im[::-1], o[::-1]))[::-1]
     assert [x for r in a for x in r.option_nll] == pytest.approx([x for r in b for x in r.option_nll], rel=1e-5)
@@ -244,19 +244,19 @@ def test_random_selection_in_likelihood_is_deterministic(variant, samples, relea
 
 def test_all_selects_every_token(variant, recorded_traces, samples, release_images):
     model = variant(selection="all")
-    res, masks = _prefill_masks(model, recorded_traces, [samples[0].prompt, samples[3].prompt],
+    res, masks = _prefill_masks(model, recorded_traces, [samples[0].asked, samples[3].asked],
                                 [release_images[0], release_images[3]], n_new=3)
     for r in res:
         assert r.selected_per_layer == {k: HD_TOKENS for k in SELECT_LAYERS}
         assert r.hd_selected_ratio == pytest.approx(1.0)
     assert all(bool(m.all()) for m in masks.values())
-    ch = model.choose(choice_items([samples[0].prompt], [release_images[0]], [samples[0].options]))[0]
+    ch = model.choose(choice_items([samples[0].asked], [release_images[0]], [samples[0].options]))[0]
     assert ch.hd_selected_ratio == pytest.approx(1.0)
 
 
 def test_center_selects_the_central_3x3_blocks(variant, recorded_traces, samples, release_images):
     model = variant(selection="center")
-    res, masks = _prefill_masks(model, recorded_traces, [samples[1].prompt], [release_images[1]], n_new=2)
+    res, masks = _prefill_masks(model, recorded_traces, [samples[1].asked], [release_images[1]], n_new=2)
     want = torch.zeros(72, 72, dtype=torch.bool)
     want[24:48, 24:48] = True  # blocks 3..5 of the 9x9 grid, 8x8 high-res tokens each
     for m in masks.values():
@@ -267,7 +267,7 @@ def test_center_selects_the_central_3x3_blocks(variant, recorded_traces, samples
 
 def test_attention_selection_options_change_selection(variant, release_model, samples, release_images):
     """--threshold and --first-layer reach the selection (counts are monotone in the threshold)."""
-    p, im = [samples[0].prompt], [release_images[0]]
+    p, im = [samples[0].asked], [release_images[0]]
     base = release_model.generate(gen_items(p, im, 1))[0].selected_per_layer
     low = variant(selection="attention", threshold=10.0).generate(gen_items(p, im, 1))[0].selected_per_layer
     high = variant(selection="attention", threshold=200.0).generate(gen_items(p, im, 1))[0].selected_per_layer

@@ -57,7 +57,7 @@ def test_llava_and_llava_hf_give_the_same_results(llava_model, llava_hf_model, s
     a_sd, b_sd = llava_model.lm.state_dict(), llava_hf_model.lm.state_dict()
     assert a_sd.keys() == b_sd.keys()
     assert all(torch.equal(a_sd[k], b_sd[k]) for k in a_sd)
-    prompts = [s.prompt for s in samples]
+    prompts = [s.asked for s in samples]
     a, la = llava_model.generate(gen_items(prompts, baseline_images, 4), return_prefill_logits=True)
     b, lb = llava_hf_model.generate(gen_items(prompts, baseline_images, 4), return_prefill_logits=True)
     assert [r.token_ids for r in a] == [r.token_ids for r in b]
@@ -231,14 +231,14 @@ def test_half_precision_forward_on_cpu(request, which, dtype, tol, samples):
     assert m.dtype == want and next(m.lm.parameters()).dtype == want and next(m.vision.parameters()).dtype == want
     s = samples[0]
     im = m.preprocess(s.image)
-    res, logits = m.generate(gen_items([s.prompt], [im], 2), return_prefill_logits=True)
-    res32, logits32 = full.generate(gen_items([s.prompt], [im], 2), return_prefill_logits=True)
+    res, logits = m.generate(gen_items([s.asked], [im], 2), return_prefill_logits=True)
+    res32, logits32 = full.generate(gen_items([s.asked], [im], 2), return_prefill_logits=True)
     assert logits.dtype == want and bool(torch.isfinite(logits).all())
     if tol is not None:
         assert rel_diff(logits, logits32) <= tol
     assert len(res[0].token_ids) == 2
-    nll = m.choose(choice_items([s.prompt], [im], [s.options]))[0].option_nll
-    nll32 = full.choose(choice_items([s.prompt], [im], [s.options]))[0].option_nll
+    nll = m.choose(choice_items([s.asked], [im], [s.options]))[0].option_nll
+    nll32 = full.choose(choice_items([s.asked], [im], [s.options]))[0].option_nll
     assert all(x == x and abs(x) < 1e3 for x in nll)  # finite
     assert nll == pytest.approx(nll32, rel=0.02 if dtype == "float16" else 0.1)
     if m.cfg.has_hd:
@@ -251,11 +251,11 @@ def test_bfloat16_error_is_its_mantissa_share(llava_dir, llava_model, samples):
     should sit about 2^3 = 8x further from float32 than fp16's (measured 8.4-9 on the tiny model)."""
     s = samples[0]
     im = llava_model.preprocess(s.image)
-    _, want = llava_model.generate(gen_items([s.prompt], [im], 1), return_prefill_logits=True)
+    _, want = llava_model.generate(gen_items([s.asked], [im], 1), return_prefill_logits=True)
     err = {}
     for dtype in ("float16", "bfloat16"):
         m = load_pretrained(llava_dir, dtype=dtype, device="cpu")
-        _, logits = m.generate(gen_items([s.prompt], [im], 1), return_prefill_logits=True)
+        _, logits = m.generate(gen_items([s.asked], [im], 1), return_prefill_logits=True)
         err[dtype] = rel_diff(logits, want)
     assert err["float16"] <= 0.05
     assert 4 <= err["bfloat16"] / err["float16"] <= 16, err

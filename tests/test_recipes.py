@@ -70,7 +70,7 @@ def test_native_on_llava_hf_equals_transformers_generate_with_processor_and_temp
 def test_release_and_native_differ_as_the_recipes_say_and_inspect_shows_both(hf_dirs, tmp_path):
     from transformers import AutoProcessor
 
-    from flexeval.benchmarks.conversation import llava_v1_prompt
+    from flexeval.model.conversation import llava_v1_prompt
     from flexeval.model.image import preprocess
     from flexeval.model.tokenizer import LlavaTokenizer
 
@@ -124,7 +124,7 @@ def test_tokenizer_json_only_llava_hf_loads_under_release_with_sentencepiece_ids
     for bench in list_benchmarks():  # every benchmark's prompts under every protocol
         d = bench.make_sample(tmp_path / bench.name, n=1, seed=2)
         for p in bench.protocols:
-            prompts += [bench.request(s, p).prompt for s in bench.load(d, protocol=p)]
+            prompts += [a.prompt_text(bench.request(s, p)) for s in bench.load(d, protocol=p)]
     for p in prompts:
         assert b.tokenizer.encode_prompt(p) == sp.encode_prompt(p), p
     rng = random.Random(0)  # random ids: byte-fallback runs that are not valid UTF-8 decode alike too

@@ -61,7 +61,7 @@ def test_overlay_and_black_square():
 def test_attention_cli_release_style_and_strip(release_dir, release_model, tmp_path):
     from flexeval.analysis.attention import compute_maps
     from flexeval.analysis.token_strip import strip_maps
-    from flexeval.benchmarks.conversation import llava_v1_prompt
+    from flexeval.model.conversation import llava_v1_prompt
 
     rng = np.random.default_rng(0)
     img = Image.fromarray(rng.integers(0, 255, (90, 160, 3), dtype=np.uint8))

@@ -52,7 +52,7 @@ def test_vstar_scores_are_the_reference_mean_nll_argmin(env, tmp_path):
         from flexeval.benchmarks.base import open_image
 
         img = model.preprocess(open_image(s.image))
-        ref = [reference.option_nll(model, req.prompt, img, o)[0] for o in s.options]
+        ref = [reference.option_nll(model, model.prompt_text(req), img, o)[0] for o in s.options]
         np.testing.assert_allclose(p["option_nll"], ref, rtol=1e-4)
         assert p["prediction"] == s.options[int(np.argmin(ref))]
         assert p["score"] == float(p["prediction"] == s.options[0])
@@ -251,7 +251,7 @@ def test_every_generate_benchmark_through_the_runner_matches_the_reference(env, 
                 assert rec["skipped"] == "no image" and rec["score"] == 0.0 and "generated_ids" not in rec
                 continue
             req = bench.request(s, "paper")
-            ids, _ = reference.generate(model, req.prompt, model.preprocess(open_image(s.image), req.image_mode), 3)
+            ids, _ = reference.generate(model, model.prompt_text(req), model.preprocess(open_image(s.image), req.image_mode), 3)
             assert rec["generated_ids"] == ids, (name, s.id)
             assert rec["prediction"] == model.tokenizer.decode(ids).strip()
             assert rec["score"] == pytest.approx(hand[name](rec)), (name, s.id, rec["prediction"])

@@ -71,13 +71,13 @@ def test_units_are_the_batches_one_process_forms_even_after_a_resume():
 def test_item_cost_counts_prompt_options_new_tokens_and_image_size():
     prompt = "x" * 400  # 100 tokens at 4 characters a token
     ref = ImageRef("f.parquet", 0, "image", None, "0" * 64, 40960)
-    short = item_cost(Choice(prompt=prompt, question=prompt, options=("ab", "cd")), ref)
+    short = item_cost(Choice(question=prompt, options=("ab", "cd")), ref)
     assert short == pytest.approx(100 + 576 + 40960 / 4096 + 2 * (2 / 4 + 1))
-    long_options = item_cost(Choice(prompt=prompt, question=prompt, options=("ab", "cd", "a longer option text")), ref)
+    long_options = item_cost(Choice(question=prompt, options=("ab", "cd", "a longer option text")), ref)
     assert long_options - short == pytest.approx(20 / 4 + 1)
-    gen = item_cost(Generate(prompt=prompt, question=prompt, max_new_tokens=10), None)  # no image: no visual tokens
+    gen = item_cost(Generate(question=prompt, max_new_tokens=10), None)  # no image: no visual tokens
     assert gen == pytest.approx(100 + 8 * 10)
-    assert item_cost(Generate(prompt=prompt, question=prompt, max_new_tokens=512), None) > gen
+    assert item_cost(Generate(question=prompt, max_new_tokens=512), None) > gen
 
 
 # ---------------------------------------------------------------- the peer watch

@@ -9,6 +9,7 @@ from flexeval.benchmarks import get_benchmark
 from flexeval.benchmarks.base import ImageRef, Sample
 from flexeval.benchmarks.textvqa import TextVQA
 from flexeval.errors import FlexEvalError
+from flexeval.model import FlexLlava
 
 bench = TextVQA()
 
@@ -51,14 +52,15 @@ def test_ocr_tokens_never_reach_the_prompt(tmp_path):
     bench.make_sample(tmp_path, n=3, seed=0, fmt="parquet")
     assert "ocr_tokens" in pq.read_table(tmp_path / "data" / "validation-00000-of-00001.parquet").column_names
     for s in bench.load(tmp_path):
-        assert "SECRET_OCR_TOKEN" not in bench.request(s, "paper").prompt
+        assert "SECRET_OCR_TOKEN" not in bench.request(s, "paper").question
         assert "SECRET_OCR_TOKEN" not in json.dumps(s.meta)
 
 
 def test_prompt():
     s = Sample(id="1", subset="val", question="what brand is this?", image=None, target=["nokia"] * 10)
     req = bench.request(s, "paper")
-    assert req.prompt == ("A chat between a curious human and an artificial intelligence assistant. The "
+    assert req.question == "what brand is this?\nAnswer the question using a single word or phrase."
+    assert FlexLlava.prompt_text(req) == ("A chat between a curious human and an artificial intelligence assistant. The "
                           "assistant gives helpful, detailed, and polite answers to the human's questions. "
                           "USER: <image>\nwhat brand is this?\nAnswer the question using a single word or "
                           "phrase. ASSISTANT:")

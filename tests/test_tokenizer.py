@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from conftest import gen_items
 
-from flexeval.benchmarks.conversation import SHORT_ANSWER_SUFFIX, llava_v1_prompt
+from flexeval.benchmarks.wording import SHORT_ANSWER_SUFFIX
 from flexeval.errors import FlexEvalError
+from flexeval.model.conversation import llava_v1_prompt
 from flexeval.model.tokenizer import IMAGE_TOKEN_ID, LlavaTokenizer
 
 
@@ -107,4 +107,4 @@ def test_prompt_without_image_is_a_clear_error(release_model):
 
     img = release_model.preprocess(Image.new("RGB", (400, 300), (10, 20, 30)))
     with pytest.raises(FlexEvalError, match="no <image>"):
-        release_model.generate(gen_items(["USER: hello ASSISTANT:"], [img], 2))
+        release_model.generate_prompts(["USER: hello ASSISTANT:"], [img], [2])

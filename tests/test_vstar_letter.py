@@ -10,10 +10,11 @@ from typer.testing import CliRunner
 from flexeval.analysis.attention import generate_answers
 from flexeval.benchmarks import get_benchmark
 from flexeval.benchmarks.base import open_image
-from flexeval.benchmarks.conversation import SHORT_ANSWER_SUFFIX, llava_v1_prompt
 from flexeval.benchmarks.vstar_letter import lettered_question, parse_letter
+from flexeval.benchmarks.wording import SHORT_ANSWER_SUFFIX
 from flexeval.cli import app
 from flexeval.errors import FlexEvalError
+from flexeval.model.conversation import llava_v1_prompt
 
 POST = "\nAnswer with the option's letter from the given choices directly."
 

@@ -124,11 +124,8 @@ def compute_maps(model, prompts: list[str], images: list, token: int, layers: li
 
 
 def generate_answers(model, prompts: list[str], images: list, max_new_tokens: int) -> list:
-    """Greedy answers to full prompts (the model's Generate request; the prompt is also the question)."""
-    from flexeval.requests import Generate
-
-    return model.generate([(Generate(prompt=p, question=p, max_new_tokens=max_new_tokens), im)
-                           for p, im in zip(prompts, images)])
+    """Greedy answers to finished prompts (FlexLlava.generate_prompts)."""
+    return model.generate_prompts(prompts, images, [max_new_tokens] * len(prompts))
 
 
 # ---------------------------------------------------------------- drawing
@@ -249,9 +246,9 @@ def _load(model: str, dtype: str, device: str, selection: str | None):
 def attention_for_image(model: str, image: Path, prompt: str, layers: str, token: str, out: Path,
                         dtype: str = "auto", device: str = "auto", selection: str | None = None,
                         max_new_tokens: int = 16, style: str = "flexeval", strip: int | None = None) -> dict:
-    """`flexeval attention --image`: one picture; the prompt is wrapped in the LLaVA v1 template."""
+    """`flexeval attention --image`: one picture; the model puts the prompt in its template (LLaVA v1)."""
     from flexeval.benchmarks.base import open_image
-    from flexeval.benchmarks.conversation import IMAGE_TOKEN, llava_v1_prompt
+    from flexeval.requests import Generate
 
     if not Path(image).is_file():
         raise FlexEvalError(f"image {image} not found")
@@ -259,7 +256,7 @@ def attention_for_image(model: str, image: Path, prompt: str, layers: str, token
     m = _load(model, dtype, device, selection)
     picked = parse_layers(layers, m.cfg.num_layers)
     pil = open_image(str(image))
-    text = llava_v1_prompt(prompt, with_image=IMAGE_TOKEN not in prompt)
+    text = m.prompt_text(Generate(question=prompt))
     processed = m.preprocess(pil)
     res = compute_maps(m, [text], [processed], tok, picked, max_new_tokens, [str(image)])[0]
     written = draw(pil, res, prompt, picked, Path(out), style)
@@ -274,46 +271,36 @@ def attention_for_bench(bench: str, model: str, data_dir: Path | None, ids: str 
                         selection: str | None = None, protocol: str | None = None, tag: str | None = None,
                         batch_size: int = 4, max_new_tokens: int | None = None, style: str = "flexeval",
                         strip: int | None = None) -> list[Path]:
-    """`flexeval attention --bench`: pictures of chosen items, under <out>/<model tag>/<bench>/attention/."""
+    """`flexeval attention --bench`: pictures of chosen items, under <out>/<model tag>/<bench>/attention/, run
+    by the execution core (analysis/maps_work.py AttentionWork: resumable, locked, run.json, torchrun)."""
+    from flexeval.analysis.maps_work import AttentionWork
     from flexeval.benchmarks import get_benchmark
-    from flexeval.benchmarks.base import open_image
-    from flexeval.evaluate import RunConfig, model_tag
-    from flexeval.requests import Generate
+    from flexeval.evaluate import RunConfig, on_cluster, results_folder, run_benchmark
+    from flexeval.items import IdList
 
     b = get_benchmark(bench)
     protocol = b.check_protocol(protocol)
-    samples = b.load(Path(data_dir or Path("data") / b.name))
-    if ids:
-        wanted = [x.strip() for x in ids.split(",") if x.strip()]
-        by_id = {s.id: s for s in samples}
-        missing = [x for x in wanted if x not in by_id]
+    data_dir = Path(data_dir or Path("data") / b.name)
+    wanted = [x.strip() for x in ids.split(",") if x.strip()] if ids else None
+    if wanted:
+        known = {s.id for s in b.load(data_dir, protocol=protocol)}
+        missing = [x for x in wanted if x not in known]
         if missing:
-            raise FlexEvalError(f"--ids: {', '.join(missing)} not in {b.name} at {data_dir} "
-                                f"(ids look like {samples[0].id!r})" if samples else f"--ids: {b.name} has no items")
-        samples = [by_id[x] for x in wanted]
-    elif limit is not None:
-        samples = samples[:limit]
+            raise FlexEvalError(f"--ids: {', '.join(missing)} not in {b.name} at {data_dir}"
+                                + (f" (ids look like {next(iter(known))!r})" if known else ""))
     tok = parse_token(token)
-    m = _load(model, dtype, device, selection)
-    picked = parse_layers(layers, m.cfg.num_layers)
-    folder = Path(out) / model_tag(RunConfig(bench=b.name, model=model, tag=tag, dtype=dtype), m) / b.name / "attention"
-    written = []
-    for start in range(0, len(samples), batch_size):
-        chunk = samples[start:start + batch_size]
-        reqs = [b.request(s, protocol) for s in chunk]
-        pils = [open_image(s.image, where=s.id) if s.image is not None else None for s in chunk]
-        if any(p is None for p in pils):
-            raise FlexEvalError(f"{b.name}: item {chunk[pils.index(None)].id} has no image; leave it out of --ids")
-        n_new = max_new_tokens or max((r.max_new_tokens if isinstance(r, Generate) else 16) for r in reqs)
-        # The maps are of the pad-to-square image path; Choice requests are answered by generation here.
-        results = compute_maps(m, [r.prompt for r in reqs], [m.preprocess(p) for p in pils], tok, picked, n_new,
-                               [s.id for s in chunk])
-        for s, r, pil, res in zip(chunk, reqs, pils, results):
-            name = "".join(c if c.isalnum() or c in "-_." else "_" for c in s.id) + ".png"
-            written += draw(pil, res, s.question, picked, folder / name, style, title_extra=f"  item {s.id}")
-            if strip is not None:
-                written.append(draw_strip(m, r.prompt, m.preprocess(pil), pil, s.question, strip, folder / name, n_new))
-    return written
+    cfg = RunConfig(bench=b.name, model=model, data_dir=data_dir, out=Path(out), limit=None if wanted else limit,
+                    batch_size=str(batch_size), dtype=dtype, device=device, selection=selection, tag=tag, quiet=True)
+
+    def body(cfg: RunConfig, cluster) -> list[Path]:
+        m = _load(model, dtype, cfg.device, selection)
+        work = AttentionWork(parse_layers(layers, m.cfg.num_layers), tok, max_new_tokens,
+                             results_folder(cfg, m, b) / AttentionWork.folder, style=style, strip=strip, model=m)
+        chosen = IdList(Path("--ids"), tuple(wanted), {}) if wanted else None
+        run_benchmark(b, m, cfg, data_dir, protocol, ids=chosen, cluster=cluster, work=work)
+        return work.written
+
+    return on_cluster(cfg, body)[0]
 
 
 # ---------------------------------------------------------------- the planted-hot-spot check

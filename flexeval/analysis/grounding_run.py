@@ -2,15 +2,15 @@
 
 Per question: greedy answer, then the asked row's maps (flexeval/analysis/attention.py; `--token answer` by
 default: the row of the answer's first token) at every asked layer, each turned into the official
-M x M x-first map over the original frame and scored (flexeval/analysis/grounding.py). Records go to a
-PredictionStore (append + fsync per batch, resumable after a kill, like `run`) under
-<out>/<model tag>/; then <out>/<model tag>/grounding.json and, over every model in <out>,
-<out>/grounding.csv and <out>/grounding.png.
+M x M x-first map over the original frame and scored (flexeval/analysis/grounding.py). The work is
+the execution core's (flexeval/evaluate.py run_benchmark with analysis/maps_work.py GroundingWork):
+records under <out>/<model tag>/gqa/grounding/ (resumable after a kill, locked, run.json, one
+process or a torchrun launch); then <out>/<model tag>/grounding.json and, over every model in
+<out>, <out>/grounding.csv and <out>/grounding.png.
 """
 
 from __future__ import annotations
 
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -35,112 +35,35 @@ class GroundingConfig:
     quiet: bool = False
 
 
-def run_grounding(cfg: GroundingConfig) -> dict:
-    from tqdm import tqdm
-
-    from flexeval.analysis.attention import continuation_for, generate_answers, parse_layers, parse_token
-    from flexeval.analysis.grounding import SUMMARY, summary_rows, write_grounding_tables
-    from flexeval.benchmarks.gqa import GQA, QUESTIONS, SCENES, load_questions, load_scenes
-    from flexeval.evaluate import RunConfig, model_identity, model_tag
-    from flexeval.execute import BatchSizer, ImageDataset, Item, feed_batches, log, request_fingerprint
+def run_grounding(cfg: GroundingConfig) -> dict | None:
+    """grounding.json's content with the table files (rank 0); None on the other ranks of a launch."""
+    from flexeval.analysis.attention import parse_layers, parse_token
+    from flexeval.analysis.maps_work import GroundingWork
+    from flexeval.benchmarks.gqa import GQA
+    from flexeval.evaluate import RunConfig, on_cluster, run_benchmark
+    from flexeval.execute import log
     from flexeval.model import RunOptions, load_pretrained
-    from flexeval.results.store import PredictionStore, fingerprint, write_json_atomic
 
     if cfg.map_size < 1:
         raise FlexEvalError(f"--map-size must be a positive integer, not {cfg.map_size}")
-    t0 = time.time()
     token = parse_token(cfg.token)
-    data_dir = Path(cfg.data_dir)
-    bench = GQA()
-    samples = bench.load(data_dir)
-    questions, scenes = load_questions(data_dir / QUESTIONS), load_scenes(data_dir / SCENES)
-    if cfg.limit is not None:
-        samples = samples[: cfg.limit]
-    model = load_pretrained(cfg.model, dtype=cfg.dtype, device=cfg.device, options=RunOptions(selection=cfg.selection))
-    layers = parse_layers(cfg.layers, model.cfg.num_layers)
-    tag = model_tag(RunConfig(bench="gqa", model=cfg.model, tag=cfg.tag, dtype=cfg.dtype), model)
-    folder = Path(cfg.out) / tag
-    folder.mkdir(parents=True, exist_ok=True)
-    requests = [bench.request(s, "paper") for s in samples]
-    keys = [f"{s.fingerprint()}-{request_fingerprint(r)}" for s, r in zip(samples, requests)]
-    config_fp = fingerprint({"analysis": "gqa_grounding", "model": model_identity(model), "layers": layers,
-                             "token": token, "map_size": cfg.map_size, "flexeval_grounding": 2})
-    store = PredictionStore(folder, config_fp)
-    done = store.completed()
-    pending = [i for i, k in enumerate(keys) if k not in done]
-    log(f"[grounding] {len(samples)} questions, {len(samples) - len(pending)} already done, {len(pending)} to run "
-        f"-> {folder}")
-    sizer = BatchSizer(cfg.batch_size, str(model.device))
-    sub = [samples[i] for i in pending]
-    dataset = ImageDataset([Item(samples[i], requests[i], keys[i]) for i in pending], model.preprocessor)
-    bar = tqdm(total=len(pending), desc="grounding", unit="question", disable=cfg.quiet, dynamic_ncols=True)
+    run_cfg = RunConfig(bench="gqa", model=cfg.model, data_dir=Path(cfg.data_dir), out=Path(cfg.out), limit=cfg.limit,
+                        batch_size=cfg.batch_size, dtype=cfg.dtype, device=cfg.device, selection=cfg.selection,
+                        workers=cfg.workers, tag=cfg.tag, quiet=cfg.quiet)
+    about_cfg = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()}
 
-    def score_batch(items):
-        """items: [(j, ProcessedImage)] -> records (maps of the asked row, scored per layer)."""
-        prompts = [requests[pending[j]].prompt for j, _ in items]
-        images = [im for _, im in items]
-        gens = generate_answers(model, prompts, images, max(16, token + 1))
-        recs, ok = [None] * len(items), []
-        for k, ((j, _), g) in enumerate(zip(items, gens)):
-            try:
-                ok.append((k, continuation_for(token, g.token_ids, sub[j].id)))
-            except FlexEvalError as e:  # the answer is shorter than --token N: a counted, scored-0 row
-                recs[k] = {"prediction": g.text, "skipped": str(e), "scores": {}}
-        if ok:
-            maps = model.attention_maps([prompts[k] for k, _ in ok], [images[k] for k, _ in ok],
-                                        [c for _, c in ok], layers)
-            for (k, _), m in zip(ok, maps):
-                recs[k] = {"prediction": gens[k].text, **_layer_entries(m, images[k].orig_size, sub[items[k][0]])}
-        return recs
+    def body(run_cfg: RunConfig, cluster) -> dict | None:
+        if cluster.is_main:
+            log(f"loading {cfg.model} ...")
+        model = load_pretrained(cfg.model, dtype=cfg.dtype, device=run_cfg.device,
+                                options=RunOptions(selection=cfg.selection))
+        about = {"kind": "flexattention" if model.use_hd else "llava-1.5",
+                 "select_layer": model.options.select_layer if model.use_hd else None,
+                 "token": cfg.token, "config": about_cfg}
+        work = GroundingWork(parse_layers(cfg.layers, model.cfg.num_layers), token, cfg.map_size, cfg.data_dir,
+                             cfg.out, about)
+        run_benchmark(GQA(), model, run_cfg, Path(cfg.data_dir), "paper", cluster=cluster, work=work)
+        return work.summary
 
-    def _layer_entries(maps, orig_size, sample):
-        from flexeval.analysis.attention_files import layer_entries
-
-        q = questions[sample.id]
-        scene = scenes.get(str(q["imageId"]))
-        if scene is None:
-            raise FlexEvalError(f"{data_dir / SCENES}: no scene graph for image {q['imageId']} (question {sample.id})")
-        where = f"{data_dir / QUESTIONS} question {sample.id}"
-        return layer_entries(maps.maps, orig_size, q, scene, layers, cfg.map_size, where)
-
-    def flush(buffer):
-        ready = [(j, im) for j, im, err in buffer if err is None]
-        by_j = {j: {"prediction": "", "skipped": err, "scores": {}} for j, _, err in buffer if err is not None}
-        if ready:
-            for (j, _), rec in zip(ready, sizer.run(ready, score_batch)):
-                by_j[j] = rec
-        out = []
-        for j, _, _ in buffer:
-            s = sub[j]
-            out.append({"key": keys[pending[j]], "id": s.id, "subset": s.subset, "question": s.question,
-                        "target": s.target, **by_j[j], "meta": s.meta})
-        store.append(out)  # flushed and fsync'ed per batch
-        bar.update(len(buffer))
-
-    feed_batches(dataset, cfg.workers, sizer, flush)
-    bar.close()
-    store.close()
-    records = store.finalize(keys)
-    rows = summary_rows(records, layers)
-    from flexeval.analysis.attention import token_label
-    from flexeval.analysis.attention_files import write_attention_files
-
-    attention_files = write_attention_files(records, layers, cfg.map_size, folder)  # the official eval.py's input
-    summary = {"model": tag, "kind": "flexattention" if model.use_hd else "llava-1.5",
-               "select_layer": model.options.select_layer if model.use_hd else None,
-               "token": cfg.token, "query_row": token_label(token), "map_size": cfg.map_size, "layers": rows,
-               "skipped": sum(1 for r in records if r.get("skipped")), "config_fingerprint": config_fp,
-               "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
-               "data": {"dir": str(data_dir.resolve()), "questions": len(samples)},
-               "timing": {"wall_s": round(time.time() - t0, 3), "ran": len(pending)}}
-    summary["timing"]["questions_per_s"] = round(len(pending) / max(time.time() - t0, 1e-9), 3)
-    summary["attention_files"] = [str(p) for p in attention_files]
-    write_json_atomic(folder / SUMMARY, summary)
-    log(f"[grounding] {len(pending)} questions in {summary['timing']['wall_s']:.1f} s: "
-        f"{summary['timing']['questions_per_s']:.2f} questions/s; attention files for eval.py: {attention_files[0].parent}")
-    if summary["skipped"]:
-        log(f"[grounding] {summary['skipped']} questions have no map and score 0 (marked 'skipped' in "
-            f"{folder / 'predictions.jsonl'})")
-    csv_path, png_path = write_grounding_tables(Path(cfg.out))
-    summary["files"] = {"csv": str(csv_path), "png": str(png_path)}
+    summary, _ = on_cluster(run_cfg, body)
     return summary

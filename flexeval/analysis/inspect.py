@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from flexeval.benchmarks.base import open_image
-from flexeval.benchmarks.conversation import IMAGE_TOKEN, llava_v1_prompt
 from flexeval.errors import FlexEvalError
+from flexeval.model.conversation import IMAGE_TOKEN
 from flexeval.model.image import pixels_sha256
-from flexeval.requests import Choice, Generate
+from flexeval.requests import Generate
 
 
 def inspect_sample(model: str, image: Path, prompt: str, options: list[str] | None = None,
@@ -18,12 +18,8 @@ def inspect_sample(model: str, image: Path, prompt: str, options: list[str] | No
                    max_pixels: int | None = None, trust_remote_code: bool = False, image_options=()) -> dict:
     from flexeval.model import RunOptions, load_model
 
-    if raw:
-        if IMAGE_TOKEN not in prompt:
-            raise FlexEvalError(f"--raw prompt must contain {IMAGE_TOKEN} where the image goes")
-        text = prompt
-    else:
-        text = llava_v1_prompt(prompt, with_image=IMAGE_TOKEN not in prompt)
+    if raw and IMAGE_TOKEN not in prompt:
+        raise FlexEvalError(f"--raw prompt must contain {IMAGE_TOKEN} where the image goes")
     if not Path(image).is_file():
         raise FlexEvalError(f"image {image} not found")
     m = load_model(model, dtype=dtype, device=device, options=RunOptions(selection=selection), model_kind=model_kind,
@@ -36,11 +32,11 @@ def inspect_sample(model: str, image: Path, prompt: str, options: list[str] | No
         from flexeval.model.hf_vlm import inspect_hf
 
         return inspect_hf(m, open_image(str(image)), prompt, options, max_new_tokens)
+    text = prompt if raw else m.prompt_text(Generate(question=prompt))  # the model's template (LLaVA v1)
     if not raw:
         m.tokenizer.check_template(text)
     processed = m.preprocess(open_image(str(image)))
-    request = Generate(prompt=text, question=prompt, max_new_tokens=max_new_tokens)
-    results, logits = m.generate([(request, processed)], return_prefill_logits=True)
+    results, logits = m.generate_prompts([text], [processed], [max_new_tokens], return_prefill_logits=True)
     res = results[0]
     out = {
         "recipe": "release",
@@ -57,7 +53,7 @@ def inspect_sample(model: str, image: Path, prompt: str, options: list[str] | No
         "device": str(m.device),
     }
     if options:
-        nll = m.choose([(Choice(prompt=text, question=prompt, options=tuple(options)), processed)])[0].option_nll
+        nll = m.choose_prompts([text], [processed], [tuple(options)], [False])[0].option_nll
         out["option_nll"] = dict(zip(options, nll))
         out["prediction"] = options[min(range(len(nll)), key=lambda i: nll[i])]
     if dump_logits:

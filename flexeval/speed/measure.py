@@ -57,7 +57,7 @@ class SpeedConfig:
 # ---------------------------------------------------------------- the speed benchmark's calls into the model
 
 def call_model(model, kind: str, work: "Workload", batch: int, new_tokens: int = 8):
-    """The speed benchmark's calls of the fast path: model.generate / model.choose over (request, image) pairs."""
+    """The speed benchmark's calls of the fast path: model.generate_prompts / choose_prompts over finished prompts."""
     images = work.images_for(model, batch)
     if kind == "generate":
         return generate_requests(model, work.generate_prompts(batch), images, new_tokens)
@@ -65,16 +65,11 @@ def call_model(model, kind: str, work: "Workload", batch: int, new_tokens: int =
 
 
 def generate_requests(model, prompts: list[str], images: list, new_tokens: int, **kw):
-    from flexeval.requests import Generate
-
-    return model.generate([(Generate(prompt=p, question=p, max_new_tokens=new_tokens), im)
-                           for p, im in zip(prompts, images)], **kw)
+    return model.generate_prompts(prompts, images, [new_tokens] * len(prompts), **kw)
 
 
 def choose_requests(model, prompts: list[str], images: list, options) -> list:
-    from flexeval.requests import Choice
-
-    return model.choose([(Choice(prompt=p, question=p, options=tuple(options)), im) for p, im in zip(prompts, images)])
+    return model.choose_prompts(prompts, images, [tuple(options)] * len(prompts), [False] * len(prompts))
 
 
 def call_reference(model, kind: str, work: "Workload", new_tokens: int = 8):
@@ -96,8 +91,9 @@ class Workload:
     def __init__(self, model, seed: int = 0):
         import random
 
-        from flexeval.benchmarks.conversation import SHORT_ANSWER_SUFFIX, llava_v1_prompt
         from flexeval.benchmarks.samples import draw_scene
+        from flexeval.benchmarks.wording import SHORT_ANSWER_SUFFIX
+        from flexeval.model.conversation import llava_v1_prompt
         from flexeval.speed.end_to_end import TEXTVQA_SIZE, VSTAR_SIZE
 
         tok = model.tokenizer
