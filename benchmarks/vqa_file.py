@@ -21,9 +21,9 @@ from flexeval.errors import FlexEvalError
 
 from .asking import ask
 from .base import Benchmark, Sample
-from .wording import SHORT_ANSWER_SUFFIX
 from .mcq_file import NO_CATEGORY, file_bench_name
 from .vqa_eval import normalize_answer, vqa_accuracy
+from .wording import SHORT_ANSWER_SUFFIX
 
 MAX_NEW_TOKENS = 64
 VQA_ACCURACY = "vqa_accuracy"

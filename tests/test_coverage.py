@@ -140,7 +140,7 @@ def test_attention_run_maps_are_the_prompt_end_rows_and_nll_is_unchanged(planted
     traced = model.choose([(req, img)])[0]
     assert traced.option_nll == plain.option_nll  # the trace changes no number
     # independent: the attention_maps() path (generation's prompt-end row) gives the same maps
-    maps = model.attention_maps([req.prompt], [img], [[]], [8, 9, 10])[0]
+    maps = model.attention_maps([model.prompt_text(req)], [img], [[]], [8, 9, 10])[0]
     for layer in (8, 9, 10):
         np.testing.assert_allclose(traced.selection.maps[layer], maps.maps[layer], rtol=1e-4, atol=1e-6)
         assert torch.equal(traced.selection.masks[layer], maps.masks[layer])

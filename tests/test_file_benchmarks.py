@@ -128,8 +128,8 @@ def _csv_rows(path: Path) -> dict[str, list[str]]:
 
 def test_tsv_runs_by_path_under_both_protocols(tmp_path, release_dir, monkeypatch):
     from flexeval.benchmarks.base import open_image
-    from flexeval.model.conversation import llava_v1_prompt
     from flexeval.model import load_pretrained, reference
+    from flexeval.model.conversation import llava_v1_prompt
 
     path = write_tsv(tmp_path / "data" / "my-mcq.tsv", mcq_rows(tmp_path / "data"))
     out = tmp_path / "out"
