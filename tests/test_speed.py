@@ -14,7 +14,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from typer.testing import CliRunner
 
 from flexeval.cli import app
-from flexeval.speed.flops import clip_flops, clip_shape, highres_flops, llm_flops
+from flexeval.speed.flops import RequestShape, clip_flops, clip_shape, generate_flops, highres_flops, llm_flops
 from flexeval.speed.measure import generate_requests
 
 SELECTIONS = ("none", "attention", "center", "all")
@@ -121,13 +121,20 @@ def test_clip_flops_match_torch_flop_counter(release_model, release_images):
 
 
 def test_decode_step_flops_match_torch_flop_counter(variant, release_images, samples):
-    """One decode step = generate(2 tokens) - generate(1 token): the LLM over T + 1 keys, lm_head,
-    and in high-res layers 9-11 k/v_proj_hd of the 576 centre tokens plus the row's scores over them."""
+    """One decode step = generate(2 tokens) - generate(1 token): the LLM over the static cache's T + 2
+    columns (the step attends over the whole capacity; one column is not written yet and masked),
+    lm_head, and in high-res layers 9-11 the row's scores over the 576 centre tokens: no k/v_proj_hd,
+    their K/V were projected once, in the prefill (model/hires_cache.py)."""
     model = variant(selection="center")
     prompt, image = [samples[0].prompt], [release_images[0]]
     one, (res,) = _counted(lambda: generate_requests(model, prompt, image, 1))
     two, _ = _counted(lambda: generate_requests(model, prompt, image, 2))
     hd_layers = model.cfg.num_layers - model.options.select_layer - 1
     selected = 24 * 24
-    assert two - one == llm_flops(model.cfg, 1, res.n_prompt_tokens, 1) + highres_flops(
-        model.cfg, hd_layers, 1, selected, selected)
+    assert two - one == llm_flops(model.cfg, 1, res.n_prompt_tokens + 1, 1) + highres_flops(
+        model.cfg, hd_layers, 1, 0, selected)
+    # and the accounting of the whole request (which counts the needed T + 1 keys, not the capacity)
+    shape = RequestShape(res.n_prompt_tokens, 10, hd_layers, selected)
+    clip = clip_shape(model.vision)
+    assert generate_flops(model.cfg, clip, shape, 2) - generate_flops(model.cfg, clip, shape, 1) == llm_flops(
+        model.cfg, 1, res.n_prompt_tokens, 1) + highres_flops(model.cfg, hd_layers, 1, 0, selected)

@@ -82,16 +82,21 @@ class RequestShape:
     n_crops: int  # 1 (low-res only) or 1 + zoom^2
     hd_layers: int  # layers that use high-res keys (0 with selection none)
     selected: float  # mean high-res tokens selected per row (measured ratio x N)
+    projected: float | None = None  # high-res tokens projected per layer over the whole request (None: selected)
 
 
 def generate_flops(cfg: FlexConfig, clip: ClipShape, r: RequestShape, new_tokens: int) -> float:
     """Greedy generation of `new_tokens`: CLIP, the prefill (last row high-res), then one call per
-    further token (its single row high-res)."""
-    total = clip_flops(clip, cfg, r.n_crops)
-    total += llm_flops(cfg, r.prompt_tokens, 0, 1) + highres_flops(cfg, r.hd_layers, 1, r.selected, r.selected)
+    further token (its single row high-res). The high-res K/V are cached across the calls
+    (model/hires_cache.py): each token is projected once per layer (`r.projected`, by default one
+    row's selection: exact for center/all, a lower bound for attention/random), while every call's
+    row attends to its `r.selected` tokens."""
+    projected = r.selected if r.projected is None else r.projected
+    total = clip_flops(clip, cfg, r.n_crops) + highres_flops(cfg, r.hd_layers, 0, projected, 0)
+    total += llm_flops(cfg, r.prompt_tokens, 0, 1) + highres_flops(cfg, r.hd_layers, 1, 0, r.selected)
     for step in range(1, new_tokens):
         total += llm_flops(cfg, 1, r.prompt_tokens + step - 1, 1)
-        total += highres_flops(cfg, r.hd_layers, 1, r.selected, r.selected)
+        total += highres_flops(cfg, r.hd_layers, 1, 0, r.selected)
     return total
 
 
