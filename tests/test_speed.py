@@ -14,7 +14,14 @@ from torch.utils.flop_counter import FlopCounterMode
 from typer.testing import CliRunner
 
 from flexeval.cli import app
-from flexeval.speed.flops import RequestShape, clip_flops, clip_shape, generate_flops, highres_flops, llm_flops
+from flexeval.speed.flops import (
+    RequestShape,
+    clip_flops,
+    clip_shape,
+    generate_flops,
+    highres_flops,
+    llm_flops,
+)
 from flexeval.speed.measure import generate_requests
 
 SELECTIONS = ("none", "attention", "center", "all")
