@@ -184,6 +184,8 @@ def inspect(
     min_pixels: Optional[int] = typer.Option(None, "--min-pixels"),
     max_pixels: Optional[int] = typer.Option(None, "--max-pixels"),
     image_option: Optional[list[str]] = typer.Option(None, "--image-option", help=IMAGE_OPTION_HELP),
+    count_flops: bool = typer.Option(False, "--count-flops", help='add "flops": the FLOPs and high-res projected '
+                                     "tokens counted while the sample runs"),
 ) -> None:
     """A window into one sample: generated tokens, selections per layer, option NLLs, logits."""
     from flexeval.analysis.inspect import inspect_sample
@@ -194,7 +196,8 @@ def inspect(
                                 max_new_tokens=max_new_tokens, dtype=dtype, device=device,
                                 dump_logits=dump_logits, raw=raw, selection=selection, model_kind=model_kind,
                                 recipe=recipe, min_pixels=min_pixels, max_pixels=max_pixels,
-                                trust_remote_code=trust_remote_code, image_options=tuple(image_option or ()))
+                                trust_remote_code=trust_remote_code, image_options=tuple(image_option or ()),
+                                count_flops=count_flops)
     except FlexEvalError as e:
         _fail(e)
     if json_out:

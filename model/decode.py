@@ -33,7 +33,7 @@ def new_hires_cache(model, b: int, static_only: bool = False) -> HiResKVCache | 
                         torch.finfo(model.dtype).bits // 8, budget)
 
 
-def _step_fn(model, trace_cls):
+def step_function(model, trace_cls):
     """One decode step: (tokens [B], positions [B], cache, key_valid [B, K], hires of the call) -> logits, trace."""
     def step(nxt, pos, cache: KVCache, key_valid, images, kv_cache):
         hires = None
@@ -62,7 +62,7 @@ def greedy_decode(model, logits, hires: HiResContext | None, cache: KVCache, val
     done = torch.zeros(b, dtype=torch.bool, device=dev)
     non_finite = ~torch.isfinite(logits).all(-1)  # read once at the end
     early_exit = dev.type == "cpu" and not getattr(model, "sync_free_decode", False)
-    step_fn = _step_fn(model, trace_cls)
+    step_fn = step_function(model, trace_cls)
     images, kv_cache = (hires.images, hires.kv_cache) if hires else (None, None)
     for step in range(max(max_new)):
         nxt = logits.argmax(-1)

@@ -117,3 +117,52 @@ def test_blocks_are_projected_once_and_a_full_budget_falls_back(selection, varia
     # the union of blocks, once, is less than every step's selection again (random's draws barely overlap)
     assert cached < uncached if selection == "attention" else cached <= uncached
     assert cached <= 3 * 81 * 64 * 3  # at most every block once per sample and layer (3 samples, layers 9-11)
+
+
+class HostSync(AssertionError):
+    pass
+
+
+@pytest.fixture()
+def syncs_raise(monkeypatch):
+    """Inside every decode step (decode.step_function's step), reading a tensor on the host raises HostSync."""
+    import flexeval.model.decode as decode
+
+    inner = decode.step_function
+    names = ("item", "tolist", "__bool__", "__int__", "__float__")
+
+    def guarded(model, trace_cls):
+        step = inner(model, trace_cls)
+
+        def run(*args):
+            saved = {n: getattr(torch.Tensor, n) for n in names}
+
+            def refuse(*_a, **_k):
+                raise HostSync("a host sync inside a decode step")
+
+            try:
+                for n in names:
+                    setattr(torch.Tensor, n, refuse)
+                return step(*args)
+            finally:
+                for n, f in saved.items():
+                    setattr(torch.Tensor, n, f)
+        return run
+
+    monkeypatch.setattr(decode, "step_function", guarded)
+
+
+@pytest.mark.parametrize("selection", ["center", "all", "none"])
+def test_a_decode_step_reads_nothing_back_on_the_host(selection, variant, samples, release_images, syncs_raise):
+    prompts, images = [samples[i].prompt for i in IDX], [release_images[i] for i in IDX]
+    m = _model(variant, selection)
+    got = m.generate(gen_items(prompts, images, 4))
+    want = variant(selection=selection).generate(gen_items(prompts, images, 4))  # the CPU loop, early exit
+    assert [r.token_ids for r in got] == [r.token_ids for r in want]
+    assert all(len(r.token_ids) == 4 for r in got)
+
+
+def test_the_sync_guard_catches_the_block_cache_count(variant, samples, release_images, syncs_raise):
+    """Attention selection still asks the host how many blocks are new (one sync per high-res layer)."""
+    with pytest.raises(HostSync):
+        _model(variant, "attention").generate(gen_items([samples[0].prompt], [release_images[0]], 3))

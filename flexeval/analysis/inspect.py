@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 from flexeval.benchmarks.base import open_image
@@ -9,13 +10,18 @@ from flexeval.benchmarks.conversation import IMAGE_TOKEN, llava_v1_prompt
 from flexeval.errors import FlexEvalError
 from flexeval.model.image import pixels_sha256
 from flexeval.requests import Choice, Generate
+from flexeval.speed.counting import count_work
 
 
 def inspect_sample(model: str, image: Path, prompt: str, options: list[str] | None = None,
                    max_new_tokens: int = 16, dtype: str = "float32", device: str = "cpu",
                    dump_logits: Path | None = None, raw: bool = False, selection: str | None = None,
                    model_kind: str = "auto", recipe: str | None = None, min_pixels: int | None = None,
-                   max_pixels: int | None = None, trust_remote_code: bool = False, image_options=()) -> dict:
+                   max_pixels: int | None = None, trust_remote_code: bool = False, image_options=(),
+                   count_flops: bool = False) -> dict:
+    """count_flops: adds "flops": {"total": FLOPs torch's FlopCounterMode saw (math SDPA) and
+    "hires_projected_tokens": rows through the k_proj_hd projections} of everything the model ran for
+    the sample (generation, and the options' scoring), counted while it ran."""
     from flexeval.model import RunOptions, load_model
 
     if raw:
@@ -40,7 +46,11 @@ def inspect_sample(model: str, image: Path, prompt: str, options: list[str] | No
         m.tokenizer.check_template(text)
     processed = m.preprocess(open_image(str(image)))
     request = Generate(prompt=text, question=prompt, max_new_tokens=max_new_tokens)
-    results, logits = m.generate([(request, processed)], return_prefill_logits=True)
+    counting = count_work(m) if count_flops else contextlib.nullcontext({})
+    with counting as flops:
+        results, logits = m.generate([(request, processed)], return_prefill_logits=True)
+        if options:
+            nll = m.choose([(Choice(prompt=text, question=prompt, options=tuple(options)), processed)])[0].option_nll
     res = results[0]
     out = {
         "recipe": "release",
@@ -56,8 +66,9 @@ def inspect_sample(model: str, image: Path, prompt: str, options: list[str] | No
         "dtype": str(m.dtype).replace("torch.", ""),
         "device": str(m.device),
     }
+    if count_flops:
+        out["flops"] = flops
     if options:
-        nll = m.choose([(Choice(prompt=text, question=prompt, options=tuple(options)), processed)])[0].option_nll
         out["option_nll"] = dict(zip(options, nll))
         out["prediction"] = options[min(range(len(nll)), key=lambda i: nll[i])]
     if dump_logits:

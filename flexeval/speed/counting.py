@@ -18,7 +18,8 @@ def count_work(model):
     def add(_module, inputs, _output):
         rows[0] += inputs[0].shape[:-1].numel()
 
-    hooks = [layer.self_attn.k_proj_hd.register_forward_hook(add) for layer in model.lm.model.layers
+    layers = getattr(getattr(getattr(model, "lm", None), "model", None), "layers", ())  # FlexLlava's
+    hooks = [layer.self_attn.k_proj_hd.register_forward_hook(add) for layer in layers
              if hasattr(layer.self_attn, "k_proj_hd")]
     counted: dict = {}
     try:
