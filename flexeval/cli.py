@@ -352,6 +352,8 @@ def speed(
     workers: Optional[int] = typer.Option(None, "--workers", help="end-to-end data workers (default: the runner's)"),
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU intra-op threads (default: torch's)"),
     profile: bool = typer.Option(False, "--profile", help="also write torch.profiler tables of the best-batch calls"),
+    count_only: bool = typer.Option(False, "--count-only", help="print the counted TFLOP per sample of every row; run nothing"),
+    compile_decode: bool = typer.Option(False, "--compile", help="CUDA: the decode step via torch.compile(reduce-overhead)"),
 ) -> None:
     """Benchmark the fast path: ms/sample, TFLOP/s, ratios vs the reference / none / all, stages, end to end."""
     from flexeval.speed.measure import SpeedConfig, main
@@ -359,7 +361,8 @@ def speed(
     try:
         main(SpeedConfig(arch=arch, model=model, device=device, dtype=dtype, out=out, new_tokens=new_tokens,
                          repeat=repeat, max_batch=max_batch, stage_batch=stage_batch, e2e_items=e2e_items,
-                         workers=workers, threads=threads, profile=profile))
+                         workers=workers, threads=threads, profile=profile, count_only=count_only,
+                         compile_decode=compile_decode))
     except FlexEvalError as e:
         _fail(e)
 

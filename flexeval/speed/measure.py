@@ -15,9 +15,7 @@ Ratios are computed from times of the same run. Writes speed.csv (the rows) and 
 
 from __future__ import annotations
 
-import contextlib
 import io
-import statistics
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -25,16 +23,12 @@ from pathlib import Path
 import torch
 
 from flexeval.errors import FlexEvalError
-from flexeval.speed.device import Timer, device_ceilings, elapsed_between, free, is_oom, mark, profile_table
+from flexeval.speed.device import Timer, device_ceilings, free, is_oom, profile_table
 from flexeval.speed.flops import (
     RequestShape,
     choice_flops,
-    clip_flops,
     clip_shape,
-    decode_step_bytes,
     generate_flops,
-    highres_flops,
-    llm_flops,
 )
 from flexeval.speed.report import COLUMNS, format_table, write_results
 
@@ -57,6 +51,8 @@ class SpeedConfig:
     workers: int | None = None  # e2e data workers; None: the runner's default
     threads: int | None = None  # CPU intra-op threads; None: torch's default
     profile: bool = False  # torch.profiler tables (top kernels) of generate and choice at the best batch
+    compile_decode: bool = False  # the decode step through torch.compile(mode="reduce-overhead") on CUDA
+    count_only: bool = False  # print the counted TFLOP per sample of every row, run nothing
     seed: int = 0
 
 
@@ -81,26 +77,6 @@ def choose_requests(model, prompts: list[str], images: list, options) -> list:
     from flexeval.requests import Choice
 
     return model.choose([(Choice(prompt=p, question=p, options=tuple(options)), im) for p, im in zip(prompts, images)])
-
-
-@contextlib.contextmanager
-def layer_call_marks(device):
-    """Marks the start of every call of the fast path's layer loop (`Backbone.forward`, the model's
-    `lm.model(...)`) on the device's timeline, and the end of the block."""
-    from flexeval.model.llama import Backbone
-
-    inner, marks = Backbone.forward, []
-
-    def marked(self, *args, **kwargs):
-        marks.append(mark(device))
-        return inner(self, *args, **kwargs)
-
-    Backbone.forward = marked
-    try:
-        yield marks
-    finally:
-        Backbone.forward = inner
-        marks.append(mark(device))
 
 
 def call_reference(model, kind: str, work: "Workload", new_tokens: int = 8):
@@ -207,7 +183,7 @@ def flops_per_sample(model, kind: str, work: Workload, results) -> float:
     return choice_flops(model.cfg, clip_shape(model.vision), shape, suffixes)
 
 
-def _row(section, what, selection, batch, seconds, flops=None, ratio=None, note="") -> dict:
+def make_row(section, what, selection, batch, seconds, flops=None, ratio=None, note="") -> dict:
     ms = 1000 * seconds / batch
     return {"section": section, "what": what, "selection": selection, "batch": batch, "ms_per_sample": ms,
             "samples_per_s": 1000 / ms, "gflop_per_sample": flops / 1e9 if flops else None,
@@ -249,7 +225,7 @@ def time_request(model, sel, kind, work, timer, batch, new_tokens, section="a") 
             batch //= 2
     ratio = results[0].hd_selected_ratio if model.use_hd else None
     what = f"{kind} ({new_tokens} new tokens)" if kind == "generate" else f"{kind} ({len(work.options)} options)"
-    return _row(section, what, sel, batch, s, flops_per_sample(model, kind, work, results), ratio)
+    return make_row(section, what, sel, batch, s, flops_per_sample(model, kind, work, results), ratio)
 
 
 def add_ratios(rows: list[dict]) -> None:
@@ -288,95 +264,71 @@ def correctness_check(model, work: Workload, new_tokens: int) -> dict:
             "tolerance": tol, "passed": rel <= tol and nll_rel <= tol}
 
 
-def cpu_stage_rows(model, work: Workload, repeat: int) -> list[dict]:
-    """JPEG decode + preprocess of each image size on one CPU thread, as in a data worker."""
-    cpu = Timer(torch.device("cpu"), repeat)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # torch gives each DataLoader worker one thread
-    try:
-        return [_row("d", f"decode + preprocess {w}x{h} JPEG (CPU, 1 core)", "-", 1,
-                     cpu(lambda k=k: work.decode_preprocess(model, k))) for k, ((w, h), _) in enumerate(work.jpegs)]
-    finally:
-        torch.set_num_threads(threads)
-
-
-def stage_rows(model, work: Workload, timer, batch: int, new_tokens: int, ceilings: dict) -> list[dict]:
-    """CLIP, prefill and one decode step of `model`'s selection at `batch`. Prefill and decode
-    step are the intervals between the starts of the layer-loop calls inside one generate call
-    (each interval: the layers, the lm_head, the argmax and the step's host work)."""
-    rows = []
-    sel = model.options.selection
-    images = work.images_for(model, batch)
-    n_crops = 1 + model.zoom ** 2 if model.use_hd else 1
-    clip_s = timer(lambda: model.encode_images(images))
-    rows.append(_row("d", f"CLIP ({n_crops} crops) + projector", sel, batch, clip_s,
-                     clip_flops(clip_shape(model.vision), model.cfg, n_crops)))
-    call_model(model, "generate", work, batch, new_tokens)  # warm-up
-    prefills, steps, results = [], [], None
-    for _ in range(timer.repeat):
-        with layer_call_marks(model.device) as marks:
-            results = call_model(model, "generate", work, batch, new_tokens)
-        gaps = elapsed_between(marks)  # [prefill, step, ..., last step + building the results]
-        prefills.append(gaps[0])
-        steps += gaps[1:-1] or gaps[1:]
-    shape = request_shape(model, results[0])
-    clip = clip_shape(model.vision)
-    prefill_flops = llm_flops(model.cfg, shape.prompt_tokens, 0, 1) + highres_flops(
-        model.cfg, shape.hd_layers, 1, shape.selected, shape.selected)
-    prefill = _row("d", "prefill (LLM layers + lm_head)", sel, batch, statistics.median(prefills), prefill_flops,
-                   shape.selected / (model.grid * model.zoom) ** 2 if model.use_hd else None)
-    prefill["note"] = f"{prefill['tflops'] / ceilings['matmul_tflops']:.0%} of the matmul ceiling"
-    rows.append(prefill)
-    if steps:
-        step_s = statistics.median(steps)
-        n = max(len(r.token_ids) for r in results)
-        step_flops = (generate_flops(model.cfg, clip, shape, n) - generate_flops(model.cfg, clip, shape, 1)) / (n - 1)
-        nbytes = decode_step_bytes(model.cfg, batch, shape.prompt_tokens + n, model.lm.lm_head.weight.element_size(),
-                                   shape.hd_layers, shape.selected)
-        floor_s = nbytes / (ceilings["copy_gb_per_s"] * 1e9)
-        step = _row("d", "decode step", sel, batch, step_s, step_flops)
-        step["note"] = (f"{1000 * step_s:.3g} ms a step for the batch; memory floor {1000 * floor_s:.3g} ms "
-                        f"({nbytes / 1e9:.3g} GB at the copy bandwidth): {step_s / floor_s:.2f}x the floor")
-        rows.append(step)
-    return rows
-
-
-def run_bench(cfg: SpeedConfig) -> dict:
-    from flexeval.results.runinfo import environment_info
-    from flexeval.speed.end_to_end import run_end_to_end
-
-    t_build = time.perf_counter()
-    base = load_model(cfg)
-    build_s = time.perf_counter() - t_build
-    device = base.device
-    on_cuda = device.type == "cuda"
-    timer = Timer(device, cfg.repeat or (3 if on_cuda else 1))
-    cap = cfg.max_batch or (64 if on_cuda else 4)
-    work = Workload(base, cfg.seed)
-    models = variants(base)
-    main_sel = "center" if not cfg.model else ("attention" if base.cfg.has_hd else "none")
-    main = models[main_sel]
-    ceilings = device_ceilings(device, base.dtype, timer)
-    checks = [correctness_check(models[s], work, cfg.new_tokens) for s in dict.fromkeys([main_sel, "attention"])
-              if models.get(s) is not None]
+def timed_rows(models, main_sel, work, timer, cap, cfg, progress) -> tuple[list[dict], dict, dict]:
+    """Sections a, b and c: every kind and selection at b1 and the best batch, then the reference."""
     rows, search, bests = [], {}, {}
+    main = models[main_sel]
     for kind in ("generate", "choice"):
         best, search[kind] = best_batch(main, kind, work, timer, cap, cfg.new_tokens)
         bests[kind] = best
+        progress.say(f"batch search {kind} ({main_sel}): best batch {best} of {[t['batch'] for t in search[kind]]}")
         for sel in SELECTIONS:
             for label, b in [("b1", 1)] + ([("best", best)] if best > 1 else []):
                 if models[sel] is None:
                     rows.append({k: None for k in COLUMNS} | {"section": "b", "what": kind, "selection": sel,
                                                               "batch": b, "note": "plain LLaVA-1.5: no high-res"})
-                    continue
-                r = time_request(models[sel], sel, kind, work, timer, b, cfg.new_tokens, "a" if sel == main_sel else "b")
-                rows.append(r | {"label": label})
+                else:
+                    r = time_request(models[sel], sel, kind, work, timer, b, cfg.new_tokens,
+                                     "a" if sel == main_sel else "b")
+                    rows.append(r | {"label": label})
+                progress.row(rows[-1])
         # warm: the correctness check just ran the same reference kernels
         ref_s = timer(lambda k=kind: call_reference(main, k, work, cfg.new_tokens), repeat=max(1, timer.repeat // 2),
                       warmup=0)
         ref_row = next(r for r in rows if r["selection"] == main_sel and r.get("label") == "b1" and kind in r["what"])
-        rows.append(_row("c", ref_row["what"], "reference", 1, ref_s, note=f"literal reference, {main_sel} selection")
+        rows.append(make_row("c", ref_row["what"], "reference", 1, ref_s, note=f"literal reference, {main_sel} selection")
                     | {"label": "b1"})
+        progress.row(rows[-1])
+    return rows, search, bests
+
+
+def run_bench(cfg: SpeedConfig) -> dict:
+    from flexeval.results.runinfo import environment_info
+    from flexeval.speed.end_to_end import run_end_to_end
+    from flexeval.speed.progress import Progress, planned_rows
+    from flexeval.speed.stages import cpu_stage_rows, stage_rows
+
+    cap_guess = cfg.max_batch or 4
+    progress = Progress(planned_rows(len(SELECTIONS), cap_guess == 1, 1 if min(cfg.stage_batch, cap_guess) == cap_guess
+                                     else 2, bool(cfg.e2e_items)))
+    progress.plan(f"load {cfg.model or 'random ' + cfg.arch}, measure the device ceilings, check fast vs reference, "
+                  f"search the best batch of generate and choice, time {len(SELECTIONS)} selections x 2 kinds "
+                  f"at b1 and the best batch, the reference, the stages"
+                  + (f", and {cfg.e2e_items} end-to-end items" if cfg.e2e_items else ""))
+    t_build = time.perf_counter()
+    base = load_model(cfg)
+    base.compile_decode = cfg.compile_decode
+    build_s = time.perf_counter() - t_build
+    device = base.device
+    on_cuda = device.type == "cuda"
+    progress.say(f"model built on {device} in {build_s:.1f} s")
+    timer = Timer(device, cfg.repeat or (3 if on_cuda else 1))
+    cap = cfg.max_batch or (64 if on_cuda else 4)
+    work = Workload(base, cfg.seed)
+    models = variants(base)
+    for m in models.values():
+        if m is not None:
+            m.compile_decode = cfg.compile_decode
+    main_sel = "center" if not cfg.model else ("attention" if base.cfg.has_hd else "none")
+    main = models[main_sel]
+    ceilings = device_ceilings(device, base.dtype, timer)
+    progress.say(f"ceilings: matmul {ceilings['matmul_tflops']:.3g} TFLOP/s, copy {ceilings['copy_gb_per_s']:.3g} GB/s")
+    checks = []
+    for s in dict.fromkeys([main_sel, "attention"]):
+        if models.get(s) is not None:
+            checks.append(correctness_check(models[s], work, cfg.new_tokens))
+            progress.say(f"check fast vs reference ({s}): {'PASS' if checks[-1]['passed'] else 'FAIL'}")
+    rows, search, bests = timed_rows(models, main_sel, work, timer, cap, cfg, progress)
     profiles = {}
     if cfg.profile:
         Path(cfg.out).mkdir(parents=True, exist_ok=True)
@@ -385,15 +337,21 @@ def run_bench(cfg: SpeedConfig) -> dict:
             path.write_text(profile_table(lambda k=kind, bb=b: call_model(main, k, work, bb, cfg.new_tokens), device))
             profiles[kind] = str(path)
     add_ratios(rows)
-    rows += cpu_stage_rows(main, work, timer.repeat)
+    for r in cpu_stage_rows(main, work, timer.repeat):
+        rows.append(r)
+        progress.row(r)
     for b in sorted({min(cfg.stage_batch, cap), bests["generate"]}):  # the decode target is at 16, prefill's at best
-        rows += stage_rows(main, work, timer, b, cfg.new_tokens, ceilings)
+        for r in stage_rows(main, work, timer, b, cfg.new_tokens, ceilings):
+            rows.append(r)
+            progress.row(r)
     e2e = run_end_to_end(main, Path(cfg.out), cfg.e2e_items, bests, cfg.workers, cfg.new_tokens) if cfg.e2e_items else []
     for e in e2e:
-        rows.append(_row("e", f"end to end: flexeval run, {e['benchmark']} ({e['items']} items)", main_sel, e["batch"],
-                         e["wall_s"] * e["batch"] / e["items"], ratio=e["mean_hd_selected_ratio"],
-                         note=f"{e['outside_model_fraction']:.0%} of wall time outside model calls"
-                              + (f"; GPU idle {e['gpu_idle_fraction']:.0%}" if e["gpu_idle_fraction"] is not None else "")))
+        rows.append(make_row("e", f"end to end: flexeval run, {e['benchmark']} ({e['items']} items)", main_sel,
+                             e["batch"], e["wall_s"] * e["batch"] / e["items"], ratio=e["mean_hd_selected_ratio"],
+                             note=f"{e['outside_model_fraction']:.0%} of wall time outside model calls"
+                             + (f"; GPU idle {e['gpu_idle_fraction']:.0%}" if e["gpu_idle_fraction"] is not None
+                                else "")))
+        progress.row(rows[-1])
     info = {"device": torch.cuda.get_device_name(device) if on_cuda else "cpu", "dtype": str(base.dtype)[6:],
             "model": base.source, "build_s": build_s, "repeat": timer.repeat, "batch_cap": cap,
             "cpu_threads": torch.get_num_threads(),
@@ -402,11 +360,19 @@ def run_bench(cfg: SpeedConfig) -> dict:
     for r in rows:
         r.pop("label", None)
     return {"info": info, "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()},
-            "environment": environment_info(), "ceilings": ceilings, "checks": checks, "batch_search": search, "profiles": profiles,
-            "end_to_end": e2e, "rows": rows}
+            "environment": environment_info(), "ceilings": ceilings, "checks": checks, "batch_search": search,
+            "profiles": profiles, "end_to_end": e2e, "rows": rows}
 
 
 def main(cfg: SpeedConfig) -> dict:
+    if cfg.count_only:
+        from flexeval.speed.count_only import count_rows, format_counts
+
+        res = count_rows(cfg.arch, cfg.new_tokens)
+        print(format_counts(res))
+        return res
+    if cfg.compile_decode and not str(cfg.device).startswith("cuda"):
+        raise FlexEvalError("--compile captures the decode step with CUDA graphs: it needs --device cuda")
     if cfg.new_tokens < 3:
         raise FlexEvalError(f"--new-tokens {cfg.new_tokens}: at least 3 are needed to time a whole decode step")
     threads = torch.get_num_threads()
