@@ -49,6 +49,7 @@ from flexeval.results.report import write_report
 from flexeval.results.runinfo import run_command
 from flexeval.results.scoring import score_records
 from flexeval.results.store import PredictionStore, fingerprint, write_json_atomic
+from flexeval.speed.run_cost import run_cost
 
 
 @dataclass
@@ -241,6 +242,7 @@ def finish_benchmark(bench: Benchmark, model, cfg: RunConfig, plan: BenchmarkPla
               "batch_size_final": ran["sizer"].size, "batches": stats.batches}
     run = run_summary(bench, model, cfg, plan.where_run, plan.identity, records, rows, timing)
     run["distributed"] = rank_summary(ran["ranks"])  # per rank: items, estimated cost, wall time; finish spread
+    run["cost"] = run_cost(model, [it.request for it in plan.items], records, timing)  # counted TFLOP, seconds
     write_json_atomic(plan.out_dir / "run.json", run)
     report_run(bench, plan.out_dir, records, rows, run["stats"])
     return run
