@@ -24,7 +24,7 @@ def new_hires_cache(model, b: int, static_only: bool = False) -> HiResKVCache | 
     only for center/all, where it saves a call's host sync; blocks pay off only across calls)."""
     opts = model.options
     modes = STATIC_MODES if static_only else STATIC_MODES + BLOCK_MODES
-    if not model.use_hd or opts.selection not in modes:
+    if not model.use_hd or opts.selection not in modes or not getattr(model, "use_hires_cache", True):
         return None
     c = model.cfg
     hd_layers = max(0, c.num_layers - opts.select_layer - 1)
