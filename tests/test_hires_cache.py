@@ -16,6 +16,7 @@ from flexeval.model import reference
 from flexeval.model.hires_cache import block_layout
 from flexeval.model.selection import center_selection
 from flexeval.speed.counting import count_work
+from flexeval.speed.decode_check import HostSync, check, guarded_steps
 
 N_NEW = 5
 IDX = [0, 1, 3]  # wide, tall, small: different prompt lengths (left padding) and paddings
@@ -119,37 +120,11 @@ def test_blocks_are_projected_once_and_a_full_budget_falls_back(selection, varia
     assert cached <= 3 * 81 * 64 * 3  # at most every block once per sample and layer (3 samples, layers 9-11)
 
 
-class HostSync(AssertionError):
-    pass
-
-
 @pytest.fixture()
-def syncs_raise(monkeypatch):
-    """Inside every decode step (decode.step_function's step), reading a tensor on the host raises HostSync."""
-    import flexeval.model.decode as decode
-
-    inner = decode.step_function
-    names = ("item", "tolist", "__bool__", "__int__", "__float__")
-
-    def guarded(model, trace_cls):
-        step = inner(model, trace_cls)
-
-        def run(*args):
-            saved = {n: getattr(torch.Tensor, n) for n in names}
-
-            def refuse(*_a, **_k):
-                raise HostSync("a host sync inside a decode step")
-
-            try:
-                for n in names:
-                    setattr(torch.Tensor, n, refuse)
-                return step(*args)
-            finally:
-                for n, f in saved.items():
-                    setattr(torch.Tensor, n, f)
-        return run
-
-    monkeypatch.setattr(decode, "step_function", guarded)
+def syncs_raise():
+    """Inside every decode step, reading a tensor on the host raises HostSync."""
+    with guarded_steps(torch.device("cpu")):
+        yield
 
 
 @pytest.mark.parametrize("selection", ["center", "all", "none"])
@@ -166,3 +141,8 @@ def test_the_sync_guard_catches_the_block_cache_count(variant, samples, release_
     """Attention selection still asks the host how many blocks are new (one sync per high-res layer)."""
     with pytest.raises(HostSync):
         _model(variant, "attention").generate(gen_items([samples[0].prompt], [release_images[0]], 3))
+
+
+def test_decode_check_reports_no_sync_for_the_static_path():
+    res = check("tiny", "cpu", "float32", batch=2, new_tokens=3, compile_step=False, repeat=1)
+    assert res["host_sync_in_step"] is None and res["eager_ms_per_call"] > 0 and res["batch"] == 2
