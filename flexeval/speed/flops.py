@@ -63,15 +63,15 @@ def highres_flops(cfg: FlexConfig, hd_layers: int, hd_rows: int, projected: floa
 def decode_step_bytes(cfg: FlexConfig, batch: int, n_keys: int, dtype_bytes: int, hd_layers: int,
                       projected: float) -> float:
     """Bytes one decode step must move at least: every LLM weight once (lm_head included, the
-    embedding is a lookup), k/v_proj_hd in the high-res layers when anything is selected, the KV
-    cache of every sample, and the selected high-res features read for the projection."""
+    embedding is a lookup), the KV cache of every sample, and in the high-res layers the cached
+    high-res keys/values of the `projected` tokens (model/hires_cache.py: a step projects nothing
+    new with center/all, so neither k/v_proj_hd nor the features are read)."""
     d, kv = cfg.hidden_size, cfg.num_kv_heads * cfg.head_dim
     layer_weights = 2 * d * d + 2 * d * kv + 3 * d * cfg.intermediate_size
     weights = cfg.num_layers * layer_weights + d * cfg.vocab_size
-    hd_weights = hd_layers * 2 * d * kv if projected > 0 else 0
     kv_cache = batch * cfg.num_layers * 2 * kv * n_keys
-    hd_feats = batch * hd_layers * projected * d
-    return dtype_bytes * (weights + hd_weights + kv_cache + hd_feats)
+    hd_kv = batch * hd_layers * 2 * kv * projected
+    return dtype_bytes * (weights + kv_cache + hd_kv)
 
 
 @dataclass(frozen=True)
