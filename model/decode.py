@@ -2,9 +2,10 @@
 
 - The KV cache is written at a device-side column (`KVCache.write_at`) and every step attends over
   its whole capacity with a `key_valid` mask: each step has the same shapes.
-- `done` stays on the device: the loop runs max(max_new_tokens) - 1 forward calls and the tokens are
-  cut at EOS (and at each request's own limit) after it, the same output as stopping early. On the
-  CPU, where asking the device costs nothing, the loop still stops once every row is done.
+- `done` stays on the device and the tokens are cut at EOS (and at each request's own limit) after
+  the loop, the same output as stopping at once. The loop asks whether every row is done only
+  between steps: every step on the CPU (free there), every 8th on an accelerator
+  (`done_check_every`), never with `sync_free_decode`.
 - High-res K/V live in a `HiResKVCache` for the whole call (center/all: projected once per sample).
 - Optional: the step (embedding -> layers -> lm_head -> argmax) compiled with
   torch.compile(mode="reduce-overhead") on CUDA (`FlexLlava.compile_decode`).
@@ -31,6 +32,19 @@ def new_hires_cache(model, b: int, static_only: bool = False) -> HiResKVCache | 
     budget = getattr(model, "hires_cache_bytes", DEFAULT_BUDGET_BYTES)
     return HiResKVCache(opts.selection, b, model.grid * model.zoom, hd_layers, c.num_kv_heads * c.head_dim,
                         torch.finfo(model.dtype).bits // 8, budget)
+
+
+DONE_CHECK_EVERY = 8  # on an accelerator: between steps, every 8th, the loop asks whether all rows are done
+
+
+def done_check_every(model) -> int:
+    """How often the loop reads `done` back (0: never; it then runs max(max_new_tokens) - 1 steps): every
+    step on the CPU, where it costs nothing; every DONE_CHECK_EVERY steps elsewhere, between steps and never
+    inside one, so that a 64-token limit with 3-token answers does not run 63 steps;
+    `model.sync_free_decode = True`: never."""
+    if getattr(model, "sync_free_decode", False):
+        return 0
+    return 1 if model.device.type == "cpu" else DONE_CHECK_EVERY
 
 
 def step_function(model, trace_cls):
@@ -61,14 +75,14 @@ def greedy_decode(model, logits, hires: HiResContext | None, cache: KVCache, val
     tokens = torch.zeros(b, max(max_new), dtype=torch.long, device=dev)
     done = torch.zeros(b, dtype=torch.bool, device=dev)
     non_finite = ~torch.isfinite(logits).all(-1)  # read once at the end
-    early_exit = dev.type == "cpu" and not getattr(model, "sync_free_decode", False)
+    every = done_check_every(model)
     step_fn = step_function(model, trace_cls)
     images, kv_cache = (hires.images, hires.kv_cache) if hires else (None, None)
     for step in range(max(max_new)):
         nxt = logits.argmax(-1)
         tokens[:, step] = nxt
         done |= (nxt == model.tokenizer.eos_id) | (limit <= step + 1)
-        if step == max(max_new) - 1 or (early_exit and bool(done.all())):
+        if step == max(max_new) - 1 or (every and (step + 1) % every == 0 and bool(done.all())):
             break
         pos, active = pos + 1, ~done
         key_valid.index_fill_(1, cache.write_at, True)

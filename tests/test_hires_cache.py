@@ -146,3 +146,26 @@ def test_the_sync_guard_catches_the_block_cache_count(variant, samples, release_
 def test_decode_check_reports_no_sync_for_the_static_path():
     res = check("tiny", "cpu", "float32", batch=2, new_tokens=3, compile_step=False, repeat=1)
     assert res["host_sync_in_step"] is None and res["eager_ms_per_call"] > 0 and res["batch"] == 2
+
+
+@pytest.mark.parametrize("every, calls", [(0, 8), (1, 2), (4, 4)])
+def test_done_is_read_back_only_between_steps_and_the_output_is_the_same(every, calls, variant, samples,
+                                                                         release_images, monkeypatch):
+    """A row that emits EOS at its 2nd token, max_new_tokens 8: never asking runs all 7 steps, asking every
+    step stops after the 1st, every 4th after the 3rd: the same tokens each time (cut at EOS after the loop)."""
+    import flexeval.model.decode as decode
+    from flexeval.model.llama import Backbone
+
+    first = _model(variant, "center").generate(gen_items([samples[0].prompt], [release_images[0]], 2))[0].token_ids
+    m = _model(variant, "center", eos=first[1])
+    monkeypatch.setattr(decode, "done_check_every", lambda model: every)
+    n = [0]
+    inner = Backbone.forward
+
+    def counted(self, *args, **kw):
+        n[0] += 1
+        return inner(self, *args, **kw)
+
+    monkeypatch.setattr(Backbone, "forward", counted)
+    got = m.generate(gen_items([samples[0].prompt], [release_images[0]], 8))[0].token_ids
+    assert got == first and n[0] == calls  # the prefill and the steps run
