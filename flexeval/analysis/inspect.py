@@ -19,9 +19,6 @@ def inspect_sample(model: str, image: Path, prompt: str, options: list[str] | No
                    model_kind: str = "auto", recipe: str | None = None, min_pixels: int | None = None,
                    max_pixels: int | None = None, trust_remote_code: bool = False, image_options=(),
                    count_flops: bool = False) -> dict:
-    """count_flops: adds "flops": {"total": FLOPs torch's FlopCounterMode saw (math SDPA) and
-    "hires_projected_tokens": rows through the k_proj_hd projections} of everything the model ran for
-    the sample (generation, and the options' scoring), counted while it ran."""
     from flexeval.model import RunOptions, load_model
 
     if raw:
@@ -46,11 +43,8 @@ def inspect_sample(model: str, image: Path, prompt: str, options: list[str] | No
         m.tokenizer.check_template(text)
     processed = m.preprocess(open_image(str(image)))
     request = Generate(prompt=text, question=prompt, max_new_tokens=max_new_tokens)
-    counting = count_work(m) if count_flops else contextlib.nullcontext({})
-    with counting as flops:
-        results, logits = m.generate([(request, processed)], return_prefill_logits=True)
-        if options:
-            nll = m.choose([(Choice(prompt=text, question=prompt, options=tuple(options)), processed)])[0].option_nll
+    choice = Choice(prompt=text, question=prompt, options=tuple(options)) if options else None
+    results, logits, nll, flops = _run(m, request, choice, processed, count_flops)
     res = results[0]
     out = {
         "recipe": "release",
@@ -78,3 +72,15 @@ def inspect_sample(model: str, image: Path, prompt: str, options: list[str] | No
         save_file({"logits": logits[:1].float().contiguous().cpu()}, str(dump_logits))
         out["logits_file"] = str(dump_logits)
     return out
+
+
+def _run(m, request, choice, processed, count_flops: bool):
+    """Generation (and the options' scoring) of the sample -> (results, prefill logits, option NLLs, flops).
+    count_flops: flops = {"total": FLOPs torch's FlopCounterMode saw (math SDPA), "hires_projected_tokens":
+    rows through the k_proj_hd projections} of everything the model ran for the sample, counted while it ran."""
+    nll = None
+    with count_work(m) if count_flops else contextlib.nullcontext({}) as flops:
+        results, logits = m.generate([(request, processed)], return_prefill_logits=True)
+        if choice is not None:
+            nll = m.choose([(choice, processed)])[0].option_nll
+    return results, logits, nll, flops

@@ -292,19 +292,33 @@ def timed_rows(models, main_sel, work, timer, cap, cfg, progress) -> tuple[list[
     return rows, search, bests
 
 
-def run_bench(cfg: SpeedConfig) -> dict:
-    from flexeval.results.runinfo import environment_info
-    from flexeval.speed.end_to_end import run_end_to_end
-    from flexeval.speed.progress import Progress, planned_rows
-    from flexeval.speed.stages import cpu_stage_rows, stage_rows
+def e2e_rows(e2e: list[dict], main_sel: str) -> list[dict]:
+    return [make_row("e", f"end to end: flexeval run, {e['benchmark']} ({e['items']} items)", main_sel, e["batch"],
+                     e["wall_s"] * e["batch"] / e["items"], ratio=e["mean_hd_selected_ratio"],
+                     note=f"{e['outside_model_fraction']:.0%} of wall time outside model calls"
+                     + (f"; GPU idle {e['gpu_idle_fraction']:.0%}" if e["gpu_idle_fraction"] is not None else ""))
+            for e in e2e]
 
-    cap_guess = cfg.max_batch or 4
-    progress = Progress(planned_rows(len(SELECTIONS), cap_guess == 1, 1 if min(cfg.stage_batch, cap_guess) == cap_guess
-                                     else 2, bool(cfg.e2e_items)))
+
+def start_progress(cfg: SpeedConfig):
+    """The plan line, printed before anything is loaded (a CPU run is silent for minutes otherwise)."""
+    from flexeval.speed.progress import Progress, planned_rows
+
+    one_batch = cfg.max_batch == 1  # then b1 is also the best batch and the stages run at 1
+    progress = Progress(planned_rows(len(SELECTIONS), one_batch, 1 if one_batch else 2, bool(cfg.e2e_items)))
     progress.plan(f"load {cfg.model or 'random ' + cfg.arch}, measure the device ceilings, check fast vs reference, "
                   f"search the best batch of generate and choice, time {len(SELECTIONS)} selections x 2 kinds "
                   f"at b1 and the best batch, the reference, the stages"
                   + (f", and {cfg.e2e_items} end-to-end items" if cfg.e2e_items else ""))
+    return progress
+
+
+def run_bench(cfg: SpeedConfig) -> dict:
+    from flexeval.results.runinfo import environment_info
+    from flexeval.speed.end_to_end import run_end_to_end
+    from flexeval.speed.stages import cpu_stage_rows, stage_rows
+
+    progress = start_progress(cfg)
     t_build = time.perf_counter()
     base = load_model(cfg)
     base.compile_decode = cfg.compile_decode
@@ -316,18 +330,16 @@ def run_bench(cfg: SpeedConfig) -> dict:
     cap = cfg.max_batch or (64 if on_cuda else 4)
     work = Workload(base, cfg.seed)
     models = variants(base)
-    for m in models.values():
-        if m is not None:
-            m.compile_decode = cfg.compile_decode
+    for m in filter(None, models.values()):
+        m.compile_decode = cfg.compile_decode
     main_sel = "center" if not cfg.model else ("attention" if base.cfg.has_hd else "none")
     main = models[main_sel]
     ceilings = device_ceilings(device, base.dtype, timer)
     progress.say(f"ceilings: matmul {ceilings['matmul_tflops']:.3g} TFLOP/s, copy {ceilings['copy_gb_per_s']:.3g} GB/s")
-    checks = []
-    for s in dict.fromkeys([main_sel, "attention"]):
-        if models.get(s) is not None:
-            checks.append(correctness_check(models[s], work, cfg.new_tokens))
-            progress.say(f"check fast vs reference ({s}): {'PASS' if checks[-1]['passed'] else 'FAIL'}")
+    checks = [correctness_check(models[s], work, cfg.new_tokens) for s in dict.fromkeys([main_sel, "attention"])
+              if models.get(s) is not None]
+    for ch in checks:
+        progress.say(f"check fast vs reference ({ch['selection']}): {'PASS' if ch['passed'] else 'FAIL'}")
     rows, search, bests = timed_rows(models, main_sel, work, timer, cap, cfg, progress)
     profiles = {}
     if cfg.profile:
@@ -345,13 +357,9 @@ def run_bench(cfg: SpeedConfig) -> dict:
             rows.append(r)
             progress.row(r)
     e2e = run_end_to_end(main, Path(cfg.out), cfg.e2e_items, bests, cfg.workers, cfg.new_tokens) if cfg.e2e_items else []
-    for e in e2e:
-        rows.append(make_row("e", f"end to end: flexeval run, {e['benchmark']} ({e['items']} items)", main_sel,
-                             e["batch"], e["wall_s"] * e["batch"] / e["items"], ratio=e["mean_hd_selected_ratio"],
-                             note=f"{e['outside_model_fraction']:.0%} of wall time outside model calls"
-                             + (f"; GPU idle {e['gpu_idle_fraction']:.0%}" if e["gpu_idle_fraction"] is not None
-                                else "")))
-        progress.row(rows[-1])
+    for r in e2e_rows(e2e, main_sel):
+        rows.append(r)
+        progress.row(r)
     info = {"device": torch.cuda.get_device_name(device) if on_cuda else "cpu", "dtype": str(base.dtype)[6:],
             "model": base.source, "build_s": build_s, "repeat": timer.repeat, "batch_cap": cap,
             "cpu_threads": torch.get_num_threads(),
