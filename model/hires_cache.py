@@ -62,6 +62,13 @@ class HiResKVCache:
         block_bytes = self.block_tokens.shape[1] * kv_dim * 2 * dtype_bytes * max(1, hd_layers)
         self.slots = min(self.n_blocks, budget_bytes // block_bytes)  # blocks per sample and layer
         self.fallbacks = 0  # layer calls that re-projected because the budget was full
+        self._on_device: dict = {}  # the block layout copied to each device once (a copy per call would sync)
+
+    def layout(self, dev) -> tuple[torch.Tensor, torch.Tensor]:
+        key = str(dev)
+        if key not in self._on_device:
+            self._on_device[key] = (self.block_tokens.to(dev), self.block_valid.to(dev))
+        return self._on_device[key]
 
     @property
     def static(self) -> bool:
@@ -91,7 +98,7 @@ class HiResKVCache:
     def _blocks(self, attn, images, sel, n_rep):
         b, r, _ = sel.shape
         dev = sel.device
-        tokens, tvalid = self.block_tokens.to(dev), self.block_valid.to(dev)
+        tokens, tvalid = self.layout(dev)
         entry = self.layers.get(attn.layer) or self._new_entry(attn, images, dev)
         union = sel.any(1)  # [B, N]
         need = (union[:, tokens] & tvalid).any(-1)  # [B, blocks]
@@ -124,7 +131,7 @@ class HiResKVCache:
 
     def _add_blocks(self, attn, images, entry, new, n_new, cap: int) -> None:
         dev, b = new.device, new.shape[0]
-        tokens, tvalid = self.block_tokens.to(dev), self.block_valid.to(dev)
+        tokens, tvalid = self.layout(dev)
         width = tokens.shape[1]
         blocks = torch.argsort((~new).to(torch.int32), dim=1, stable=True)[:, :cap]  # [B, cap] new first
         ok = torch.arange(cap, device=dev)[None] < n_new[:, None]
