@@ -78,3 +78,16 @@ def test_count_flops_centre_projects_once_whatever_the_new_tokens(release_dir, t
     r = CliRunner().invoke(app, ["inspect", "--model", str(release_dir), "--image", str(path), "--prompt",
                                  "What is it?", "--selection", "center", "--max-new-tokens", "2", "--json"])
     assert "flops" not in json.loads(r.output)
+
+
+def test_count_flops_of_a_transformers_model(hf_dirs, tmp_path):
+    """A transformers model (native recipe) is counted too: FLOPs, and no high-res projection."""
+    from PIL import Image
+
+    path = tmp_path / "img.png"
+    Image.new("RGB", (320, 240), (200, 40, 40)).save(path)
+    r = CliRunner().invoke(app, ["inspect", "--model", str(hf_dirs["llava-hf"]), "--image", str(path), "--prompt",
+                                 "What colour?", "--max-new-tokens", "2", "--json", "--count-flops"])
+    assert r.exit_code == 0, r.output
+    flops = json.loads(r.output)["flops"]
+    assert flops["total"] > 0 and flops["hires_projected_tokens"] == 0

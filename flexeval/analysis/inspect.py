@@ -38,7 +38,9 @@ def inspect_sample(model: str, image: Path, prompt: str, options: list[str] | No
                                 "prompt from the question with its chat template (drop --raw)")
         from flexeval.model.hf_vlm import inspect_hf
 
-        return inspect_hf(m, open_image(str(image)), prompt, options, max_new_tokens)
+        with count_work(m) if count_flops else contextlib.nullcontext({}) as flops:
+            out = inspect_hf(m, open_image(str(image)), prompt, options, max_new_tokens)
+        return out | ({"flops": flops} if count_flops else {})
     if not raw:
         m.tokenizer.check_template(text)
     processed = m.preprocess(open_image(str(image)))
