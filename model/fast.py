@@ -42,7 +42,8 @@ class KVCache:
         return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
 
     def advance(self, n: int) -> None:
-        self.length += n
+        if self.write_at is None:  # a static step keeps no host-side length (a changing int would recompile it)
+            self.length += n
 
 
 @dataclass(frozen=True)

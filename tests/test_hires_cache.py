@@ -169,3 +169,24 @@ def test_done_is_read_back_only_between_steps_and_the_output_is_the_same(every, 
     monkeypatch.setattr(Backbone, "forward", counted)
     got = m.generate(gen_items([samples[0].prompt], [release_images[0]], 8))[0].token_ids
     assert got == first and n[0] == calls  # the prefill and the steps run
+
+
+def test_the_static_step_compiles_as_one_graph_for_every_step(variant, samples, release_images, monkeypatch):
+    """What --compile relies on (checked on the CPU with torch.compile's default backend): a centre decode
+    step traces with fullgraph=True (no graph break, so no host read) into ONE graph for all steps and calls
+    (nothing in it changes from step to step but tensor values), with the eager tokens."""
+    import flexeval.model.decode as decode
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    m = _model(variant, "center")
+    items = gen_items([samples[i].prompt for i in IDX[:2]], [release_images[i] for i in IDX[:2]], 4)
+    eager = [r.token_ids for r in m.generate(items)]
+    inner = decode.step_function
+    monkeypatch.setattr(decode, "step_function", lambda model, trace_cls: torch.compile(
+        inner(model, trace_cls), fullgraph=True, dynamic=False))
+    counters.clear()
+    assert [r.token_ids for r in m.generate(items)] == eager
+    assert [r.token_ids for r in m.generate(items)] == eager
+    assert counters["stats"]["unique_graphs"] == 1
+    torch._dynamo.reset()
