@@ -175,8 +175,9 @@ def test_the_static_step_compiles_as_one_graph_for_every_step(variant, samples, 
     """What --compile relies on (checked on the CPU with torch.compile's default backend): a centre decode
     step traces with fullgraph=True (no graph break, so no host read) into ONE graph for all steps and calls
     (nothing in it changes from step to step but tensor values), with the eager tokens."""
-    import flexeval.model.decode as decode
     from torch._dynamo.utils import counters
+
+    import flexeval.model.decode as decode
 
     torch._dynamo.reset()
     m = _model(variant, "center")
