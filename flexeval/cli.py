@@ -185,6 +185,8 @@ def inspect(
     max_pixels: Optional[int] = MAX_PIXELS_OPTION,
     image_option: Optional[list[str]] = IMAGE_OPTION_OPTION,
     model_args: Optional[str] = MODEL_ARGS_OPTION,
+    count_flops: bool = typer.Option(False, "--count-flops", help='add "flops": the FLOPs and high-res projected '
+                                     "tokens counted while the sample runs"),
 ) -> None:
     """A window into one sample: generated tokens, selections per layer, option NLLs, logits."""
     from flexeval.analysis.inspect import inspect_sample
@@ -200,7 +202,8 @@ def inspect(
                             max_new_tokens=max_new_tokens, dtype=dtype, device=device,
                             dump_logits=dump_logits, raw=raw, selection=selection, model_kind=model_kind,
                             recipe=recipe, min_pixels=min_pixels, max_pixels=max_pixels,
-                            trust_remote_code=trust_remote_code, image_options=tuple(image_option or ()))
+                            trust_remote_code=trust_remote_code, image_options=tuple(image_option or ()),
+                            count_flops=count_flops)
     if json_out:
         typer.echo(json.dumps(result))
     else:
@@ -362,6 +365,8 @@ def speed(
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU intra-op threads (default: torch's)"),
     profile: bool = typer.Option(False, "--profile", help="also write torch.profiler tables of the best-batch calls"),
     model_args: Optional[str] = MODEL_ARGS_OPTION,
+    count_only: bool = typer.Option(False, "--count-only", help="print the counted TFLOP per sample of every row; run nothing"),
+    compile_decode: bool = typer.Option(False, "--compile", help="CUDA: the decode step via torch.compile(reduce-overhead)"),
 ) -> None:
     """Benchmark the fast path: ms/sample, TFLOP/s, ratios vs the reference / none / all, stages, end to end."""
     from flexeval.speed.measure import SpeedConfig, main
@@ -373,7 +378,8 @@ def speed(
     model, dtype, device = (knobs[k] for k in ("model", "dtype", "device"))
     main(SpeedConfig(arch=arch, model=model, device=device, dtype=dtype, out=out, max_new_tokens=max_new_tokens,
                      repeat=repeat, max_batch=max_batch, stage_batch=stage_batch, e2e_items=e2e_items,
-                     workers=workers, threads=threads, profile=profile))
+                     workers=workers, threads=threads, profile=profile, count_only=count_only,
+                     compile_decode=compile_decode))
 
 
 @data_app.command("make-sample")

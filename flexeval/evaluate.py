@@ -53,6 +53,7 @@ from flexeval.results.report import write_report
 from flexeval.results.runinfo import run_command
 from flexeval.results.scoring import score_records
 from flexeval.results.store import PredictionStore, fingerprint, write_json_atomic
+from flexeval.speed.run_cost import run_cost
 
 
 @dataclass
@@ -255,6 +256,7 @@ def finish_benchmark(bench: Benchmark, model, cfg: RunConfig, plan: BenchmarkPla
             f"{timing['samples_per_s']:.2f} questions/s")
     run = run_summary(bench, model, cfg, plan.where_run, plan.identity, records, rows, timing)
     run["distributed"] = rank_summary(ran["ranks"])  # per rank: items, estimated cost, wall time; finish spread
+    run["cost"] = run_cost(model, [it.request for it in plan.items], records, timing)  # counted TFLOP, seconds
     extra = work.finish(plan, records, run) if work is not None else None
     if extra is not None:
         run[work.name] = extra

@@ -29,15 +29,21 @@ class KVCache:
         self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
         self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
         self.length = 0
+        self.write_at: torch.Tensor | None = None  # decode steps: the column [1] on the device, keys of full capacity
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
+        if self.write_at is not None:  # static shapes: no host-side length, the caller masks unwritten columns
+            self.k[layer].index_copy_(2, self.write_at, k)
+            self.v[layer].index_copy_(2, self.write_at, v)
+            return self.k[layer], self.v[layer]
         end = self.length + k.shape[2]
         self.k[layer][:, :, self.length:end] = k
         self.v[layer][:, :, self.length:end] = v
         return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
 
     def advance(self, n: int) -> None:
-        self.length += n
+        if self.write_at is None:  # a static step keeps no host-side length (a changing int would recompile it)
+            self.length += n
 
 
 @dataclass(frozen=True)
@@ -97,6 +103,7 @@ class HiResContext:
     row_positions: torch.Tensor  # [B, n_rows] absolute positions of those rows
     trace: Trace = field(default_factory=Trace)
     previous_selection: torch.Tensor | None = None  # [B, n_rows, N] bool, made by layer i - 1
+    kv_cache: object | None = None  # hires_cache.HiResKVCache: high-res K/V kept across the calls of one generate()
 
     def selects_at(self, layer: int) -> bool:
         return self.images is not None and self.n_rows > 0 and layer >= self.options.select_layer
@@ -124,7 +131,7 @@ def hierarchical_attention(attn, layer: int, q, keys, values, visible, hires: Hi
     selection = select_hires_tokens(layer, probs_lowres, hires, q.dtype)
     hd_kv = None
     if layer > hires.options.select_layer and hires.previous_selection is not None:
-        hd_kv = project_selected(attn, hires.images, hires.previous_selection, h // attn.num_kv_heads)
+        hd_kv = selected_kv(attn, hires, h // attn.num_kv_heads)
     hires.previous_selection = selection
     if hd_kv is None:
         out_hd = probs_lowres.to(q.dtype) @ values  # [B, H, R, d]
@@ -183,6 +190,16 @@ def select_hires_tokens(layer: int, probs_lowres, hires: HiResContext, dtype) ->
         raise ValueError(f"unknown selection {opts.selection!r}")
     hires.trace.record(layer, sel)
     return sel
+
+
+def selected_kv(attn, hires: HiResContext, n_rep: int):
+    """The high-res keys/values the previous layer's selection needs: from the call's cache when it has
+    one (projecting only what it lacks), else projected now (also when the cache's budget is full)."""
+    if hires.kv_cache is not None:
+        hd_kv = hires.kv_cache.lookup(attn, hires.images, hires.previous_selection, n_rep)
+        if hd_kv is not None:
+            return hd_kv
+    return project_selected(attn, hires.images, hires.previous_selection, n_rep)
 
 
 def project_selected(attn, images: HiResImages, sel: torch.Tensor, n_rep: int):

@@ -26,6 +26,7 @@ from flexeval.requests import Choice, Generate
 
 from .config import FlexConfig, ResolvedOptions, RunOptions
 from .conversation import IMAGE_TOKEN, llava_v1_prompt
+from .decode import greedy_decode, new_hires_cache
 from .fast import HiResContext, HiResImages, KVCache, Trace
 from .image import (
     Preprocessor,
@@ -205,11 +206,12 @@ class FlexLlava:
         return HiResImages(feats=hd_feats, cos=cos, sin=sin, img_cols=batch.img_cols, pad_cells=pad_cells,
                            hd_grid=hd_grid, sample_keys=keys)
 
-    def _hires(self, images: HiResImages | None, n_rows: int, row_positions, trace=None) -> HiResContext | None:
+    def _hires(self, images: HiResImages | None, n_rows: int, row_positions, trace=None,
+               kv_cache=None) -> HiResContext | None:
         """The context of one forward call whose last n_rows rows use high-res keys."""
         if images is None:
             return None
-        return HiResContext(images, self.options, n_rows, row_positions, trace or Trace())
+        return HiResContext(images, self.options, n_rows, row_positions, trace or Trace(), kv_cache=kv_cache)
 
     def _new_cache(self, b: int, capacity: int) -> KVCache:
         c = self.cfg
@@ -256,7 +258,7 @@ class FlexLlava:
         b, t, _ = batch.embeds.shape
         hires_images = self._hires_images(images, hd_feats, batch, ids_list)
         cache = self._new_cache(b, t + max(max_new))
-        hires = self._hires(hires_images, 1, batch.positions[:, -1:])
+        hires = self._hires(hires_images, 1, batch.positions[:, -1:], new_hires_cache(self, b))
         hidden = self.lm.model(batch.embeds, *self._rope(batch.positions), cache,
                                self._prefill_visible(batch.valid), hires)
         prefill_logits = self.lm.lm_head(hidden) if return_prefill_logits else None
@@ -272,38 +274,13 @@ class FlexLlava:
         return results, prefill_logits
 
     def _decode(self, logits, hires: HiResContext | None, cache: KVCache, batch: _Embedded, max_new: list[int]):
-        """The greedy loop after the prefill. Returns each row's tokens (through EOS), with high-res
-        each row's selected-token counts summed over its forward calls (layer -> [B]) and the number of
-        those calls, and whether a logit row the sample decoded from held NaN/inf: a row that has
+        """The greedy loop after the prefill (model/decode.py). Returns each row's tokens (through EOS), with
+        high-res each row's selected-token counts summed over its forward calls (layer -> [B]) and the number
+        of those calls, and whether a logit row the sample decoded from held NaN/inf: a row that has
         stopped (EOS or its own max_new_tokens) still rides along in the batch but no longer counts."""
-        b, t = batch.valid.shape
-        limit = torch.tensor(max_new, device=self.device)
-        key_valid = torch.zeros(b, t + max(max_new), dtype=torch.bool, device=self.device)
-        key_valid[:, :t] = batch.valid
-        counts = {k: v[:, 0].clone() for k, v in hires.trace.selected.items()} if hires else {}
-        n_calls = torch.ones(b, dtype=torch.long, device=self.device)
-        tokens = torch.zeros(b, 0, dtype=torch.long, device=self.device)
-        done = torch.zeros(b, dtype=torch.bool, device=self.device)
-        non_finite = ~torch.isfinite(logits).all(-1)  # no sync: read once at the end
-        pos = batch.positions[:, -1]
-        for step in range(max(max_new)):
-            nxt = logits.argmax(-1)
-            tokens = torch.cat([tokens, nxt[:, None]], dim=1)
-            done |= (nxt == self.tokenizer.eos_id) | (limit <= step + 1)
-            if bool(done.all()):
-                break
-            pos, active = pos + 1, ~done
-            key_valid[:, t + step] = True
-            hires = self._hires(hires.images if hires else None, 1, pos[:, None])
-            hidden = self.lm.model(self.lm.model.embed_tokens(nxt)[:, None], *self._rope(pos[:, None]), cache,
-                                   key_valid[:, None, : t + step + 1], hires)
-            for k, v in (hires.trace.selected.items() if hires else ()):
-                counts[k] = counts[k] + v[:, 0] * active
-            n_calls = n_calls + active.long()
-            logits = self.lm.lm_head(hidden[:, -1])
-            non_finite |= active & ~torch.isfinite(logits).all(-1)
-        tokens = [self._through_eos(row.tolist(), n) for row, n in zip(tokens, max_new)]
-        return tokens, counts, n_calls, non_finite.tolist()
+        rows, counts, n_calls, non_finite = greedy_decode(self, logits, hires, cache, batch.valid,
+                                                          batch.positions[:, -1], max_new, Trace)
+        return [self._through_eos(row, n) for row, n in zip(rows, max_new)], counts, n_calls, non_finite
 
     def _through_eos(self, toks: list[int], max_new: int) -> list[int]:
         toks = toks[:max_new]
@@ -374,7 +351,8 @@ class FlexLlava:
         # keep_selection: the selecting layers whose choice a later layer uses (S .. last - 1)
         trace = Trace(keep_masks=True, map_layers=frozenset(range(self.options.select_layer, self.cfg.num_layers - 1)),
                       map_cols=prefix.img_cols) if self.keep_selection else Trace()
-        hires = self._hires(self._hires_images(images, hd_feats, prefix, prompt_ids), blocks.rows, positions, trace)
+        hires = self._hires(self._hires_images(images, hd_feats, prefix, prompt_ids), blocks.rows, positions, trace,
+                            new_hires_cache(self, b, static_only=True))
         hidden = self.lm.model(self.lm.model.embed_tokens(blocks.tokens), *self._rope(positions), cache,
                                blocks.visible(prefix.valid), hires)
         logits = self.lm.lm_head(hidden).float()  # [B, rows, V]

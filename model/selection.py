@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 POOL = 9  # the release pools the 24x24 binary map to 9x9 (overlapping windows), hard-coded
+RANDOM_CELLS = 8  # the release's random ablation draws cells of an 8x8 grid
 
 
 def padding_cell_mask(pad_axis: torch.Tensor, pad_n: torch.Tensor, grid: int) -> torch.Tensor:
@@ -69,11 +70,11 @@ def random_selection(sample_keys: list[str], layer: int, row_positions: torch.Te
     batch it runs in. row_positions: [B, R] absolute positions of the query rows.
     """
     b, r = row_positions.shape
-    cells = torch.empty(b, r, 8, 8)
+    cells = torch.empty(b, r, RANDOM_CELLS, RANDOM_CELLS)
     pos = row_positions.tolist()
     for i in range(b):
         for j in range(r):
             digest = hashlib.sha256(f"{seed}|{sample_keys[i]}|{layer}|{pos[i][j]}".encode()).digest()
             g = torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1))
-            cells[i, j] = (torch.rand(8, 8, generator=g) <= ratio).float()
-    return _upsample(cells.reshape(b * r, 1, 8, 8).to(device), hd_grid).reshape(b, r, -1)
+            cells[i, j] = (torch.rand(RANDOM_CELLS, RANDOM_CELLS, generator=g) <= ratio).float()
+    return _upsample(cells.reshape(b * r, 1, RANDOM_CELLS, RANDOM_CELLS).to(device), hd_grid).reshape(b, r, -1)

@@ -72,12 +72,15 @@ def stripped_dir(release_dir, tmp_path_factory) -> Path:
     return out
 
 
-# ---- models (float32, CPU) ----
+# ---- models (float32, CPU; FLEXEVAL_TEST_DEVICE=cuda runs them on a GPU: model/device_check.sh) ----
 
 def _load(path, **kw):
+    import os
+
     from flexeval.model import load_pretrained
 
-    return load_pretrained(path, dtype=kw.pop("dtype", "float32"), device="cpu", **kw)
+    device = os.environ.get("FLEXEVAL_TEST_DEVICE", "cpu")
+    return load_pretrained(path, dtype=kw.pop("dtype", "float32"), device=device, **kw)
 
 
 @pytest.fixture(scope="session")

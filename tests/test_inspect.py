@@ -53,3 +53,42 @@ def test_inspect_raw_prompt_needs_an_image_token(release_dir, tmp_path):
     r = CliRunner().invoke(app, ["inspect", "--model", str(release_dir), "--image", str(path), "--prompt", "hello",
                                  "--raw", "--json"])
     assert r.exit_code == 1 and "<image>" in r.output
+
+
+def test_count_flops_centre_projects_once_whatever_the_new_tokens(release_dir, tmp_path):
+    """--count-flops counts while the sample runs: with centre selection the high-res tokens are projected
+    once per layer (3 layers x the 576 centre tokens), for 1 new token as for 8; the FLOPs grow with the steps."""
+    import random
+
+    from flexeval.benchmarks.samples import draw_scene
+
+    img, _ = draw_scene(random.Random(7), 900, 1300, 4)
+    path = tmp_path / "img.png"
+    img.save(path)
+    counted = {}
+    for n in (1, 8):
+        r = CliRunner().invoke(app, ["inspect", "--model", str(release_dir), "--image", str(path), "--prompt",
+                                     "What is it?", "--selection", "center", "--max-new-tokens", str(n), "--json",
+                                     "--count-flops"])
+        assert r.exit_code == 0, r.output
+        out = json.loads(r.output)
+        assert len(out["generated_ids"]) == n
+        counted[n] = out["flops"]
+    assert counted[1]["hires_projected_tokens"] == counted[8]["hires_projected_tokens"] == 3 * 576
+    assert 0 < counted[1]["total"] < counted[8]["total"]
+    r = CliRunner().invoke(app, ["inspect", "--model", str(release_dir), "--image", str(path), "--prompt",
+                                 "What is it?", "--selection", "center", "--max-new-tokens", "2", "--json"])
+    assert "flops" not in json.loads(r.output)
+
+
+def test_count_flops_of_a_transformers_model(hf_dirs, tmp_path):
+    """A transformers model (native recipe) is counted too: FLOPs, and no high-res projection."""
+    from PIL import Image
+
+    path = tmp_path / "img.png"
+    Image.new("RGB", (320, 240), (200, 40, 40)).save(path)
+    r = CliRunner().invoke(app, ["inspect", "--model", str(hf_dirs["llava-hf"]), "--image", str(path), "--prompt",
+                                 "What colour?", "--max-new-tokens", "2", "--json", "--count-flops"])
+    assert r.exit_code == 0, r.output
+    flops = json.loads(r.output)["flops"]
+    assert flops["total"] > 0 and flops["hires_projected_tokens"] == 0

@@ -14,7 +14,14 @@ from torch.utils.flop_counter import FlopCounterMode
 from typer.testing import CliRunner
 
 from flexeval.cli import app
-from flexeval.speed.flops import clip_flops, clip_shape, highres_flops, llm_flops
+from flexeval.speed.flops import (
+    RequestShape,
+    clip_flops,
+    clip_shape,
+    generate_flops,
+    highres_flops,
+    llm_flops,
+)
 from flexeval.speed.measure import generate_requests
 
 SELECTIONS = ("none", "attention", "center", "all")
@@ -121,13 +128,62 @@ def test_clip_flops_match_torch_flop_counter(release_model, release_images):
 
 
 def test_decode_step_flops_match_torch_flop_counter(variant, release_images, samples):
-    """One decode step = generate(2 tokens) - generate(1 token): the LLM over T + 1 keys, lm_head,
-    and in high-res layers 9-11 k/v_proj_hd of the 576 centre tokens plus the row's scores over them."""
+    """One decode step = generate(2 tokens) - generate(1 token): the LLM over the static cache's T + 2
+    columns (the step attends over the whole capacity; one column is not written yet and masked),
+    lm_head, and in high-res layers 9-11 the row's scores over the 576 centre tokens: no k/v_proj_hd,
+    their K/V were projected once, in the prefill (model/hires_cache.py)."""
     model = variant(selection="center")
     prompt, image = [samples[0].prompt], [release_images[0]]
     one, (res,) = _counted(lambda: generate_requests(model, prompt, image, 1))
     two, _ = _counted(lambda: generate_requests(model, prompt, image, 2))
     hd_layers = model.cfg.num_layers - model.options.select_layer - 1
     selected = 24 * 24
-    assert two - one == llm_flops(model.cfg, 1, res.n_prompt_tokens, 1) + highres_flops(
-        model.cfg, hd_layers, 1, selected, selected)
+    assert two - one == llm_flops(model.cfg, 1, res.n_prompt_tokens + 1, 1) + highres_flops(
+        model.cfg, hd_layers, 1, 0, selected)
+    # and the accounting of the whole request (which counts the needed T + 1 keys, not the capacity)
+    shape = RequestShape(res.n_prompt_tokens, 10, hd_layers, selected)
+    clip = clip_shape(model.vision)
+    assert generate_flops(model.cfg, clip, shape, 2) - generate_flops(model.cfg, clip, shape, 1) == llm_flops(
+        model.cfg, 1, res.n_prompt_tokens, 1) + highres_flops(model.cfg, hd_layers, 1, 0, selected)
+
+
+# ---- --count-only: the accounting alone, for any --arch ----
+
+def test_count_only_7b_centre_generation_is_within_1_45x_of_plain_llava():
+    """With the high-res K/V cache, centre selection's 8-token generation costs the 9 extra CLIP crops and one
+    projection of 576 tokens per layer over plain LLaVA-1.5: at most 1.45x (2.0x when every step re-projects)."""
+    r = CliRunner().invoke(app, ["speed", "--arch", "llava-1.5-7b", "--count-only", "--max-new-tokens", "8"])
+    assert r.exit_code == 0, r.output
+    assert "TFLOP" in r.output and "llava-1.5-7b" in r.output
+    from flexeval.speed.count_only import count_rows
+
+    rows = {(x["what"].split()[0], x["selection"]): x for x in count_rows("llava-1.5-7b", 8)["rows"]}
+    centre, none = rows[("generate", "center")], rows[("generate", "none")]
+    assert centre["vs_none"] == pytest.approx(centre["tflop_per_sample"] / none["tflop_per_sample"])
+    assert 1.2 < centre["vs_none"] <= 1.45
+    assert centre["tflop_without_hires_cache"] / none["tflop_per_sample"] > 1.9  # what the cache removes
+    assert f"{centre['tflop_per_sample']:.4g}" in r.output
+    assert rows[("generate", "all")]["tflop_per_sample"] > centre["tflop_per_sample"] > none["tflop_per_sample"]
+
+
+def test_count_only_is_the_accounting_of_the_measured_rows(bench_out):
+    """The tiny arch's count-only figures are the ones the measured run reports for the same request."""
+    from flexeval.speed.count_only import count_rows
+
+    _, _, res = bench_out
+    counted = {(x["what"], x["selection"]): x for x in count_rows("tiny", 3)["rows"]}
+    for r in _rows(res):
+        if r["section"] in ("a", "b") and r["batch"] == 1 and r["selection"] in ("none", "center", "all"):
+            assert r["gflop_per_sample"] / 1e3 == pytest.approx(counted[(r["what"], r["selection"])]["tflop_per_sample"],
+                                                              rel=1e-9), r
+
+
+def test_speed_says_what_it_is_doing(bench_out):
+    _, output, res = bench_out
+    lines = output.splitlines()
+    plan = [x for x in lines if "plan:" in x]
+    assert len(plan) == 1 and lines.index(plan[0]) < 3
+    total = int(plan[0].split("at most ")[1].split()[0])
+    progress = [x for x in lines if " row " in x and "/" in x.split(" row ")[1].split(":")[0]]
+    assert len(progress) == len(res["rows"]) <= total
+    assert progress[-1].split(" row ")[1].startswith(f"{len(res['rows'])}/{total}")

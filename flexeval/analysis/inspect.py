@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 from flexeval.benchmarks.base import open_image
@@ -9,13 +10,15 @@ from flexeval.errors import FlexEvalError
 from flexeval.model.conversation import IMAGE_TOKEN
 from flexeval.model.image import pixels_sha256
 from flexeval.requests import Generate
+from flexeval.speed.counting import count_work
 
 
 def inspect_sample(model: str, image: Path, prompt: str, options: list[str] | None = None,
                    max_new_tokens: int = 16, dtype: str = "float32", device: str = "cpu",
                    dump_logits: Path | None = None, raw: bool = False, selection: str | None = None,
                    model_kind: str = "auto", recipe: str | None = None, min_pixels: int | None = None,
-                   max_pixels: int | None = None, trust_remote_code: bool = False, image_options=()) -> dict:
+                   max_pixels: int | None = None, trust_remote_code: bool = False, image_options=(),
+                   count_flops: bool = False) -> dict:
     from flexeval.model import RunOptions, load_model
 
     if raw and IMAGE_TOKEN not in prompt:
@@ -31,12 +34,14 @@ def inspect_sample(model: str, image: Path, prompt: str, options: list[str] | No
                                 "prompt from the question with its chat template (drop --raw)")
         from flexeval.model.hf_vlm import inspect_hf
 
-        return inspect_hf(m, open_image(str(image)), prompt, options, max_new_tokens)
+        with count_work(m) if count_flops else contextlib.nullcontext({}) as flops:
+            out = inspect_hf(m, open_image(str(image)), prompt, options, max_new_tokens)
+        return out | ({"flops": flops} if count_flops else {})
     text = prompt if raw else m.prompt_text(Generate(question=prompt))  # the model's template (LLaVA v1)
     if not raw:
         m.tokenizer.check_template(text)
     processed = m.preprocess(open_image(str(image)))
-    results, logits = m.generate_prompts([text], [processed], [max_new_tokens], return_prefill_logits=True)
+    results, logits, nll, flops = _run(m, text, options, processed, max_new_tokens, count_flops)
     res = results[0]
     out = {
         "recipe": "release",
@@ -52,8 +57,9 @@ def inspect_sample(model: str, image: Path, prompt: str, options: list[str] | No
         "dtype": str(m.dtype).replace("torch.", ""),
         "device": str(m.device),
     }
+    if count_flops:
+        out["flops"] = flops
     if options:
-        nll = m.choose_prompts([text], [processed], [tuple(options)], [False])[0].option_nll
         out["option_nll"] = dict(zip(options, nll))
         out["prediction"] = options[min(range(len(nll)), key=lambda i: nll[i])]
     if dump_logits:
@@ -63,3 +69,15 @@ def inspect_sample(model: str, image: Path, prompt: str, options: list[str] | No
         save_file({"logits": logits[:1].float().contiguous().cpu()}, str(dump_logits))
         out["logits_file"] = str(dump_logits)
     return out
+
+
+def _run(m, text: str, options, processed, max_new_tokens: int, count_flops: bool):
+    """Generation (and the options' scoring) of the sample -> (results, prefill logits, option NLLs, flops).
+    count_flops: flops = {"total": FLOPs torch's FlopCounterMode saw (math SDPA), "hires_projected_tokens":
+    rows through the k_proj_hd projections} of everything the model ran for the sample, counted while it ran."""
+    nll = None
+    with count_work(m) if count_flops else contextlib.nullcontext({}) as flops:
+        results, logits = m.generate_prompts([text], [processed], [max_new_tokens], return_prefill_logits=True)
+        if options:
+            nll = m.choose_prompts([text], [processed], [tuple(options)], [False])[0].option_nll
+    return results, logits, nll, flops

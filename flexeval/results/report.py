@@ -16,6 +16,7 @@ from flexeval.results.accuracy import (
     read_accuracy_csv,
     row_cells,
 )
+from flexeval.results.compute import compute_markdown
 from flexeval.results.layout import benchmark_folder, is_variant_folder
 from flexeval.results.scoring import read_run_json
 from flexeval.results.store import write_text_atomic
@@ -70,7 +71,8 @@ def _collect(results_dir: Path) -> list[dict]:
         model = run.get("model") if isinstance(run.get("model"), dict) else {}
         variant = "" if bench_dir == csv_path.parent else f" [{csv_path.parent.name}]"
         found.append({"tag": bench_dir.parent.name + variant, "kind": model.get("kind"), "bench": bench_dir.name,
-                      "protocol": run.get("protocol"), "recipe": model.get("recipe"), "rows": read_accuracy_csv(csv_path)})
+                      "protocol": run.get("protocol"), "recipe": model.get("recipe"), "rows": read_accuracy_csv(csv_path),
+                      "cost": run.get("cost")})
     return found
 
 
@@ -134,7 +136,8 @@ def summary_markdown(entries: list[dict]) -> str:
               "each subset); standard errors are in accuracy.csv and summary.csv.",
               "\\* derived, not printed in the paper: V* attribute = (overall x 191 - spatial x 76) / 115 "
               "(LLaVA-1.5-7B 48/115, FlexAttention-7B 55/115). RSVQA presence/comparison are not published.",
-              "Compare with the paper only for full runs (n as published) under protocol=paper.", "", *notes]
+              "Compare with the paper only for full runs (n as published) under protocol=paper.", "", *notes,
+              "", "## Compute", "", compute_markdown(entries).rstrip("\n")]
     return "\n".join(lines) + "\n"
 
 

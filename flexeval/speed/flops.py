@@ -63,15 +63,15 @@ def highres_flops(cfg: FlexConfig, hd_layers: int, hd_rows: int, projected: floa
 def decode_step_bytes(cfg: FlexConfig, batch: int, n_keys: int, dtype_bytes: int, hd_layers: int,
                       projected: float) -> float:
     """Bytes one decode step must move at least: every LLM weight once (lm_head included, the
-    embedding is a lookup), k/v_proj_hd in the high-res layers when anything is selected, the KV
-    cache of every sample, and the selected high-res features read for the projection."""
+    embedding is a lookup), the KV cache of every sample, and in the high-res layers the cached
+    high-res keys/values of the `projected` tokens (model/hires_cache.py: a step projects nothing
+    new with center/all, so neither k/v_proj_hd nor the features are read)."""
     d, kv = cfg.hidden_size, cfg.num_kv_heads * cfg.head_dim
     layer_weights = 2 * d * d + 2 * d * kv + 3 * d * cfg.intermediate_size
     weights = cfg.num_layers * layer_weights + d * cfg.vocab_size
-    hd_weights = hd_layers * 2 * d * kv if projected > 0 else 0
     kv_cache = batch * cfg.num_layers * 2 * kv * n_keys
-    hd_feats = batch * hd_layers * projected * d
-    return dtype_bytes * (weights + hd_weights + kv_cache + hd_feats)
+    hd_kv = batch * hd_layers * 2 * kv * projected
+    return dtype_bytes * (weights + kv_cache + hd_kv)
 
 
 @dataclass(frozen=True)
@@ -82,16 +82,21 @@ class RequestShape:
     n_crops: int  # 1 (low-res only) or 1 + zoom^2
     hd_layers: int  # layers that use high-res keys (0 with selection none)
     selected: float  # mean high-res tokens selected per row (measured ratio x N)
+    projected: float | None = None  # high-res tokens projected per layer over the whole request (None: selected)
 
 
 def generate_flops(cfg: FlexConfig, clip: ClipShape, r: RequestShape, new_tokens: int) -> float:
     """Greedy generation of `new_tokens`: CLIP, the prefill (last row high-res), then one call per
-    further token (its single row high-res)."""
-    total = clip_flops(clip, cfg, r.n_crops)
-    total += llm_flops(cfg, r.prompt_tokens, 0, 1) + highres_flops(cfg, r.hd_layers, 1, r.selected, r.selected)
+    further token (its single row high-res). The high-res K/V are cached across the calls
+    (model/hires_cache.py): each token is projected once per layer (`r.projected`, by default one
+    row's selection: exact for center/all, a lower bound for attention/random), while every call's
+    row attends to its `r.selected` tokens."""
+    projected = r.selected if r.projected is None else r.projected
+    total = clip_flops(clip, cfg, r.n_crops) + highres_flops(cfg, r.hd_layers, 0, projected, 0)
+    total += llm_flops(cfg, r.prompt_tokens, 0, 1) + highres_flops(cfg, r.hd_layers, 1, 0, r.selected)
     for step in range(1, new_tokens):
         total += llm_flops(cfg, 1, r.prompt_tokens + step - 1, 1)
-        total += highres_flops(cfg, r.hd_layers, 1, r.selected, r.selected)
+        total += highres_flops(cfg, r.hd_layers, 1, 0, r.selected)
     return total
 
 

@@ -2,13 +2,13 @@
 
 Figures with their context, never a timed test. On one device, after warm-up (CUDA events on
 CUDA, perf_counter on the CPU), median of `repeat` calls:
-  a/b. generation (TextVQA-like: ~40 question tokens, `max_new_tokens` new) and V*-like choice scoring
+  a/b. generation (TextVQA-like: ~40 question tokens, `new_tokens` new) and V*-like choice scoring
        (4 options of 2-12 tokens) at batch 1 and at the best batch found (powers of two up to a cap
        or the first out-of-memory), for selection none / attention / center / all;
   c.   the literal reference (model/reference.py, the release's algorithm) at batch 1;
-  d.   the stages of a sample (stages.py): JPEG decode + preprocess (CPU), CLIP (1 + zoom^2 crops), prefill,
+  d.   the stages of a sample: JPEG decode + preprocess (CPU), CLIP (1 + zoom^2 crops), prefill,
        one decode step (with its memory floor);
-  e.   end to end: the real runner over a generated benchmark (end_to_end.py);
+  e.   end to end: the real runner over a generated benchmark (bench_e2e.py);
 plus a fast-vs-reference check on the device, the measured matmul ceiling and copy bandwidth.
 Ratios are computed from times of the same run. Writes speed.csv (the rows) and speed.json.
 """
@@ -43,7 +43,7 @@ class SpeedConfig:
     device: str = "auto"
     dtype: str = "auto"
     out: Path = Path("results/speed")
-    max_new_tokens: int = 8  # generated tokens per sample (exactly: the speed workload has no early stop)
+    max_new_tokens: int = 8
     repeat: int | None = None  # None: 3 on CUDA, 1 on the CPU
     max_batch: int | None = None  # batch search cap; None: 64 on CUDA, 4 on the CPU
     stage_batch: int = 16  # stage rows run at this batch and at the best generation batch
@@ -51,13 +51,15 @@ class SpeedConfig:
     workers: int | None = None  # e2e data workers; None: the runner's default
     threads: int | None = None  # CPU intra-op threads; None: torch's default
     profile: bool = False  # torch.profiler tables (top kernels) of generate and choice at the best batch
+    compile_decode: bool = False  # the decode step through torch.compile(mode="reduce-overhead") on CUDA
+    count_only: bool = False  # print the counted TFLOP per sample of every row, run nothing
     seed: int = 0
 
 
-# ---------------------------------------------------------------- the speed benchmark's calls into the model
+# ---------------------------------------------------------------- the bench's calls into the model
 
 def call_model(model, kind: str, work: "Workload", batch: int, new_tokens: int = 8):
-    """The speed benchmark's calls of the fast path: model.generate_prompts / choose_prompts over finished prompts."""
+    """The bench's calls of the fast path: model.generate / model.choose over (request, image) pairs."""
     images = work.images_for(model, batch)
     if kind == "generate":
         return generate_requests(model, work.generate_prompts(batch), images, new_tokens)
@@ -250,43 +252,83 @@ def correctness_check(model, work: Workload, new_tokens: int) -> dict:
             "tolerance": tol, "passed": rel <= tol and nll_rel <= tol}
 
 
-def run_speed(cfg: SpeedConfig) -> dict:
-    from flexeval.results.runinfo import environment_info
-    from flexeval.speed.end_to_end import run_end_to_end
-    from flexeval.speed.stages import cpu_stage_rows, stage_rows
-
-    t_build = time.perf_counter()
-    base = load_model(cfg)
-    build_s = time.perf_counter() - t_build
-    device = base.device
-    on_cuda = device.type == "cuda"
-    timer = Timer(device, cfg.repeat or (3 if on_cuda else 1))
-    cap = cfg.max_batch or (64 if on_cuda else 4)
-    work = Workload(base, cfg.seed)
-    models = variants(base)
-    main_sel = "center" if not cfg.model else ("attention" if base.cfg.has_hd else "none")
-    main = models[main_sel]
-    ceilings = device_ceilings(device, base.dtype, timer)
-    checks = [correctness_check(models[s], work, cfg.max_new_tokens) for s in dict.fromkeys([main_sel, "attention"])
-              if models.get(s) is not None]
+def timed_rows(models, main_sel, work, timer, cap, cfg, progress) -> tuple[list[dict], dict, dict]:
+    """Sections a, b and c: every kind and selection at b1 and the best batch, then the reference."""
     rows, search, bests = [], {}, {}
+    main = models[main_sel]
     for kind in ("generate", "choice"):
         best, search[kind] = best_batch(main, kind, work, timer, cap, cfg.max_new_tokens)
         bests[kind] = best
+        progress.say(f"batch search {kind} ({main_sel}): best batch {best} of {[t['batch'] for t in search[kind]]}")
         for sel in SELECTIONS:
             for label, b in [("b1", 1)] + ([("best", best)] if best > 1 else []):
                 if models[sel] is None:
                     rows.append({k: None for k in COLUMNS} | {"section": "b", "what": kind, "selection": sel,
                                                               "batch": b, "note": "plain LLaVA-1.5: no high-res"})
-                    continue
-                r = time_request(models[sel], sel, kind, work, timer, b, cfg.max_new_tokens, "a" if sel == main_sel else "b")
-                rows.append(r | {"label": label})
+                else:
+                    r = time_request(models[sel], sel, kind, work, timer, b, cfg.max_new_tokens,
+                                     "a" if sel == main_sel else "b")
+                    rows.append(r | {"label": label})
+                progress.row(rows[-1])
         # warm: the correctness check just ran the same reference kernels
         ref_s = timer(lambda k=kind: call_reference(main, k, work, cfg.max_new_tokens), repeat=max(1, timer.repeat // 2),
                       warmup=0)
         ref_row = next(r for r in rows if r["selection"] == main_sel and r.get("label") == "b1" and kind in r["what"])
         rows.append(speed_row("c", ref_row["what"], "reference", 1, ref_s, note=f"literal reference, {main_sel} selection")
                     | {"label": "b1"})
+        progress.row(rows[-1])
+    return rows, search, bests
+
+
+def e2e_rows(e2e: list[dict], main_sel: str) -> list[dict]:
+    return [speed_row("e", f"end to end: flexeval run, {e['benchmark']} ({e['items']} items)", main_sel, e["batch"],
+                     e["wall_s"] * e["batch"] / e["items"], ratio=e["mean_hd_selected_ratio"],
+                     note=f"{e['outside_model_fraction']:.0%} of wall time outside model calls"
+                     + (f"; GPU idle {e['gpu_idle_fraction']:.0%}" if e["gpu_idle_fraction"] is not None else ""))
+            for e in e2e]
+
+
+def start_progress(cfg: SpeedConfig):
+    """The plan line, printed before anything is loaded (a CPU run is silent for minutes otherwise)."""
+    from flexeval.speed.progress import Progress, planned_rows
+
+    one_batch = cfg.max_batch == 1  # then b1 is also the best batch and the stages run at 1
+    progress = Progress(planned_rows(len(SELECTIONS), one_batch, 1 if one_batch else 2, bool(cfg.e2e_items)))
+    progress.plan(f"load {cfg.model or 'random ' + cfg.arch}, measure the device ceilings, check fast vs reference, "
+                  f"search the best batch of generate and choice, time {len(SELECTIONS)} selections x 2 kinds "
+                  f"at b1 and the best batch, the reference, the stages"
+                  + (f", and {cfg.e2e_items} end-to-end items" if cfg.e2e_items else ""))
+    return progress
+
+
+def run_speed(cfg: SpeedConfig) -> dict:
+    from flexeval.results.runinfo import environment_info
+    from flexeval.speed.end_to_end import run_end_to_end
+    from flexeval.speed.stages import cpu_stage_rows, stage_rows
+
+    progress = start_progress(cfg)
+    t_build = time.perf_counter()
+    base = load_model(cfg)
+    base.compile_decode = cfg.compile_decode
+    build_s = time.perf_counter() - t_build
+    device = base.device
+    on_cuda = device.type == "cuda"
+    progress.say(f"model built on {device} in {build_s:.1f} s")
+    timer = Timer(device, cfg.repeat or (3 if on_cuda else 1))
+    cap = cfg.max_batch or (64 if on_cuda else 4)
+    work = Workload(base, cfg.seed)
+    models = variants(base)
+    for m in filter(None, models.values()):
+        m.compile_decode = cfg.compile_decode
+    main_sel = "center" if not cfg.model else ("attention" if base.cfg.has_hd else "none")
+    main = models[main_sel]
+    ceilings = device_ceilings(device, base.dtype, timer)
+    progress.say(f"ceilings: matmul {ceilings['matmul_tflops']:.3g} TFLOP/s, copy {ceilings['copy_gb_per_s']:.3g} GB/s")
+    checks = [correctness_check(models[s], work, cfg.max_new_tokens) for s in dict.fromkeys([main_sel, "attention"])
+              if models.get(s) is not None]
+    for ch in checks:
+        progress.say(f"check fast vs reference ({ch['selection']}): {'PASS' if ch['passed'] else 'FAIL'}")
+    rows, search, bests = timed_rows(models, main_sel, work, timer, cap, cfg, progress)
     profiles = {}
     if cfg.profile:
         Path(cfg.out).mkdir(parents=True, exist_ok=True)
@@ -295,15 +337,17 @@ def run_speed(cfg: SpeedConfig) -> dict:
             path.write_text(profile_table(lambda k=kind, bb=b: call_model(main, k, work, bb, cfg.max_new_tokens), device))
             profiles[kind] = str(path)
     add_ratios(rows)
-    rows += cpu_stage_rows(main, work, timer.repeat)
+    for r in cpu_stage_rows(main, work, timer.repeat):
+        rows.append(r)
+        progress.row(r)
     for b in sorted({min(cfg.stage_batch, cap), bests["generate"]}):  # the decode target is at 16, prefill's at best
-        rows += stage_rows(main, work, timer, b, cfg.max_new_tokens, ceilings)
+        for r in stage_rows(main, work, timer, b, cfg.max_new_tokens, ceilings):
+            rows.append(r)
+            progress.row(r)
     e2e = run_end_to_end(main, Path(cfg.out), cfg.e2e_items, bests, cfg.workers, cfg.max_new_tokens) if cfg.e2e_items else []
-    for e in e2e:
-        rows.append(speed_row("e", f"end to end: flexeval run, {e['benchmark']} ({e['items']} items)", main_sel, e["batch"],
-                         e["wall_s"] * e["batch"] / e["items"], ratio=e["mean_hd_selected_ratio"],
-                         note=f"{e['outside_model_fraction']:.0%} of wall time outside model calls"
-                              + (f"; GPU idle {e['gpu_idle_fraction']:.0%}" if e["gpu_idle_fraction"] is not None else "")))
+    for r in e2e_rows(e2e, main_sel):
+        rows.append(r)
+        progress.row(r)
     info = {"device": torch.cuda.get_device_name(device) if on_cuda else "cpu", "dtype": str(base.dtype)[6:],
             "model": base.source, "build_s": build_s, "repeat": timer.repeat, "batch_cap": cap,
             "cpu_threads": torch.get_num_threads(),
@@ -312,11 +356,19 @@ def run_speed(cfg: SpeedConfig) -> dict:
     for r in rows:
         r.pop("label", None)
     return {"info": info, "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()},
-            "environment": environment_info(), "ceilings": ceilings, "checks": checks, "batch_search": search, "profiles": profiles,
-            "end_to_end": e2e, "rows": rows}
+            "environment": environment_info(), "ceilings": ceilings, "checks": checks, "batch_search": search,
+            "profiles": profiles, "end_to_end": e2e, "rows": rows}
 
 
 def main(cfg: SpeedConfig) -> dict:
+    if cfg.count_only:
+        from flexeval.speed.count_only import count_rows, format_counts
+
+        res = count_rows(cfg.arch, cfg.max_new_tokens)
+        print(format_counts(res))
+        return res
+    if cfg.compile_decode and not str(cfg.device).startswith("cuda"):
+        raise FlexEvalError("--compile captures the decode step with CUDA graphs: it needs --device cuda")
     if cfg.max_new_tokens < 3:
         raise FlexEvalError(f"--max-new-tokens {cfg.max_new_tokens}: at least 3 are needed to time a whole decode step")
     threads = torch.get_num_threads()
@@ -328,5 +380,5 @@ def main(cfg: SpeedConfig) -> dict:
         torch.set_num_threads(threads)
     print(format_table(res))
     csv_path, json_path = write_results(res, Path(cfg.out))
-    print(f"speed table: {csv_path} and {json_path}")
+    print(f"bench table: {csv_path} and {json_path}")
     return res

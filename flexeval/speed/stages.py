@@ -1,5 +1,5 @@
-"""The stages of one sample on the device, timed inside one generate call: CLIP, prefill and a decode
-step (with the decode step's memory floor), plus JPEG decode + preprocess on one CPU thread."""
+"""The stage rows of `flexeval speed` (section d): JPEG decode + preprocess, CLIP, prefill and one
+decode step, the last two timed inside one generate call from the starts of the layer-loop calls."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from flexeval.speed.flops import (
     highres_flops,
     llm_flops,
 )
-from flexeval.speed.measure import Workload, call_model, request_shape
+from flexeval.speed.measure import call_model, request_shape
 from flexeval.speed.report import speed_row
 
 
@@ -41,7 +41,7 @@ def layer_call_marks(device):
         marks.append(mark(device))
 
 
-def cpu_stage_rows(model, work: Workload, repeat: int) -> list[dict]:
+def cpu_stage_rows(model, work, repeat: int) -> list[dict]:
     """JPEG decode + preprocess of each image size on one CPU thread, as in a data worker."""
     cpu = Timer(torch.device("cpu"), repeat)
     threads = torch.get_num_threads()
@@ -53,7 +53,7 @@ def cpu_stage_rows(model, work: Workload, repeat: int) -> list[dict]:
         torch.set_num_threads(threads)
 
 
-def stage_rows(model, work: Workload, timer, batch: int, new_tokens: int, ceilings: dict) -> list[dict]:
+def stage_rows(model, work, timer, batch: int, new_tokens: int, ceilings: dict) -> list[dict]:
     """CLIP, prefill and one decode step of `model`'s selection at `batch`. Prefill and decode
     step are the intervals between the starts of the layer-loop calls inside one generate call
     (each interval: the layers, the lm_head, the argmax and the step's host work)."""
