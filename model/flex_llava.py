@@ -258,7 +258,7 @@ class FlexLlava:
         b, t, _ = batch.embeds.shape
         hires_images = self._hires_images(images, hd_feats, batch, ids_list)
         cache = self._new_cache(b, t + max(max_new))
-        hires = self._hires(hires_images, 1, batch.positions[:, -1:], new_hires_cache(self, b))
+        hires = self._hires(hires_images, 1, batch.positions[:, -1:], kv_cache=new_hires_cache(self, b))
         hidden = self.lm.model(batch.embeds, *self._rope(batch.positions), cache,
                                self._prefill_visible(batch.valid), hires)
         prefill_logits = self.lm.lm_head(hidden) if return_prefill_logits else None

@@ -70,7 +70,7 @@ def test_blocks_are_the_selection_cells_at_every_zoom(n_cells):
 @pytest.mark.parametrize("selection", ["attention", "center", "all"])
 def test_cached_generation_equals_the_reference_batched_alone_and_with_early_eos(selection, variant, samples,
                                                                                release_images, caches):
-    prompts, images = [samples[i].prompt for i in IDX], [release_images[i] for i in IDX]
+    prompts, images = [samples[i].asked for i in IDX], [release_images[i] for i in IDX]
     plain = _model(variant, selection).generate(gen_items(prompts, images, N_NEW))
     eos = plain[0].token_ids[2]  # the first sample stops after 3 tokens
     assert any(eos not in r.token_ids for r in plain[1:]), [r.token_ids for r in plain]
@@ -79,7 +79,7 @@ def test_cached_generation_equals_the_reference_batched_alone_and_with_early_eos
     assert len(batched[0].token_ids) == plain[0].token_ids.index(eos) + 1 < N_NEW
     for b, i in enumerate(IDX):
         alone = m.generate(gen_items([prompts[b]], [images[b]], N_NEW))[0]
-        ref_ids, _ = reference.generate(m, prompts[b], images[b], N_NEW)
+        ref_ids, _ = reference.generate(m, samples[i].prompt, images[b], N_NEW)
         assert batched[b].token_ids == alone.token_ids == ref_ids, (selection, samples[i].name)
         assert batched[b].hd_selected_ratio == pytest.approx(alone.hd_selected_ratio, abs=1e-7)
     assert caches and all(c.mode == selection and c.fallbacks == 0 for c in caches)
@@ -96,7 +96,7 @@ def test_center_projects_once_per_sample_and_layer(variant, samples, release_ima
     hd_layers = m.cfg.num_layers - m.options.select_layer - 1
     centre = int(center_selection(1, 1, 72, "cpu").sum())
     for b in (1, 2):
-        prompts, images = [samples[0].prompt] * b, [release_images[0]] * b
+        prompts, images = [samples[0].asked] * b, [release_images[0]] * b
         one, _ = _projected(m, prompts, images, 1)
         eight, toks = _projected(m, prompts, images, 8)
         assert len(toks[0]) == 8
@@ -105,7 +105,7 @@ def test_center_projects_once_per_sample_and_layer(variant, samples, release_ima
 
 @pytest.mark.parametrize("selection", ["attention", "random"])
 def test_blocks_are_projected_once_and_a_full_budget_falls_back(selection, variant, samples, release_images, caches):
-    prompts, images = [samples[i].prompt for i in IDX], [release_images[i] for i in IDX]
+    prompts, images = [samples[i].asked for i in IDX], [release_images[i] for i in IDX]
     cached, toks = _projected(_model(variant, selection), prompts, images, N_NEW)
     uncached, toks0 = _projected(_model(variant, selection, budget=0), prompts, images, N_NEW)
     m = _model(variant, selection)
@@ -129,7 +129,7 @@ def syncs_raise():
 
 @pytest.mark.parametrize("selection", ["center", "all", "none"])
 def test_a_decode_step_reads_nothing_back_on_the_host(selection, variant, samples, release_images, syncs_raise):
-    prompts, images = [samples[i].prompt for i in IDX], [release_images[i] for i in IDX]
+    prompts, images = [samples[i].asked for i in IDX], [release_images[i] for i in IDX]
     m = _model(variant, selection)
     got = m.generate(gen_items(prompts, images, 4))
     want = variant(selection=selection).generate(gen_items(prompts, images, 4))  # the CPU loop, early exit
@@ -140,7 +140,7 @@ def test_a_decode_step_reads_nothing_back_on_the_host(selection, variant, sample
 def test_the_sync_guard_catches_the_block_cache_count(variant, samples, release_images, syncs_raise):
     """Attention selection still asks the host how many blocks are new (one sync per high-res layer)."""
     with pytest.raises(HostSync):
-        _model(variant, "attention").generate(gen_items([samples[0].prompt], [release_images[0]], 3))
+        _model(variant, "attention").generate(gen_items([samples[0].asked], [release_images[0]], 3))
 
 
 def test_decode_check_reports_no_sync_for_the_static_path():
@@ -156,7 +156,7 @@ def test_done_is_read_back_only_between_steps_and_the_output_is_the_same(every, 
     import flexeval.model.decode as decode
     from flexeval.model.llama import Backbone
 
-    first = _model(variant, "center").generate(gen_items([samples[0].prompt], [release_images[0]], 2))[0].token_ids
+    first = _model(variant, "center").generate(gen_items([samples[0].asked], [release_images[0]], 2))[0].token_ids
     m = _model(variant, "center", eos=first[1])
     monkeypatch.setattr(decode, "done_check_every", lambda model: every)
     n = [0]
@@ -167,7 +167,7 @@ def test_done_is_read_back_only_between_steps_and_the_output_is_the_same(every, 
         return inner(self, *args, **kw)
 
     monkeypatch.setattr(Backbone, "forward", counted)
-    got = m.generate(gen_items([samples[0].prompt], [release_images[0]], 8))[0].token_ids
+    got = m.generate(gen_items([samples[0].asked], [release_images[0]], 8))[0].token_ids
     assert got == first and n[0] == calls  # the prefill and the steps run
 
 
@@ -181,7 +181,7 @@ def test_the_static_step_compiles_as_one_graph_for_every_step(variant, samples, 
 
     torch._dynamo.reset()
     m = _model(variant, "center")
-    items = gen_items([samples[i].prompt for i in IDX[:2]], [release_images[i] for i in IDX[:2]], 4)
+    items = gen_items([samples[i].asked for i in IDX[:2]], [release_images[i] for i in IDX[:2]], 4)
     eager = [r.token_ids for r in m.generate(items)]
     inner = decode.step_function
     monkeypatch.setattr(decode, "step_function", lambda model, trace_cls: torch.compile(
