@@ -69,6 +69,7 @@ def run(
     min_pixels: Optional[int] = typer.Option(None, "--min-pixels", help="transformers image processors with a pixel budget (Qwen-VL): lower bound"),
     max_pixels: Optional[int] = typer.Option(None, "--max-pixels", help="transformers image processors with a pixel budget (Qwen-VL): upper bound"),
     image_option: Optional[list[str]] = typer.Option(None, "--image-option", help=IMAGE_OPTION_HELP),
+    peer_timeout: Optional[float] = typer.Option(None, "--peer-timeout", help="multi-process: stop the run when a rank finishes no batch for max(this, 5 x the longest batch) seconds (default: FLEXEVAL_PEER_TIMEOUT_S or 60)"),
 ) -> None:
     """Evaluate a model on a benchmark; writes predictions.jsonl, accuracy.csv and run.json."""
     from flexeval.evaluate import RunConfig, run_benchmarks
@@ -89,7 +90,8 @@ def run(
                         max_new_tokens=max_new_tokens, max_image_pixels=max_image_pixels,
                         max_non_finite=max_non_finite, offset=offset, ids_file=ids, question_style=question_style,
                         model_kind=model_kind, recipe=recipe, trust_remote_code=trust_remote_code,
-                        min_pixels=min_pixels, max_pixels=max_pixels, image_options=tuple(image_option or ()))
+                        min_pixels=min_pixels, max_pixels=max_pixels, image_options=tuple(image_option or ()),
+                        peer_timeout=peer_timeout)
         if check:
             _check(cfg)
             return
