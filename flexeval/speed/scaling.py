@@ -70,7 +70,8 @@ def _options(argv):
     ap.add_argument("--items", type=int, default=12, help="generated items per V* subset")
     ap.add_argument("--batch-size", default="2")
     ap.add_argument("--threads-per-rank", type=int, default=1, help="OMP threads per rank")
-    ap.add_argument("--pad-weights-gb", type=float, default=0.0, help="add a file this big to the tiny checkpoint")
+    ap.add_argument("--pad-weights-gb", type=float, default=0.0, help="add a file this big to the tiny checkpoint "
+                    "(not with --model)")
     ap.add_argument("--repeat", type=int, default=1, help="runs per world size (the later ones: digests cached)")
     ap.add_argument("--json", type=Path, help="also write the figures here")
     return ap.parse_args(argv)
@@ -85,7 +86,7 @@ def main(argv: list[str] | None = None) -> None:
         if model is None or data is None:
             tiny, sample = _prepare(root, args.items)
             model, data = model or tiny, data or sample
-        if args.pad_weights_gb:
+        if args.pad_weights_gb and args.model is None:  # only into the tiny checkpoint built here
             with open(Path(model) / "padding.bin", "wb") as f:  # sparse: no disk I/O, the CPU hashes it all
                 f.truncate(int(args.pad_weights_gb * (1 << 30)))
         rows = [run_world(n, model, data, root / f"out{n}-{k}", args.device, args.batch_size, args.bench,
