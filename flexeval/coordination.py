@@ -34,7 +34,7 @@ from flexeval.errors import FlexEvalError
 FACTOR = 5.0  # a batch may take this many times the longest batch measured before its rank is "stuck"
 CHECK_EVERY_S = 1.0  # the watcher's period: world_size requests a second on the store, whatever the size
 GRACE_S = 10.0  # after an error, how long a main thread may stay in a model call before the process exits
-POLL_S = 0.1  # waits (start, share, finish) look this often
+POLL_S = 0.25  # waits (start, share, finish) look this often
 
 
 class Board:

@@ -28,6 +28,7 @@ import os
 import socket
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -35,7 +36,7 @@ from pathlib import Path
 from flexeval.coordination import Board
 from flexeval.errors import FlexEvalError
 from flexeval.results.digests import file_key, remember, sha256_file
-from flexeval.results.store import fingerprint
+from flexeval.results.store import PredictionStore, fingerprint
 from flexeval.sharding import Share, item_cost, rank_share
 
 PEER_TIMEOUT_ENV = "FLEXEVAL_PEER_TIMEOUT_S"  # the floor of the progress bound (coordination.py)
@@ -193,10 +194,10 @@ class Cluster:
 class RankStatus:
     """One rank's part in one benchmark: its progress into the store, the wait for the others."""
 
-    def __init__(self, cluster: Cluster, stats: dict):
-        self.cluster, self.board, self.info = cluster, cluster.board, {
-            "host": cluster.host, "device": cluster.device, **stats,
-            "startup_s": round(time.time() - process_start_unix(), 3)}
+    def __init__(self, cluster: Cluster, stats: dict, shard: Path):
+        self.cluster, self.board, self.shard = cluster, cluster.board, Path(shard)
+        self.info = {"host": cluster.host, "device": cluster.device, **stats,
+                     "startup_s": round(time.time() - process_start_unix(), 3)}
         self._t0 = self._last = time.monotonic()
 
     def progress(self, done_items: int) -> None:
@@ -206,11 +207,29 @@ class RankStatus:
         self._last = now
 
     def finish(self, **stats) -> list[dict]:
-        """Mark this rank done and wait for all; every rank's record, ordered by rank."""
-        self.info.update(wall_s=round(time.monotonic() - self._t0, 3), finished_unix=round(time.time(), 3), **stats)
+        """Mark this rank done and wait for all; every rank's record, ordered by rank. Rank 0 checks
+        that it sees every rank's shard as written (`--out` shared by all nodes)."""
+        self.info.update(wall_s=round(time.monotonic() - self._t0, 3), finished_unix=round(time.time(), 3),
+                         shard_bytes=_size(self.shard), **stats)
         if self.board is None:
             return [{"rank": 0, **self.info}]
-        return self.board.finish(self.info)
+        infos = self.board.finish(self.info)
+        if self.cluster.is_main:
+            for info in infos:
+                shard = self.shard.with_name(self.shard.name.replace(f".rank{self.cluster.rank}.", f".rank{info['rank']}."))
+                if _size(shard) < info["shard_bytes"]:
+                    raise FlexEvalError(
+                        f"rank {info['rank']} on {info['host']} wrote {info['shard_bytes']} bytes to {shard}, but rank 0 "
+                        f"on {self.cluster.host} sees {_size(shard)}: --out must be one folder every node sees (a "
+                        "shared filesystem); the finished predictions are in that node's copy")
+        return infos
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
 
 
 def share_digests(cluster: Cluster, paths: list, sample_lists=()) -> None:
@@ -223,14 +242,15 @@ def share_digests(cluster: Cluster, paths: list, sample_lists=()) -> None:
     images = [s.image for samples in sample_lists for s in samples if isinstance(s.image, (str, os.PathLike))]
     files = sorted({os.path.realpath(p) for p in [*paths, *images]})
 
-    def digests() -> dict:
-        table = {}
-        for p in files:
-            try:
-                table[p] = [*file_key(p)[1:3], sha256_file(p)]
-            except OSError:
-                continue  # a missing image: the benchmark reports it
-        return table
+    def entry(p: str) -> list | None:
+        try:
+            return [*file_key(p)[1:3], sha256_file(p)]
+        except OSError:
+            return None  # a missing image: the benchmark reports it
+
+    def digests() -> dict:  # hashlib releases the GIL: checkpoint shards and images hash in parallel
+        with ThreadPoolExecutor(max_workers=max(1, min(8, os.cpu_count() or 1))) as pool:
+            return {p: e for p, e in zip(files, pool.map(entry, files)) if e is not None}
 
     table = cluster.board.share("file digests", digests)
     for p in files:
@@ -298,12 +318,13 @@ def take_share(cluster: Cluster, bench_dir: Path, config_fp: str, keys: list[str
     """Check that all ranks agree on the work (and on --out), then this rank's cost-balanced share."""
     if cluster.board is not None:
         cluster.board.agree({"config": config_fp, "items": fingerprint(keys), "pending": fingerprint(pending),
-                             "batch_size": batch_size, "out": str(Path(bench_dir).resolve())})
+                             "batch_size": batch_size})
     costs = [0.0] * len(keys)
     for i in pending:
         costs[i] = item_cost(requests[i], samples[i].image)
     share = rank_share(pending, costs, batch_size, cluster.world_size, cluster.rank)
-    status = RankStatus(cluster, {"items": len(share.items), "estimated_cost": share.estimated_cost})
+    shard = PredictionStore(bench_dir, config_fp, cluster.rank, cluster.world_size).shard_path  # nothing opened
+    status = RankStatus(cluster, {"items": len(share.items), "estimated_cost": share.estimated_cost}, shard)
     if cluster.world_size > 1:
         print(f"[rank {cluster.rank} on {cluster.host}, {cluster.device}] {len(share.items)} of {len(pending)} "
               f"pending items, estimated cost {share.estimated_cost:g} (ranks: {share.costs_by_rank})",

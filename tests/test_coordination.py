@@ -203,3 +203,53 @@ def test_a_rank_that_never_reaches_the_start_is_named_after_the_start_timeout():
     finally:
         me.close()
         other.close()
+
+
+def test_rank_0_refuses_to_merge_shards_it_cannot_see(tmp_path):
+    from flexeval.distributed import RankStatus
+
+    boards = _boards()
+    try:
+        _together(boards, lambda b: b.agree({"config": "c"}))
+        statuses = []
+        for b in boards:  # each "node" has its own --out: rank 1's shard is not in rank 0's folder
+            shard = tmp_path / f"node{b.rank}" / "shards" / f"cfg.rank{b.rank}.jsonl"
+            shard.parent.mkdir(parents=True)
+            shard.write_bytes(b'{"key": "k"}\n' * (b.rank + 1))
+            cluster = SimpleNamespace(board=b, rank=b.rank, host=b.host, device="cpu", is_main=b.rank == 0)
+            statuses.append(RankStatus(cluster, {"items": 1, "estimated_cost": 1.0}, shard))
+        results = _together(statuses, lambda s: s.finish(model_s=0.5))
+        assert isinstance(results[1], list) and results[1][1]["shard_bytes"] == 26
+        assert isinstance(results[0], FlexEvalError)
+        assert "rank 1 on node1 wrote 26 bytes to" in str(results[0]) and "but rank 0 on node0 sees 0" in \
+            str(results[0]) and "--out must be one folder every node sees" in str(results[0])
+    finally:
+        for b in boards:
+            b.close()
+
+
+def test_sixty_four_ranks_start_progress_and_finish_through_one_tcp_store():
+    """64 ranks (threads here, each with its own store connection as a process would have) on a real
+    TCPStore: the start agreement, 3 batches each, and the end; every rank gets every record."""
+    from datetime import timedelta
+
+    server = dist.TCPStore("127.0.0.1", 0, None, True, timeout=timedelta(seconds=60))
+    world = 64
+    boards = [Board(dist.PrefixStore("flexeval/r0", dist.TCPStore("127.0.0.1", server.port, None, False,
+                                                                  timeout=timedelta(seconds=60))),
+                    r, world, f"node{r // 8}", 60.0, 60.0, "test store") for r in range(world)]
+
+    def rank(b):
+        b.agree({"config": "c", "items": "same"})
+        for k in range(3):
+            b.progress(items=2 * (k + 1), batch_s=0.01 * (b.rank + 1))
+        return b.finish({"items": 6, "wall_s": 1.0})
+
+    try:
+        results = _together(boards, rank)
+        for got in results:
+            assert [(i["rank"], i["batches"], i["state"]) for i in got] == [(r, 3, "done") for r in range(world)]
+            assert got[63]["max_batch_s"] == 0.64 and got[63]["host"] == "node7"
+    finally:
+        for b in boards:
+            b.close()
