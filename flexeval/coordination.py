@@ -13,7 +13,8 @@ it. Keys, under `flexeval/r<restart>/` (a torchrun restart starts afresh):
 
 Liveness is by progress, not by a heartbeat: a watcher thread in every rank reads every peer's
 progress every CHECK_EVERY_S (one request) and names a rank that finished no batch for longer than
-the bound: max(floor, FACTOR x the longest batch any rank has measured), the floor being
+the bound: max(floor, FACTOR x the longest batch any rank has measured; first batches, which warm
+up, count only for a rank still in its first), the floor being
 --peer-timeout / FLEXEVAL_PEER_TIMEOUT_S (default 60 s). The rank that sees it publishes the error;
 every rank's watcher sees the `failed` counter; a main thread stops at its next batch with that
 error, and one blocked inside a model call (a hung rank) is ended by its own watcher GRACE_S later.
@@ -49,7 +50,7 @@ class Board:
         self.seq, self.shared = -1, 0
         self.published = False  # this rank's error is in the store
         self._watching: int | None = None
-        self._mine = {"state": "running", "batches": 0, "items": 0, "max_batch_s": 0.0}
+        self._mine: dict = {}
         self._seen: dict[int, tuple[str, float]] = {}
         self._quit = threading.Event()
         self._thread = threading.Thread(target=self._watch_loop, name="flexeval-watch", daemon=True)
@@ -92,8 +93,8 @@ class Board:
         """Wait for every rank at the start of this benchmark; raise if one sees other facts."""
         self.seq += 1
         b = f"b{self.seq}"
-        self._mine = {"state": "running", "batches": 0, "items": 0, "max_batch_s": 0.0, "host": self.host,
-                      "pid": os.getpid()}
+        self._mine = {"state": "running", "batches": 0, "items": 0, "first_batch_s": 0.0, "max_batch_s": 0.0,
+                      "host": self.host, "pid": os.getpid()}
         self.store.set(f"{b}/progress/{self.rank}", json.dumps(self._mine))
         self.store.set(f"{b}/facts/{self.rank}", json.dumps({"host": self.host, "facts": facts}))
         self.store.add(f"{b}/arrived", 1)
@@ -114,8 +115,12 @@ class Board:
 
     def progress(self, items: int, batch_s: float) -> None:
         """This rank finished a batch (`items` done so far; the batch took `batch_s`)."""
-        self._mine.update(batches=self._mine["batches"] + 1, items=items,
-                          max_batch_s=round(max(self._mine["max_batch_s"], batch_s), 3))
+        first = self._mine["batches"] == 0  # the first batch also warms up (kernels, caches): kept apart
+        self._mine.update(batches=self._mine["batches"] + 1, items=items)
+        if first:
+            self._mine["first_batch_s"] = round(batch_s, 3)
+        else:
+            self._mine["max_batch_s"] = round(max(self._mine["max_batch_s"], batch_s), 3)
         self.store.set(f"b{self.seq}/progress/{self.rank}", json.dumps(self._mine))
         self.check()
 
@@ -161,14 +166,19 @@ class Board:
 
     # ---------------------------------------------------------------- the watcher thread
 
-    def bound(self, infos: list[dict]) -> float:
-        """How long a running rank may go without finishing a batch."""
-        return max(self.floor_s, FACTOR * max((i.get("max_batch_s") or 0.0) for i in infos))
+    def bound(self, infos: list[dict], peer: dict) -> float:
+        """How long `peer` may go without finishing a batch: FACTOR x the longest first batch any rank
+        measured while it has none, else the longest later batch (the first where there is none yet);
+        never under the floor."""
+        firsts = max(i.get("first_batch_s") or 0.0 for i in infos)
+        later = max(i.get("max_batch_s") or 0.0 for i in infos)
+        longest = firsts if peer.get("batches", 0) == 0 or not later else later
+        return max(self.floor_s, FACTOR * longest)
 
     def stale_peer(self, infos: list[dict], now: float) -> str | None:
         """A sentence naming the first running peer whose progress has not moved within the bound."""
-        bound = self.bound(infos)
         for r, info in enumerate(infos):
+            bound = self.bound(infos, info)
             mark = json.dumps([info["state"], info["batches"]])
             if self._seen.get(r, ("", 0.0))[0] != mark:
                 self._seen[r] = (mark, now)
@@ -178,7 +188,7 @@ class Board:
                 return (f"rank {r} on {info.get('host')} (pid {info.get('pid')}) finished no batch for "
                         f"{silent:.0f} s (after {info['batches']} batches; the bound is {bound:.0f} s: "
                         f"max(--peer-timeout/FLEXEVAL_PEER_TIMEOUT_S = {self.floor_s:g} s, {FACTOR:g} x the "
-                        "longest batch)): it is hung in a model call, frozen, or its node is lost")
+                        "longest batch of any rank)): it is hung in a model call, frozen, or its node is lost")
         return None
 
     def _look(self) -> str | None:
@@ -192,7 +202,7 @@ class Board:
             return None
         stale = self.stale_peer(infos, time.monotonic())
         if stale is not None:
-            self.fail(f"stopped by rank {self.rank}: {stale}")
+            self.fail(stale)  # the peers read "rank <me> on <host> (pid) stopped the run: <stale>"
         return stale
 
     def _watch_loop(self) -> None:

@@ -271,7 +271,7 @@ def share_digests(cluster: Cluster, paths: list, sample_lists=()) -> None:
 def rank_summary(infos: list[dict]) -> dict:
     """run.json's "distributed" block: per rank items, estimated cost, wall time; the finish spread."""
     keep = ("rank", "host", "device", "items", "estimated_cost", "startup_s", "wall_s", "model_s", "batches",
-            "max_batch_s", "finished_unix")
+            "first_batch_s", "max_batch_s", "finished_unix")
     ranks = [{k: i.get(k) for k in keep} for i in infos]
     finished = [i["finished_unix"] for i in infos]
     costs = [i["estimated_cost"] for i in infos]

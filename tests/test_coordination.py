@@ -60,10 +60,13 @@ def test_ranks_that_see_different_data_are_refused_at_the_start():
 def test_the_bound_follows_the_longest_batch_above_the_floor_and_names_the_stuck_rank():
     me = _boards(floor=4.0)[0]
     me.close()
-    running = {"state": "running", "batches": 3, "host": "node1", "pid": 4242, "max_batch_s": 0.5}
-    infos = [{"state": "done", "batches": 6, "max_batch_s": 2.5}, running]
-    assert me.bound(infos) == pytest.approx(coordination.FACTOR * 2.5)  # 12.5 s: above the 4 s floor
-    assert me.bound([running]) == 4.0  # short batches: the floor
+    running = {"state": "running", "batches": 3, "host": "node1", "pid": 4242, "first_batch_s": 9.0,
+               "max_batch_s": 0.5}
+    infos = [{"state": "done", "batches": 6, "first_batch_s": 3.0, "max_batch_s": 2.5}, running]
+    assert me.bound(infos, running) == pytest.approx(coordination.FACTOR * 2.5)  # 12.5 s: later batches
+    starting = {"state": "running", "batches": 0}
+    assert me.bound(infos + [starting], starting) == pytest.approx(coordination.FACTOR * 9.0)  # first batches
+    assert me.bound([running | {"first_batch_s": 0.1}], running) == 4.0  # short batches: the floor
     assert me.stale_peer(infos, now=100.0) is None  # first look
     assert me.stale_peer(infos, now=112.0) is None  # 12 s < 12.5 s
     moved = [infos[0], running | {"batches": 4}]
@@ -71,7 +74,7 @@ def test_the_bound_follows_the_longest_batch_above_the_floor_and_names_the_stuck
     assert me.stale_peer(moved, now=124.0) is None
     message = me.stale_peer(moved, now=125.0)
     assert message.startswith("rank 1 on node1 (pid 4242) finished no batch for 13 s (after 4 batches; "
-                               "the bound is 12 s")
+                              "the bound is 12 s")
     done = [infos[0], running | {"batches": 4, "state": "done"}]
     assert me.stale_peer(done, now=500.0) is None  # a finished rank is never stuck
 
@@ -102,11 +105,11 @@ def test_a_rank_blocked_in_a_model_call_is_ended_by_its_own_watcher(monkeypatch)
     boards = _boards()
     try:
         _together(boards, lambda b: b.agree({"config": "c"}))
-        boards[0].fail("stopped by rank 0: rank 1 finished no batch for 61 s")
+        boards[0].fail("rank 1 on node1 (pid 7) finished no batch for 61 s")
         deadline = time.monotonic() + 10
         while not exits and time.monotonic() < deadline:  # rank 1's main thread never looks (it is "hung")
             time.sleep(0.02)
-        assert exits[:1] == [1] and "rank 1 finished no batch" in boards[1].error
+        assert exits[:1] == [1] and "stopped the run: rank 1 on node1 (pid 7) finished no batch" in boards[1].error
     finally:
         for b in boards:
             b.close()
@@ -117,10 +120,12 @@ def test_finish_waits_for_every_rank_and_returns_their_records():
     try:
         _together(boards, lambda b: b.agree({"config": "c"}))
         boards[1].progress(items=2, batch_s=0.25)
+        boards[1].progress(items=4, batch_s=0.125)
         infos = _together(boards, lambda b: b.finish({"items": 2 + b.rank, "wall_s": 1.5}))
         assert infos[0] == infos[1]
         assert [(i["rank"], i["items"], i["state"]) for i in infos[0]] == [(0, 2, "done"), (1, 3, "done")]
-        assert infos[0][1]["max_batch_s"] == 0.25 and infos[0][1]["host"] == "node1"
+        assert infos[0][1]["first_batch_s"] == 0.25 and infos[0][1]["max_batch_s"] == 0.125
+        assert infos[0][1]["host"] == "node1" and infos[0][1]["batches"] == 2
     finally:
         for b in boards:
             b.close()
@@ -242,14 +247,14 @@ def test_sixty_four_ranks_start_progress_and_finish_through_one_tcp_store():
     def rank(b):
         b.agree({"config": "c", "items": "same"})
         for k in range(3):
-            b.progress(items=2 * (k + 1), batch_s=0.01 * (b.rank + 1))
+            b.progress(items=2 * (k + 1), batch_s=0.01 * (b.rank + 1) + k)
         return b.finish({"items": 6, "wall_s": 1.0})
 
     try:
         results = _together(boards, rank)
         for got in results:
             assert [(i["rank"], i["batches"], i["state"]) for i in got] == [(r, 3, "done") for r in range(world)]
-            assert got[63]["max_batch_s"] == 0.64 and got[63]["host"] == "node7"
+            assert got[63]["first_batch_s"] == 0.64 and got[63]["max_batch_s"] == 2.64 and got[63]["host"] == "node7"
     finally:
         for b in boards:
             b.close()

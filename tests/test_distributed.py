@@ -26,6 +26,9 @@ from flexeval.evaluate import RunConfig, run_benchmarks
 from flexeval.model.tiny import make_tiny_model
 
 BATCH = "2"
+# the progress bound's floor in the fault tests: low enough for short tests, high enough that a rank
+# starved of CPU on a busy 2-core machine (its first batch took 3 s at a load of 9) is not "stuck"
+FLOOR = "10"
 HANG_SCRIPT = Path(__file__).parent / "helpers" / "hang_rank.py"
 
 
@@ -114,7 +117,7 @@ def _wait(cond, launches, timeout=240, what="the ranks to write"):
         for launch in launches:
             assert launch.proc.poll() is None, launch.log
         time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
+    raise AssertionError(f"timed out waiting for {what}" + "".join(f"\n{launch.log}" for launch in launches))
 
 
 def _shard_keys(bench_dir: Path) -> list[str]:
@@ -170,12 +173,12 @@ def test_a_lost_node_ends_the_job_and_one_node_at_three_ranks_then_one_process_c
     root, model_dir, data, one = env
     out = root / "lost"
     bench_dir = out / "tiny" / "vstar"
-    nodes = _two_nodes(env, out, "flexeval-lost-node", peer_timeout="2")
+    nodes = _two_nodes(env, out, "flexeval-lost-node", peer_timeout=FLOOR)
     workers = _wait(lambda: [n.workers() for n in nodes] if all(n.workers() for n in nodes) else None, nodes,
                     what="both workers")
     (lost_rank, lost_pid), = workers[1].items()  # the node that does not host the store
-    _wait(lambda: _written(bench_dir) == {0, 1}, nodes)
-    os.kill(lost_pid, signal.SIGSTOP)  # before it can finish its share
+    _wait(lambda: lost_rank in _written(bench_dir), nodes)
+    os.kill(lost_pid, signal.SIGSTOP)  # before it can finish its share (polled fast)
     nodes[1].kill()  # the node: its agent and its worker
     assert nodes[0].finish(timeout=120) != 0  # ends by itself: the lost rank's progress stopped
     assert re.search(rf"rank {lost_rank} on \S+ \(pid {lost_pid}\) finished no batch", nodes[0].log), nodes[0].log
@@ -205,7 +208,8 @@ def test_a_dead_rank_is_torchruns_to_stop_and_its_finished_batches_are_kept(env)
     out = root / "dead"
     bench_dir = out / "tiny" / "vstar"
     job = Launch(env, out, 2, peer_timeout="120")  # flexeval's own bound is far away: torchrun must act
-    pid = _wait(lambda: job.workers().get(1) if 1 in _written(bench_dir) else None, [job])
+    pid = _wait(lambda: job.workers().get(1), [job], what="the workers")
+    _wait(lambda: 1 in _written(bench_dir), [job])  # polled fast: rank 1 must not finish its share first
     os.kill(pid, signal.SIGKILL)
     killed = time.monotonic()
     assert job.finish() != 0
@@ -219,7 +223,7 @@ def _stopped_within_bound(job: Launch, since: float, rank: int) -> float:
     """Wait for flexeval's error naming `rank`; check it came within the bound it states (+ the
     watcher's period and exit time); return the bound."""
     pattern = rf"rank {rank} on \S+ \(pid \d+\) finished no batch for (\d+) s .*the bound is (\d+) s"
-    found = _wait(lambda: re.search(pattern, job.log), [], timeout=120, what="the progress error")
+    found = _wait(lambda: re.search(pattern, job.log), [], timeout=120, what=f"the progress error:\n{job.log}")
     bound = float(found.group(2))
     assert float(found.group(1)) > bound - 1
     assert time.monotonic() - since < bound + 15, job.log
@@ -230,11 +234,12 @@ def test_a_frozen_rank_is_named_and_the_live_ranks_stop_within_the_bound(env):
     root, _, _, _ = env
     out = root / "frozen"
     bench_dir = out / "tiny" / "vstar"
-    job = Launch(env, out, 2, peer_timeout="2")
-    pids = _wait(lambda: job.workers() if 1 in _written(bench_dir) and len(job.workers()) == 2 else None, [job])
+    job = Launch(env, out, 2, peer_timeout=FLOOR)
+    pids = _wait(lambda: (lambda w: w if len(w) == 2 else None)(job.workers()), [job], what="the workers")
+    _wait(lambda: 1 in _written(bench_dir), [job])  # polled fast: rank 1 must not finish its share first
     os.kill(pids[1], signal.SIGSTOP)
     bound = _stopped_within_bound(job, time.monotonic(), rank=1)
-    assert bound >= 2
+    assert bound >= float(FLOOR)
     _wait(lambda: not Path(f"/proc/{pids[0]}").exists() or "Z" in Path(f"/proc/{pids[0]}/stat").read_text()
           .rsplit(")", 1)[1].split()[0], [], timeout=30, what="rank 0 to exit")
     assert "Every finished batch is kept" in job.log
@@ -248,7 +253,7 @@ def test_a_rank_hung_in_a_model_call_ends_the_job_within_the_bound(env):
     root, _, _, _ = env
     out = root / "hung"
     bench_dir = out / "tiny" / "vstar"
-    job = Launch(env, out, 2, peer_timeout="2", script=HANG_SCRIPT,
+    job = Launch(env, out, 2, peer_timeout=FLOOR, script=HANG_SCRIPT,
                  extra={"FLEXEVAL_TEST_HANG_RANK": "1", "FLEXEVAL_TEST_HANG_AFTER": "1"})
     _wait(lambda: "hangs in a model call" in job.log, [job], what="the hook")
     hung = time.monotonic()
