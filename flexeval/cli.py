@@ -81,6 +81,7 @@ def run(
     max_pixels: Optional[int] = MAX_PIXELS_OPTION,
     image_option: Optional[list[str]] = IMAGE_OPTION_OPTION,
     model_args: Optional[str] = MODEL_ARGS_OPTION,
+    peer_timeout: Optional[float] = typer.Option(None, "--peer-timeout", help="multi-process: stop the run when a rank finishes no batch for max(this, 5 x the longest batch) seconds (default: FLEXEVAL_PEER_TIMEOUT_S or 60)"),
 ) -> None:
     """Evaluate a model on a benchmark; writes predictions.jsonl, accuracy.csv and run.json."""
     from flexeval.evaluate import RunConfig, run_benchmarks
@@ -96,7 +97,7 @@ def run(
     cfg = RunConfig(bench=bench, data_dir=data_dir, out=out, limit=parse_limit(limit), protocol=protocol,
                     split=split, workers=workers, tag=tag, quiet=quiet, max_new_tokens=max_new_tokens,
                     max_image_pixels=max_image_pixels, max_non_finite=max_non_finite, offset=offset, ids_file=ids,
-                    question_style=question_style, image_options=tuple(image_option or ()),
+                    question_style=question_style, image_options=tuple(image_option or ()), peer_timeout=peer_timeout,
                     **{k: knobs[k] for k in MODEL_KNOBS})
     if check:
         _check(cfg)

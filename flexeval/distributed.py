@@ -3,44 +3,58 @@
 The launcher's environment (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT; torchrun and
 `accelerate launch` set them all) says who we are; no environment, one process, nothing changes.
 
-Per benchmark:
-1. every rank loads the benchmark and reads the prediction store, then `Cluster.agree` (a gloo
-   all-gather) checks that all ranks see the same items, config and finished work; it is also
-   the barrier before anyone writes, so every rank's pending list is the same;
+The control plane is the c10d store the launcher's rendezvous runs (flexeval/coordination.py); a
+gloo process group is started on it, and no tensor crosses between ranks, so no NCCL is needed.
+The shared `--out` holds shards and results only. Per benchmark:
+1. every rank loads the benchmark and reads the prediction store, then `Board.agree` checks through
+   the store that all ranks see the same items, config and finished work; it is also the barrier
+   before anyone writes, so every rank's pending list is the same;
 2. `flexeval.sharding` gives each rank a cost-balanced share (same answer on every rank);
-3. each rank runs its share into its own store shard (`shards/<config>.rank<r>.jsonl`), and keeps
-   a status file `ranks/<config>.rank<r>.json` fresh from a heartbeat thread;
-4. the rank marks itself done (with its items, estimated cost and wall time) and waits for every
-   peer's "done"; rank 0 alone then merges the shards and writes predictions.jsonl, accuracy.csv
+3. each rank runs its share into its own store shard (`shards/<config>.rank<r>.jsonl`) and publishes
+   a progress counter per batch; a watcher thread per rank stops the run when a peer finishes no
+   batch within the bound (coordination.py) or a peer failed; every finished batch stays in the shards;
+4. the rank marks itself done (items, estimated cost, wall time) and waits, bounded the same way,
+   for every peer; rank 0 alone then merges the shards and writes predictions.jsonl, accuracy.csv
    and run.json (with the per-rank figures).
 
-No collective runs while ranks work, so nothing can hang in NCCL: ranks watch each other's status
-files instead. A rank that raises writes "failed" and its error; a rank that dies stops its
-heartbeat. Either way the others stop within FLEXEVAL_PEER_TIMEOUT_S (default 120 s) with an
-error naming the rank, and everything already written stays in the shards for the rerun. Status
-files, like the shards, need `--out` on a filesystem every node sees (for one node: any disk).
+Expensive identity work happens once: rank 0 hashes the checkpoint and the image files (with the
+on-disk digest cache, flexeval/results/digests.py) and hands the digests to the others through the
+store; they check each file's size and mtime and take rank 0's digest (`share_digests`).
 """
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import sys
-import threading
 import time
-import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
+from flexeval.coordination import Board
 from flexeval.errors import FlexEvalError
-from flexeval.results.store import fingerprint, write_json_atomic
+from flexeval.results.digests import file_key, remember, sha256_file
+from flexeval.results.store import PredictionStore, fingerprint
 from flexeval.sharding import Share, item_cost, rank_share
 
-PEER_TIMEOUT_ENV = "FLEXEVAL_PEER_TIMEOUT_S"  # a silent peer is declared lost after this long
+PEER_TIMEOUT_ENV = "FLEXEVAL_PEER_TIMEOUT_S"  # the floor of the progress bound (coordination.py)
+PEER_TIMEOUT_DEFAULT = 60.0
 START_TIMEOUT_ENV = "FLEXEVAL_START_TIMEOUT_S"  # all ranks must reach a benchmark's start within this
-CHECK_EVERY_S = 2.0  # how often a working rank looks at its peers (between batches) and beats
+
+
+def process_start_unix() -> float:
+    """When this process started (Linux: /proc, to 10 ms; elsewhere: when this module was imported)."""
+    try:
+        ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return time.time() - (uptime - ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return _IMPORTED
+
+
+_IMPORTED = time.time()
 
 
 def _env_seconds(name: str, default: float) -> float:
@@ -115,35 +129,46 @@ def rank_device(requested: str, launch: LaunchEnv) -> str:
 
 
 class Cluster:
-    """This process's place in the run: the process group and the per-benchmark coordination."""
+    """This process's place in the run: the store, the process group and the per-benchmark coordination."""
 
-    def __init__(self, launch: LaunchEnv, device: str):
+    def __init__(self, launch: LaunchEnv, device: str, peer_timeout: float | None = None):
         self.launch, self.device = launch, device
         self.rank, self.world_size = launch.rank, launch.world_size
         self.is_main = self.rank == 0
         self.host = socket.gethostname()
-        self.peer_timeout = _env_seconds(PEER_TIMEOUT_ENV, 120.0)
+        if peer_timeout is not None and peer_timeout <= 0:
+            raise FlexEvalError(f"--peer-timeout {peer_timeout:g} must be a positive number of seconds")
+        self.peer_timeout = peer_timeout or _env_seconds(PEER_TIMEOUT_ENV, PEER_TIMEOUT_DEFAULT)
         self.start_timeout = _env_seconds(START_TIMEOUT_ENV, 600.0)
-        self._group = None
-        self.current: RankStatus | None = None  # the benchmark being worked on, for failure reports
+        self.board: Board | None = None
+        self.backend = None
         if self.world_size > 1:
-            import torch.distributed as dist
+            self.board = Board(self._connect(), self.rank, self.world_size, self.host, self.peer_timeout,
+                               self.start_timeout, f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}")
 
-            # The model never exchanges tensors between ranks; NCCL is there for tools that expect a
-            # CUDA default group. Coordination goes over gloo, whose calls take a timeout.
-            backend = "nccl" if device.startswith("cuda") else "gloo"
-            timeout = timedelta(seconds=self.start_timeout)
+    def _connect(self):
+        """The launcher's rendezvous store (torchrun's agent store, or rank 0's TCPStore) and a gloo
+        group on it; flexeval's keys live under their own prefix."""
+        import torch.distributed as dist
+
+        timeout = timedelta(seconds=self.start_timeout)
+        try:
+            store, _, _ = next(dist.rendezvous("env://", self.rank, self.world_size, timeout=timeout))
+            store.set_timeout(timeout)
             if not dist.is_initialized():
-                dist.init_process_group(backend=backend, timeout=timeout)
-            self._group = dist.new_group(backend="gloo", timeout=timeout) if backend != "gloo" else None
-            self.backend = backend
-        else:
-            self.backend = None
+                dist.init_process_group("gloo", store=dist.PrefixStore("default_pg", store), rank=self.rank,
+                                        world_size=self.world_size, timeout=timeout)
+        except (RuntimeError, ValueError) as e:
+            raise FlexEvalError(f"rank {self.rank} cannot join the run at {os.environ['MASTER_ADDR']}:"
+                                f"{os.environ['MASTER_PORT']} within {self.start_timeout:g} s "
+                                f"({START_TIMEOUT_ENV}): {e}") from e
+        self.backend = "gloo"
+        return dist.PrefixStore(f"flexeval/r{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
 
     @classmethod
-    def from_environ(cls, requested_device: str) -> Cluster:
+    def from_environ(cls, requested_device: str, peer_timeout: float | None = None) -> Cluster:
         launch = LaunchEnv.from_environ()
-        return cls(launch, rank_device(requested_device, launch))
+        return cls(launch, rank_device(requested_device, launch), peer_timeout)
 
     def default_workers(self, workers: int | None) -> int | None:
         """Image-decoding workers per rank: the node's cores shared by the ranks on it."""
@@ -151,47 +176,14 @@ class Cluster:
             return workers
         return max(0, min(8, (os.cpu_count() or 1) // self.launch.local_world_size - 1))
 
-    def agree(self, what: dict) -> str:
-        """All-gather `what` (JSON-able facts every rank must share); returns rank 0's run nonce.
-
-        A rank that sees different facts (other data, another results folder, other finished work)
-        is an error naming it; a rank that never arrives is one after FLEXEVAL_START_TIMEOUT_S.
-        """
-        nonce = uuid.uuid4().hex
-        if self.world_size == 1:
-            return nonce
-        import torch.distributed as dist
-
-        mine = {"nonce": nonce, "host": self.host, "facts": what}
-        gathered: list = [None] * self.world_size
-        try:
-            # gloo's monitored barrier names, on rank 0, the ranks that did not arrive in time
-            dist.monitored_barrier(group=self._group, timeout=timedelta(seconds=self.start_timeout),
-                                   wait_all_ranks=True)
-            dist.all_gather_object(gathered, mine, group=self._group)
-        except RuntimeError as e:
-            raise FlexEvalError(f"rank {self.rank}: not every rank reached the start of the benchmark within "
-                                f"{self.start_timeout:g} s ({START_TIMEOUT_ENV}) or a rank stopped: {e}") from e
-        for r, other in enumerate(gathered):
-            for key, value in other["facts"].items():
-                if value != gathered[0]["facts"].get(key):
-                    raise FlexEvalError(
-                        f"rank {r} on {other['host']} sees a different '{key}' than rank 0 on {gathered[0]['host']} "
-                        f"({value!r} vs {gathered[0]['facts'].get(key)!r}): every rank must read the same data "
-                        "and write to the same --out folder (a filesystem shared by all nodes)")
-        return gathered[0]["nonce"]
-
-    def begin(self, bench_dir: Path, config_fp: str, nonce: str, stats: dict) -> RankStatus:
-        self.current = RankStatus(Path(bench_dir) / "ranks", config_fp, self, nonce, stats)
-        return self.current
-
     def report_failure(self, error: BaseException) -> None:
-        if self.current is not None and self.current.state == "running":
-            self.current.fail(error)
+        """This rank stops with `error`: the peers stop too (unless the error came from them)."""
+        if self.board is not None and self.board.error is None:
+            self.board.fail(error)
 
     def close(self) -> None:
-        if self.current is not None:
-            self.current.stop()
+        if self.board is not None:
+            self.board.close()
         if self.world_size > 1:
             import torch.distributed as dist
 
@@ -200,125 +192,86 @@ class Cluster:
 
 
 class RankStatus:
-    """This rank's status file for one benchmark, kept fresh by a heartbeat thread, and the view of
-    its peers' files. Each rank writes only its own file (atomically); everyone reads all."""
+    """One rank's part in one benchmark: its progress into the store, the wait for the others."""
 
-    def __init__(self, folder: Path, config_fp: str, cluster: Cluster, nonce: str, stats: dict):
-        self.folder, self.config_fp, self.cluster, self.nonce = folder, config_fp, cluster, nonce
-        self.state = "running"
-        self.info = {"rank": cluster.rank, "host": cluster.host, "pid": os.getpid(), "device": cluster.device,
-                     "nonce": nonce, "state": "running", "beat": 0, **stats,
-                     "started_unix": round(time.time(), 3)}
-        self._t0 = time.monotonic()
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._seen: dict[int, tuple[object, float]] = {}  # rank -> (last beat seen, when, our clock)
-        self._last_check = 0.0
-        if cluster.world_size == 1:
-            self._thread = None
-            return
-        folder.mkdir(parents=True, exist_ok=True)
-        self._write()
-        self._thread = threading.Thread(target=self._beat, name="flexeval-heartbeat", daemon=True)
-        self._thread.start()
-
-    def path(self, rank: int) -> Path:
-        return self.folder / f"{self.config_fp}.rank{rank}.json"
-
-    def _write(self) -> None:
-        with self._lock:
-            write_json_atomic(self.path(self.cluster.rank), self.info)
-
-    def _beat(self) -> None:
-        interval = min(CHECK_EVERY_S, self.cluster.peer_timeout / 5)
-        while not self._stop.wait(interval):
-            with self._lock:
-                if self.state != "running":
-                    return
-                self.info["beat"] += 1
-                write_json_atomic(self.path(self.cluster.rank), self.info)
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
+    def __init__(self, cluster: Cluster, stats: dict, shard: Path):
+        self.cluster, self.board, self.shard = cluster, cluster.board, Path(shard)
+        self.info = {"host": cluster.host, "device": cluster.device, **stats,
+                     "startup_s": round(time.time() - process_start_unix(), 3)}
+        self._t0 = self._last = time.monotonic()
 
     def progress(self, done_items: int) -> None:
-        self.info["done_items"] = done_items
-
-    def _final(self, **fields) -> None:
-        self.stop()
-        self.info.update(fields)
-        self.state = self.info["state"]
-        if self.cluster.world_size > 1:
-            self._write()
-
-    def fail(self, error: BaseException) -> None:
-        self._final(state="failed", error=f"{type(error).__name__}: {error}"[:2000],
-                    wall_s=round(time.monotonic() - self._t0, 3))
-
-    # -- watching the peers ----------------------------------------------------------------------
-
-    def _peer(self, rank: int) -> dict | None:
-        try:
-            info = json.loads(self.path(rank).read_text())
-        except (OSError, ValueError):
-            return None  # not written yet (or an old run's file being replaced)
-        return info if info.get("nonce") == self.nonce else None
-
-    def check_peers(self) -> list[dict] | None:
-        """Raise if a peer failed or fell silent; return every rank's status once all are done."""
         now = time.monotonic()
-        infos = []
-        for r in range(self.cluster.world_size):
-            if r == self.cluster.rank:
-                infos.append(self.info)
-                continue
-            info = self._peer(r)
-            if info is not None and info["state"] == "failed":
-                raise FlexEvalError(f"rank {r} on {info['host']} (pid {info['pid']}) failed: {info.get('error')}. "
-                                    "Finished predictions of every rank are kept; run the same command again "
-                                    "to continue.")
-            beat = None if info is None else (info["state"], info["beat"])
-            last = self._seen.get(r)
-            if last is None or last[0] != beat:
-                self._seen[r] = (beat, now)
-            elif beat is None or beat[0] == "running":
-                silent = now - last[1]
-                if silent > self.cluster.peer_timeout:
-                    where = "never wrote its status" if info is None else \
-                        f"on {info['host']} (pid {info['pid']}) sent no heartbeat"
-                    raise FlexEvalError(
-                        f"rank {r} {where} for {silent:.0f} s ({PEER_TIMEOUT_ENV}={self.cluster.peer_timeout:g}): "
-                        f"it was killed, ran out of memory or lost its node. Finished predictions are kept in "
-                        f"{self.folder.parent / 'shards'}; run the same command again to continue.")
-            infos.append(info)
-        if all(i is not None and i["state"] == "done" for i in infos):
-            return infos
-        return None
-
-    def maybe_check(self) -> None:
-        """Between batches: look at the peers at most every CHECK_EVERY_S (so a lost peer stops us)."""
-        if self.cluster.world_size > 1 and time.monotonic() - self._last_check >= CHECK_EVERY_S:
-            self._last_check = time.monotonic()
-            self.check_peers()
+        if self.board is not None:
+            self.board.progress(done_items, now - self._last)
+        self._last = now
 
     def finish(self, **stats) -> list[dict]:
-        """Mark this rank done and wait for all; every rank's status, ordered by rank."""
-        self._final(state="done", wall_s=round(time.monotonic() - self._t0, 3),
-                    finished_unix=round(time.time(), 3), **stats)
-        if self.cluster.world_size == 1:
-            return [self.info]
-        while True:
-            infos = self.check_peers()
-            if infos is not None:
-                return infos
-            time.sleep(0.2)
+        """Mark this rank done and wait for all; every rank's record, ordered by rank. Rank 0 checks
+        that it sees every rank's shard as written (`--out` shared by all nodes)."""
+        self.info.update(wall_s=round(time.monotonic() - self._t0, 3), finished_unix=round(time.time(), 3),
+                         shard_bytes=_size(self.shard), **stats)
+        if self.board is None:
+            return [{"rank": 0, **self.info}]
+        infos = self.board.finish(self.info)
+        if self.cluster.is_main:
+            for info in infos:
+                shard = self.shard.with_name(self.shard.name.replace(f".rank{self.cluster.rank}.", f".rank{info['rank']}."))
+                if _size(shard) < info["shard_bytes"]:
+                    raise FlexEvalError(
+                        f"rank {info['rank']} on {info['host']} wrote {info['shard_bytes']} bytes to {shard}, but rank 0 "
+                        f"on {self.cluster.host} sees {_size(shard)}: --out must be one folder every node sees (a "
+                        "shared filesystem); the finished predictions are in that node's copy")
+        return infos
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def share_digests(cluster: Cluster, paths: list, sample_lists=()) -> None:
+    """Rank 0 reads `paths` (checkpoint files) and the image files of `sample_lists` once, through the
+    digest cache (flexeval/results/digests.py), before anyone computes item keys; every other rank
+    takes its digests for the files it sees with the same size and mtime (a copy made at another time
+    is hashed where it is needed; a size that differs is an error naming the file)."""
+    if cluster.board is None:
+        return
+    images = [s.image for samples in sample_lists for s in samples if isinstance(s.image, (str, os.PathLike))]
+    files = sorted({os.path.realpath(p) for p in [*paths, *images]})
+
+    def entry(p: str) -> list | None:
+        try:
+            return [*file_key(p)[1:3], sha256_file(p)]
+        except OSError:
+            return None  # a missing image: the benchmark reports it
+
+    def digests() -> dict:  # hashlib releases the GIL: checkpoint shards and images hash in parallel
+        with ThreadPoolExecutor(max_workers=max(1, min(8, os.cpu_count() or 1))) as pool:
+            return {p: e for p, e in zip(files, pool.map(entry, files)) if e is not None}
+
+    table = cluster.board.share("file digests", digests)
+    for p in files:
+        if p not in table:
+            continue
+        try:
+            key = file_key(p)
+        except OSError:
+            continue
+        size, mtime_ns, digest = table[p]
+        if key[1] != size:
+            raise FlexEvalError(f"{p} has {key[1]} bytes on {cluster.host} (rank {cluster.rank}) but {size} on rank "
+                                "0's node: every node must read the same checkpoint and data (copy them again)")
+        if key[2] == mtime_ns:
+            remember(key, digest)
 
 
 def rank_summary(infos: list[dict]) -> dict:
     """run.json's "distributed" block: per rank items, estimated cost, wall time; the finish spread."""
-    keep = ("rank", "host", "device", "items", "estimated_cost", "wall_s", "model_s", "finished_unix")
+    keep = ("rank", "host", "device", "items", "estimated_cost", "startup_s", "wall_s", "model_s", "batches",
+            "first_batch_s", "max_batch_s", "finished_unix")
     ranks = [{k: i.get(k) for k in keep} for i in infos]
     finished = [i["finished_unix"] for i in infos]
     costs = [i["estimated_cost"] for i in infos]
@@ -330,8 +283,8 @@ def rank_summary(infos: list[dict]) -> dict:
 
 class RankProgress:
     """This rank's progress: a tqdm bar at position = rank (several ranks share one terminal), or,
-    with --quiet or no terminal, a log line per rank every LOG_EVERY_S. Each update also beats the
-    rank's status and looks at the peers, so a lost peer stops this rank within seconds."""
+    with --quiet or no terminal, a log line per rank every LOG_EVERY_S. Each update also publishes the
+    rank's progress (the peers' liveness test) and raises the run's error if a peer stopped it."""
 
     LOG_EVERY_S = 30.0
 
@@ -351,11 +304,10 @@ class RankProgress:
     def update(self, n: int) -> None:
         self.done += n
         self.bar.update(n)
-        self.status.progress(self.done)
         if self.lines and time.monotonic() - self._last_log >= self.LOG_EVERY_S:
             self._last_log = time.monotonic()
             print(f"[{self.bench}] rank {self.rank}: {self.done}/{self.total}", file=sys.stderr, flush=True)
-        self.status.maybe_check()
+        self.status.progress(self.done)
 
     def close(self) -> None:
         self.bar.close()
@@ -363,15 +315,16 @@ class RankProgress:
 
 def take_share(cluster: Cluster, bench_dir: Path, config_fp: str, keys: list[str], pending: list[int],
                samples: list, requests: list, batch_size: int) -> tuple[Share, RankStatus]:
-    """Check that all ranks agree on the work, then this rank's cost-balanced share and status file."""
-    nonce = cluster.agree({"config": config_fp, "items": fingerprint(keys), "pending": fingerprint(pending),
-                           "batch_size": batch_size})
+    """Check that all ranks agree on the work (and on --out), then this rank's cost-balanced share."""
+    if cluster.board is not None:
+        cluster.board.agree({"config": config_fp, "items": fingerprint(keys), "pending": fingerprint(pending),
+                             "batch_size": batch_size})
     costs = [0.0] * len(keys)
     for i in pending:
         costs[i] = item_cost(requests[i], samples[i].image)
     share = rank_share(pending, costs, batch_size, cluster.world_size, cluster.rank)
-    status = cluster.begin(bench_dir, config_fp, nonce,
-                           {"items": len(share.items), "estimated_cost": share.estimated_cost, "done_items": 0})
+    shard = PredictionStore(bench_dir, config_fp, cluster.rank, cluster.world_size).shard_path  # nothing opened
+    status = RankStatus(cluster, {"items": len(share.items), "estimated_cost": share.estimated_cost}, shard)
     if cluster.world_size > 1:
         print(f"[rank {cluster.rank} on {cluster.host}, {cluster.device}] {len(share.items)} of {len(pending)} "
               f"pending items, estimated cost {share.estimated_cost:g} (ranks: {share.costs_by_rank})",

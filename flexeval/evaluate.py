@@ -37,14 +37,14 @@ from flexeval.checks import (
     load_samples,
     split_for,
 )
-from flexeval.distributed import Cluster, RankProgress, rank_summary, take_share
+from flexeval.distributed import Cluster, RankProgress, rank_summary, share_digests, take_share
 from flexeval.execute import Answers, BatchSizer, Item, Progress, build_items, log, pending_indices, run_items
 from flexeval.interrupt import note_progress
 from flexeval.items import IdList, check_unprefixed_ids_found, read_id_file, select_items
 from flexeval.plugins import load_plugin_model, model_plugin
 from flexeval.requests import Generate
 from flexeval.results.accuracy import format_rows, write_accuracy_csv
-from flexeval.results.identity import checkpoint_content, local_model_name
+from flexeval.results.identity import checkpoint_content, files_to_read, local_model_name
 from flexeval.results.intervals import METHOD as INTERVAL_METHOD
 from flexeval.results.layout import items_part, results_dir, variant_name
 from flexeval.results.lock import hold_run_lock
@@ -89,6 +89,7 @@ class RunConfig:
     min_pixels: int | None = None
     max_pixels: int | None = None
     image_options: tuple[str, ...] = ()  # "KEY=VALUE" image-processor settings (tiles: max_patches=6, ...)
+    peer_timeout: float | None = None  # multi-process: floor of the progress bound (flexeval/coordination.py)
 
 
 # ---------------------------------------------------------------- model identity
@@ -334,7 +335,7 @@ def on_cluster(cfg: RunConfig, body):
     """body(cfg, cluster) in this process's place of a launch (torchrun, accelerate: rank from the
     environment, device cuda:LOCAL_RANK; alone: rank 0 of 1); a failure is reported to the peers,
     which stop. -> (body's result, cluster)."""
-    cluster = Cluster.from_environ(cfg.device)
+    cluster = Cluster.from_environ(cfg.device, cfg.peer_timeout)
     cfg = replace(cfg, device=cluster.device, workers=cluster.default_workers(cfg.workers))
     try:
         return body(cfg, cluster), cluster
@@ -377,6 +378,7 @@ def run_benchmarks(cfg: RunConfig) -> list[dict]:
                            max_pixels=cfg.max_pixels, image_options=cfg.image_options)
         if cluster.is_main:
             log(f"model: {model_kind(model)} ({model.cfg.format}), recipe {model.recipe}")
+        share_digests(cluster, files_to_read(model.folder), samples.values())  # rank 0 reads files once
         return [run_benchmark(b, model, cfg, data_dir, protocol, samples[b.name], ids, cluster)
                 for b, data_dir, protocol in plan]
 

@@ -32,6 +32,25 @@ with contextlib.suppress(ImportError):
     _hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def digest_cache(tmp_path_factory):
+    """The on-disk digest cache (flexeval/results/digests.py) in a temporary folder, never ~/.cache;
+    processes the tests start (torchrun) inherit it."""
+    import os
+
+    from flexeval.results import digests
+
+    old = os.environ.get(digests.CACHE_ENV)
+    os.environ[digests.CACHE_ENV] = str(tmp_path_factory.mktemp("digest-cache"))
+    digests.forget()
+    yield
+    if old is None:
+        os.environ.pop(digests.CACHE_ENV, None)
+    else:
+        os.environ[digests.CACHE_ENV] = old
+    digests.forget()
+
+
 # ---- checkpoints ----
 
 @pytest.fixture(scope="session")

@@ -1,15 +1,20 @@
-"""Real torchrun launches on the CPU (gloo): same files as one process, resume across world sizes,
-a rank killed mid-run, `flexeval grounding` on the same core. Few launches on little data: each
-launch starts torch in every rank."""
+"""Real torchrun launches on the CPU (gloo, the c10d store): the one-process files from two torchrun
+agents (two "nodes"), a node lost and the job rerun on one node at another rank count, and the
+faults: a dead rank (torchrun's to handle), a frozen rank (SIGSTOP) and a hung rank (blocked in a
+model call), both caught by flexeval's progress bound. Few launches on little data: each launch
+starts torch in every rank (seconds each). The store-level logic: tests/test_coordination.py."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -21,11 +26,14 @@ from flexeval.evaluate import RunConfig, run_benchmarks
 from flexeval.model.tiny import make_tiny_model
 
 BATCH = "2"
+# the progress bound's floor in the fault tests: low enough for short tests, high enough that a rank
+# starved of CPU on a busy 2-core machine (its first batch took 3 s at a load of 9) is not "stuck"
+FLOOR = "10"
+HANG_SCRIPT = Path(__file__).parent / "helpers" / "hang_rank.py"
 
 
 def _run_here(model_dir, data, out) -> dict:
-    """One plain process, in this one, on one thread like each torchrun rank (OMP_NUM_THREADS=1); a
-    second thread only spins on this shared CPU (4x the CPU time here, same bytes)."""
+    """One plain process, in this one, on one thread like each torchrun rank (OMP_NUM_THREADS=1)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -45,18 +53,71 @@ def env(tmp_path_factory):
     return root, model_dir, data, one / "tiny" / "vstar"
 
 
-def _args(env, out):
-    root, model_dir, data, _ = env
-    return ["-m", "flexeval", "run", "--bench", "vstar", "--model", str(model_dir), "--data-dir", str(data),
-            "--out", str(out), "--batch-size", BATCH, "--workers", "0", "--quiet"]
+class Launch:
+    """A torchrun agent whose output is read line by line while it runs."""
+
+    def __init__(self, env, out, nproc, peer_timeout="60", node=None, script=None, extra=None):
+        root, model_dir, data, _ = env
+        where = ["--standalone"] if node is None else [
+            "--nnodes", "2", "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{node[0]}", "--rdzv-id", node[1]]
+        target = [str(script)] if script else ["-m", "flexeval"]
+        cmd = [sys.executable, "-m", "torch.distributed.run", *where, "--nproc-per-node", str(nproc),
+               "--monitor-interval", "0.2", *target, "run", "--bench", "vstar", "--model", str(model_dir),
+               "--data-dir", str(data), "--out", str(out), "--batch-size", BATCH, "--workers", "0", "--quiet"]
+        run_env = os.environ | {"HF_HUB_OFFLINE": "1", "FLEXEVAL_PEER_TIMEOUT_S": peer_timeout,
+                                "OMP_NUM_THREADS": "1", **(extra or {})}
+        self.proc = subprocess.Popen(cmd, env=run_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                     start_new_session=True)
+        self.lines: list[str] = []
+        self.reader = threading.Thread(target=lambda: self.lines.extend(self.proc.stdout), daemon=True)
+        self.reader.start()
+
+    @property
+    def log(self) -> str:
+        return "".join(self.lines)
+
+    def workers(self) -> dict[int, int]:
+        """RANK -> pid of this agent's worker processes (from /proc)."""
+        found = {}
+        for d in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                if int(Path(f"/proc/{d}/stat").read_text().rsplit(")", 1)[1].split()[1]) != self.proc.pid:
+                    continue
+                environ = dict(x.split("=", 1) for x in Path(f"/proc/{d}/environ").read_text().split("\0") if "=" in x)
+                found[int(environ["RANK"])] = int(d)
+            except (OSError, ValueError, KeyError, IndexError):
+                continue
+        return found
+
+    def finish(self, timeout=240) -> int:
+        code = self.proc.wait(timeout=timeout)  # bounded: raises if the job hangs
+        self.reader.join(timeout=10)
+        return code
+
+    def kill(self) -> None:
+        for pid in self.workers().values():
+            os.kill(pid, signal.SIGKILL)
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.finish()
 
 
-def _launch(env, out, nproc, args=None):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc),
-           *(args or _args(env, out))]
-    run_env = os.environ | {"HF_HUB_OFFLINE": "1", "FLEXEVAL_PEER_TIMEOUT_S": "20", "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen(cmd, env=run_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+def _written(bench_dir: Path) -> set[int]:
+    """Ranks whose shard holds at least one finished batch."""
+    shards = bench_dir / "shards"
+    return {int(f.name.rsplit(".rank", 1)[1].split(".")[0]) for f in shards.glob("*.rank*.jsonl")
+            if b"\n" in f.read_bytes()} if shards.is_dir() else set()
+
+
+def _wait(cond, launches, timeout=240, what="the ranks to write"):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        value = cond()
+        if value:
+            return value
+        for launch in launches:
+            assert launch.proc.poll() is None, launch.log
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}" + "".join(f"\n{launch.log}" for launch in launches))
 
 
 def _shard_keys(bench_dir: Path) -> list[str]:
@@ -70,111 +131,134 @@ def _shard_keys(bench_dir: Path) -> list[str]:
     return keys
 
 
-def _wait_for_records(proc, bench_dir: Path, ranks: list[int], freeze=False, timeout=300) -> dict[int, int]:
-    """Wait until each of `ranks` has appended a batch to its shard; return the ranks' pids (status files).
-    freeze: SIGSTOP each rank as soon as it has written, so none finishes its share before the kill."""
-    frozen = set()
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        assert proc.poll() is None, proc.stdout.read()
-        pids, written = {}, set()
-        for f in (bench_dir / "ranks").glob("*.json") if (bench_dir / "ranks").is_dir() else []:
-            try:
-                pids[json.loads(f.read_text())["rank"]] = json.loads(f.read_text())["pid"]
-            except ValueError:
-                continue  # being replaced
-        for f in (bench_dir / "shards").glob("*.rank*.jsonl") if (bench_dir / "shards").is_dir() else []:
-            if b"\n" in f.read_bytes():
-                written.add(int(f.name.rsplit(".rank", 1)[1].split(".")[0]))
-        for r in written & set(ranks) & set(pids) if freeze else ():
-            if r not in frozen:
-                os.kill(pids[r], signal.SIGSTOP)
-                frozen.add(r)
-        if all(r in pids and r in written for r in ranks):
-            return pids
-        time.sleep(0.02)
-    raise AssertionError("the ranks wrote no predictions in time")
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
-def _finish(proc, timeout=300) -> tuple[int, str]:
-    out, _ = proc.communicate(timeout=timeout)
-    return proc.returncode, out
+def _two_nodes(env, out, rdzv_id, peer_timeout="60"):
+    """Two agents of one job, one worker each; the first hosts the c10d rendezvous store (it is
+    listening before the second starts)."""
+    port = _free_port()
+    first = Launch(env, out, 1, peer_timeout, node=(port, rdzv_id))
+
+    def listening():
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return True
+        except OSError:
+            return False
+
+    _wait(listening, [first], timeout=120, what="the first agent's store")
+    return [first, Launch(env, out, 1, peer_timeout, node=(port, rdzv_id))]
 
 
-def test_killed_at_two_ranks_continued_at_three_and_at_one_gives_the_one_process_files(env):
+def test_two_torchrun_agents_give_the_one_process_files(env):
     root, _, _, one = env
-    out = root / "resume"
+    out = root / "nodes"
+    nodes = _two_nodes(env, out, "flexeval-two-nodes")
+    assert [n.finish() for n in nodes] == [0, 0], nodes[0].log + nodes[1].log
     bench_dir = out / "tiny" / "vstar"
-    proc = _launch(env, out, 2)
-    pids = _wait_for_records(proc, bench_dir, ranks=[0, 1], freeze=True)
-    for pid in pids.values():  # SIGKILL every rank, then the launcher
-        os.kill(pid, signal.SIGKILL)
-    os.killpg(proc.pid, signal.SIGKILL)
-    _finish(proc)
+    assert (bench_dir / "predictions.jsonl").read_bytes() == (one / "predictions.jsonl").read_bytes()
+    run = json.loads((bench_dir / "run.json").read_text())
+    assert [r["rank"] for r in run["distributed"]["ranks"]] == [0, 1]
+    assert sum(r["items"] for r in run["distributed"]["ranks"]) == 12
+    assert all(r["startup_s"] > 0 and r["batches"] >= 1 for r in run["distributed"]["ranks"])
+    shown = sorted(p.name for p in bench_dir.iterdir() if not p.name.startswith("."))  # the run lock is hidden
+    assert shown == ["accuracy.csv", "predictions.jsonl", "run.json", "shards"]  # no status files on --out
+
+
+def test_a_lost_node_ends_the_job_and_one_node_at_three_ranks_then_one_process_continue(env):
+    root, model_dir, data, one = env
+    out = root / "lost"
+    bench_dir = out / "tiny" / "vstar"
+    nodes = _two_nodes(env, out, "flexeval-lost-node", peer_timeout=FLOOR)
+    workers = _wait(lambda: [n.workers() for n in nodes] if all(n.workers() for n in nodes) else None, nodes,
+                    what="both workers")
+    (lost_rank, lost_pid), = workers[1].items()  # the node that does not host the store
+    _wait(lambda: lost_rank in _written(bench_dir), nodes)
+    os.kill(lost_pid, signal.SIGSTOP)  # before it can finish its share (polled fast)
+    nodes[1].kill()  # the node: its agent and its worker
+    assert nodes[0].finish(timeout=120) != 0  # ends by itself: the lost rank's progress stopped
+    assert re.search(rf"rank {lost_rank} on \S+ \(pid {lost_pid}\) finished no batch", nodes[0].log), nodes[0].log
     kept = _shard_keys(bench_dir)
     assert 2 <= len(kept) < 12 and len(set(kept)) == len(kept)  # stopped mid-run, whole batches kept
     assert not (bench_dir / "predictions.jsonl").exists()
-    shutil.copytree(out, root / "resume1")
+    shutil.copytree(out, root / "lost1")
 
-    code, log = _finish(_launch(env, out, 3))  # continue at three ranks
-    assert code == 0, log
+    again = Launch(env, out, 3)  # the job rerun on one node, at three ranks
+    assert again.finish() == 0, again.log
     assert (bench_dir / "predictions.jsonl").read_bytes() == (one / "predictions.jsonl").read_bytes()
     assert (bench_dir / "accuracy.csv").read_bytes() == (one / "accuracy.csv").read_bytes()
     run = json.loads((bench_dir / "run.json").read_text())
     assert run["timing"]["reused"] == len(kept) and run["timing"]["ran"] == 12 - len(kept)
-    ranks = run["distributed"]["ranks"]
-    assert [r["rank"] for r in ranks] == [0, 1, 2]
-    assert sum(r["items"] for r in ranks) == 12 - len(kept)
-    assert 0 <= run["distributed"]["finish_spread_s"] <= max(r["wall_s"] for r in ranks)
+    assert [r["rank"] for r in run["distributed"]["ranks"]] == [0, 1, 2]
+    assert sum(r["items"] for r in run["distributed"]["ranks"]) == 12 - len(kept)
     keys = _shard_keys(bench_dir)
     assert len(keys) == len(set(keys)) == 12  # nothing run twice, nothing lost
-    assert f"{run['config_fingerprint']}.rank2.jsonl" in {p.name for p in (bench_dir / "shards").iterdir()}
 
-    # the same stopped state continued by one plain process
-    root1 = root / "resume1"
-    again = _run_here(env[1], env[2], root1)
-    assert again["timing"]["reused"] == len(kept)
-    assert (root1 / "tiny" / "vstar" / "predictions.jsonl").read_bytes() == (one / "predictions.jsonl").read_bytes()
+    copy = root / "lost1"  # the same stopped state continued by one plain process
+    assert _run_here(model_dir, data, copy)["timing"]["reused"] == len(kept)
+    assert (copy / "tiny" / "vstar" / "predictions.jsonl").read_bytes() == (one / "predictions.jsonl").read_bytes()
 
 
-def test_a_rank_killed_mid_run_fails_the_run_naming_it_and_its_work_is_reused(env):
-    root, _, _, one = env
-    out = root / "fault"
+def test_a_dead_rank_is_torchruns_to_stop_and_its_finished_batches_are_kept(env):
+    root, _, _, _ = env
+    out = root / "dead"
     bench_dir = out / "tiny" / "vstar"
-    proc = _launch(env, out, 2)
-    pids = _wait_for_records(proc, bench_dir, ranks=[1])
-    os.kill(pids[1], signal.SIGKILL)
-    code, log = _finish(proc)  # bounded: communicate() raises if the launcher hangs
-    assert code != 0
-    assert "rank: 1" in log or "rank 1" in log, log  # torchrun's or our own report names the rank
+    job = Launch(env, out, 2, peer_timeout="120")  # flexeval's own bound is far away: torchrun must act
+    pid = _wait(lambda: job.workers().get(1), [job], what="the workers")
+    _wait(lambda: 1 in _written(bench_dir), [job])  # polled fast: rank 1 must not finish its share first
+    os.kill(pid, signal.SIGKILL)
+    killed = time.monotonic()
+    assert job.finish() != 0
+    assert time.monotonic() - killed < 60, job.log  # torchrun's agent, not flexeval's 120 s bound
+    assert "finished no batch" not in job.log and re.search(r"rank\s*:\s*1|local_rank: 1", job.log), job.log
+    kept = _shard_keys(bench_dir)  # whole batches, each once (the rerun: the lost-node test)
+    assert len(kept) >= 2 and len(kept) % 2 == 0 and len(set(kept)) == len(kept)
+
+
+def _stopped_within_bound(job: Launch, since: float, rank: int) -> float:
+    """Wait for flexeval's error naming `rank`; check it came within the bound it states (+ the
+    watcher's period and exit time); return the bound."""
+    pattern = rf"rank {rank} on \S+ \(pid \d+\) finished no batch for (\d+) s .*the bound is (\d+) s"
+    found = _wait(lambda: re.search(pattern, job.log), [], timeout=120, what=f"the progress error:\n{job.log}")
+    bound = float(found.group(2))
+    assert float(found.group(1)) > bound - 1
+    assert time.monotonic() - since < bound + 15, job.log
+    return bound
+
+
+def test_a_frozen_rank_is_named_and_the_live_ranks_stop_within_the_bound(env):
+    root, _, _, _ = env
+    out = root / "frozen"
+    bench_dir = out / "tiny" / "vstar"
+    job = Launch(env, out, 2, peer_timeout=FLOOR)
+    pids = _wait(lambda: (lambda w: w if len(w) == 2 else None)(job.workers()), [job], what="the workers")
+    _wait(lambda: 1 in _written(bench_dir), [job])  # polled fast: rank 1 must not finish its share first
+    os.kill(pids[1], signal.SIGSTOP)
+    bound = _stopped_within_bound(job, time.monotonic(), rank=1)
+    assert bound >= float(FLOOR)
+    _wait(lambda: not Path(f"/proc/{pids[0]}").exists() or "Z" in Path(f"/proc/{pids[0]}/stat").read_text()
+          .rsplit(")", 1)[1].split()[0], [], timeout=30, what="rank 0 to exit")
+    assert "Every finished batch is kept" in job.log
+    os.kill(pids[1], signal.SIGKILL)  # what torchrun does 30 s after its SIGTERM, which a stopped process holds
+    assert job.finish() != 0
     kept = _shard_keys(bench_dir)
     assert len(kept) >= 2 and len(set(kept)) == len(kept)
-    again = _run_here(env[1], env[2], out)
-    assert again["timing"]["reused"] == len(kept)
-    assert (bench_dir / "predictions.jsonl").read_bytes() == (one / "predictions.jsonl").read_bytes()
 
 
-def test_grounding_at_two_ranks_gives_the_one_process_records(env):
-    """`flexeval grounding` is a work of the execution core: two ranks share its batches and rank 0
-    merges, to the bytes of one process."""
-    from flexeval.analysis.grounding_run import GroundingConfig, run_grounding
-
-    root, model_dir, _, _ = env
-    data = get_benchmark("gqa").make_sample(root / "gqa", n=4)  # 4 questions: 2 batches of 2
-    opts = {"layers": "7,9", "map_size": 6, "batch_size": BATCH, "workers": 0, "quiet": True}
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as each torchrun rank (OMP_NUM_THREADS=1)
-    try:
-        one = run_grounding(GroundingConfig(model=str(model_dir), data_dir=data, out=root / "g1", **opts))
-    finally:
-        torch.set_num_threads(threads)
-    args = ["-m", "flexeval", "grounding", "--model", str(model_dir), "--data-dir", str(data), "--out",
-            str(root / "g2"), "--layers", "7,9", "--map-size", "6", "--batch-size", BATCH, "--workers", "0", "--quiet"]
-    code, log = _finish(_launch(env, root / "g2", 2, args))
-    assert code == 0, log
-    folders = [root / g / "tiny" / "gqa" / "grounding" for g in ("g1", "g2")]
-    assert (folders[1] / "predictions.jsonl").read_bytes() == (folders[0] / "predictions.jsonl").read_bytes()
-    run = json.loads((folders[1] / "run.json").read_text())
-    assert [(r["rank"], r["items"]) for r in run["distributed"]["ranks"]] == [(0, 2), (1, 2)]
-    two = json.loads((root / "g2" / "tiny" / "grounding.json").read_text())
-    assert two["layers"] == one["layers"] and all(r["n"] == 4 for r in two["layers"])
+def test_a_rank_hung_in_a_model_call_ends_the_job_within_the_bound(env):
+    root, _, _, _ = env
+    out = root / "hung"
+    bench_dir = out / "tiny" / "vstar"
+    job = Launch(env, out, 2, peer_timeout=FLOOR, script=HANG_SCRIPT,
+                 extra={"FLEXEVAL_TEST_HANG_RANK": "1", "FLEXEVAL_TEST_HANG_AFTER": "1"})
+    _wait(lambda: "hangs in a model call" in job.log, [job], what="the hook")
+    hung = time.monotonic()
+    bound = _stopped_within_bound(job, hung, rank=1)
+    assert job.finish(timeout=60) != 0  # the whole job ends: nobody kills anything by hand
+    assert time.monotonic() - hung < bound + 25, job.log
+    kept = _shard_keys(bench_dir)  # rank 1's batch before the hang is kept
+    assert 1 in _written(bench_dir) and len(kept) >= 2 and len(set(kept)) == len(kept)

@@ -3,14 +3,10 @@
 from __future__ import annotations
 
 import itertools
-import json
-import time
-from types import SimpleNamespace
 
 import pytest
 
 from flexeval.benchmarks.base import ImageRef
-from flexeval.distributed import RankStatus
 from flexeval.errors import FlexEvalError
 from flexeval.requests import Choice, Generate
 from flexeval.sharding import assign_by_cost, batch_units, item_cost, rank_share
@@ -80,44 +76,7 @@ def test_item_cost_counts_prompt_options_new_tokens_and_image_size():
     assert item_cost(Generate(question=prompt, max_new_tokens=512), None) > gen
 
 
-# ---------------------------------------------------------------- the peer watch
-
-def _status(tmp_path, rank, timeout):
-    cluster = SimpleNamespace(rank=rank, world_size=2, host="here", device="cpu", peer_timeout=timeout)
-    return RankStatus(tmp_path, "cfg", cluster, "nonce1", {"items": 3, "estimated_cost": 1.0})
-
-
-def test_a_failed_peer_stops_the_run_naming_rank_and_error(tmp_path):
-    me = _status(tmp_path, 0, timeout=30)
-    try:
-        assert me.check_peers() is None  # rank 1 not there yet: wait
-        peer = json.loads((tmp_path / "cfg.rank0.json").read_text()) | {
-            "rank": 1, "pid": 4242, "state": "failed", "error": "RuntimeError: CUDA error: an illegal memory access"}
-        (tmp_path / "cfg.rank1.json").write_text(json.dumps(peer))
-        with pytest.raises(FlexEvalError, match=r"rank 1 on here \(pid 4242\) failed: RuntimeError: CUDA error"):
-            me.check_peers()
-    finally:
-        me.stop()
-
-
-def test_a_silent_peer_is_declared_lost_after_the_timeout(tmp_path):
-    me = _status(tmp_path, 0, timeout=0.6)
-    try:
-        # an earlier run's "done" (another nonce) does not count as this run's
-        stale = {"rank": 1, "host": "there", "pid": 7, "nonce": "old", "state": "done", "beat": 9}
-        (tmp_path / "cfg.rank1.json").write_text(json.dumps(stale))
-        assert me.check_peers() is None
-        (tmp_path / "cfg.rank1.json").write_text(json.dumps(stale | {"nonce": "nonce1", "state": "running"}))
-        assert me.check_peers() is None  # alive as far as we know
-        time.sleep(1.0)  # no new beat since
-        with pytest.raises(FlexEvalError, match=r"rank 1 on there \(pid 7\) sent no heartbeat .* run the same command"):
-            me.check_peers()
-        (tmp_path / "cfg.rank1.json").write_text(json.dumps(stale | {"nonce": "nonce1", "state": "done"}))
-        infos = me.finish()  # both done: the wait returns every rank's status
-        assert [i["rank"] for i in infos] == [0, 1] and infos[0]["state"] == "done"
-        assert json.loads((tmp_path / "cfg.rank0.json").read_text())["state"] == "done"
-    finally:
-        me.stop()
+# the peer watch (liveness by progress): tests/test_coordination.py
 
 
 # ---------------------------------------------------------------- the launcher's environment

@@ -5,7 +5,9 @@ model; the same folder with other weights is another. Each checkpoint file (weig
 JSON configs, also in subfolders such as a vision tower kept inside the checkpoint) counts by its
 relative path, size and sha256. A hub snapshot's files are links to blobs named by their git/LFS
 object id (the sha256 of an LFS file's content): that name is used, nothing is read. A local 7B
-checkpoint is read once per process (~10 s from the page cache right after loading it).
+checkpoint is read once (~10 s from the page cache right after loading it): digests are cached on
+disk by (path, size, mtime) (flexeval/results/digests.py), and in a multi-process run rank 0 alone
+reads the files and hands the digests to the others (flexeval/distributed.py share_digests).
 """
 
 from __future__ import annotations
@@ -20,23 +22,34 @@ CHECKPOINT_SUFFIXES = (".safetensors", ".bin", ".model", ".json", ".jinja")  # .
 _OBJECT_ID = re.compile(r"^[0-9a-f]{40}$|^[0-9a-f]{64}$")
 
 
+def is_hub_blob(path: Path) -> bool:
+    """A hub cache blob, named by its object id: its digest is its name."""
+    real = Path(os.path.realpath(path))
+    return real.parent.name == "blobs" and bool(_OBJECT_ID.match(real.name))
+
+
 def file_digest(path: Path) -> str:
     """sha256 of a file's bytes, or a hub blob's object id when it is one (nothing read then)."""
     real = Path(os.path.realpath(path))
-    if real.parent.name == "blobs" and _OBJECT_ID.match(real.name):
-        return real.name
-    return file_sha256(real)
+    return real.name if is_hub_blob(real) else file_sha256(real)
+
+
+def checkpoint_files(folder: Path) -> list[Path]:
+    """Every checkpoint file under `folder` (hidden ones skipped), sorted by relative path."""
+    folder = Path(folder)
+    return [p for p in sorted(folder.rglob("*")) if p.is_file() and p.suffix in CHECKPOINT_SUFFIXES
+            and not any(x.startswith(".") for x in p.relative_to(folder).parts)]
+
+
+def files_to_read(folder: Path) -> list[Path]:
+    """The checkpoint files whose digest means reading them (hub blobs are named by theirs)."""
+    return [p for p in checkpoint_files(folder) if not is_hub_blob(p)]
 
 
 def checkpoint_content(folder: Path) -> list[list]:
     """[relative path, size, digest] of every checkpoint file under `folder`, sorted by path."""
     folder = Path(folder)
-    rows = []
-    for p in sorted(folder.rglob("*")):
-        rel = p.relative_to(folder)
-        if p.is_file() and p.suffix in CHECKPOINT_SUFFIXES and not any(x.startswith(".") for x in rel.parts):
-            rows.append([rel.as_posix(), p.stat().st_size, file_digest(p)])
-    return rows
+    return [[p.relative_to(folder).as_posix(), p.stat().st_size, file_digest(p)] for p in checkpoint_files(folder)]
 
 
 def local_model_name(spelling: str) -> str | None:

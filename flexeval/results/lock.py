@@ -7,10 +7,15 @@ flock can be taken is stale and is taken over, with a line saying so.
 
 torch.distributed: only the launching process / rank 0 (env RANK unset or 0) takes it, so the ranks
 of one run never refuse each other; `hold_run_lock` is the one place that decides.
+
+A filesystem without working flock (NFS without lock support, some FUSE / object-store mounts)
+answers ENOLCK, EOPNOTSUPP or ENOSYS: that is said as such, with what to do (`lock_fd`, also used
+for the prediction shards), never as "in use by another run". FLEXEVAL_NO_LOCK=1 runs without locks.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import socket
@@ -26,19 +31,9 @@ except ImportError:  # pragma: no cover - Windows: no lock, runs are not protect
     fcntl = None
 
 LOCK_NAME = ".flexeval-run.lock"
-
-
-def lock_exclusive(fd: int) -> bool:
-    """A non-blocking exclusive advisory lock on an open file: False if another process holds it
-    (True where there is no fcntl: Windows runs are not protected). The store's shards use it too."""
-    if fcntl is None:  # pragma: no cover - Windows
-        return True
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        return False
-    return True
-
+NO_LOCK_ENV = "FLEXEVAL_NO_LOCK"
+# flock's answers on a filesystem that has no working locks (EOPNOTSUPP is ENOTSUP on Linux)
+UNSUPPORTED = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS, errno.EINVAL}
 _held: dict[str, RunLock] = {}  # this process's locks by folder (a rerun in-process takes its own lock back)
 
 
@@ -64,6 +59,24 @@ def _owner(path: Path) -> dict:
         return {}
 
 
+def lock_fd(fd: int, path: Path, busy: str) -> None:
+    """flock `fd` (exclusive, non-blocking). FlexEvalError `busy` when another process holds it; one
+    saying the filesystem has no working locks, and what to do, when flock itself does not work."""
+    if fcntl is None or os.environ.get(NO_LOCK_ENV) == "1":
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        if e.errno in UNSUPPORTED:
+            raise FlexEvalError(
+                f"the filesystem of {Path(path).parent} does not support file locks (flock on {path}: "
+                f"{e.strerror or e}); flexeval locks --out so that two runs never write one results folder. "
+                f"Put --out on a local disk or a filesystem with working locks (NFS: the lock service / "
+                f"'lock' mount option; Lustre: mount -o flock), or, if no other run can write this folder, "
+                f"set {NO_LOCK_ENV}=1") from e
+        raise FlexEvalError(busy) from e
+
+
 def hold_run_lock(folder: Path, log=None) -> RunLock:
     """Create `folder` and lock it for this run; a FlexEvalError if another live run holds it or the
     folder cannot be written."""
@@ -79,13 +92,14 @@ def hold_run_lock(folder: Path, log=None) -> RunLock:
     except OSError as e:
         raise FlexEvalError(f"cannot write the results folder {folder} ({e.strerror}); fix its permissions or "
                             f"choose another --out") from e
-    if not lock_exclusive(fd):
-        os.close(fd)
+    try:
         who = _owner(path)
-        raise FlexEvalError(
-            f"{folder} is in use by another run (lock {path}: pid {who.get('pid', '?')} on host "
-            f"{who.get('host', '?')}, started {who.get('started', '?')}); wait for it to finish, or use "
-            f"another --out or --tag")
+        lock_fd(fd, path, f"{folder} is in use by another run (lock {path}: pid {who.get('pid', '?')} on host "
+                          f"{who.get('host', '?')}, started {who.get('started', '?')}); wait for it to finish, "
+                          "or use another --out or --tag")
+    except FlexEvalError:
+        os.close(fd)
+        raise
     stale = _owner(path)
     if stale.get("pid") and log is not None:
         log(f"taking over the stale lock {path} of pid {stale['pid']} on {stale.get('host', '?')} (that run "

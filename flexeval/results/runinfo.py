@@ -18,6 +18,8 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
+from flexeval.results.digests import cached_digest, sha256_file
+
 PACKAGES = ["torch", "transformers", "datasets", "pandas", "typer", "tqdm", "pillow", "numpy",
             "safetensors", "sentencepiece"]
 
@@ -114,17 +116,21 @@ def _walk(root: Path) -> list[tuple[str, os.DirEntry]]:
     return sorted(out, key=lambda t: t[0])
 
 
-def _content_digest(path: str, size: int) -> str:
+def _head_tail(path: str, size: int) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
-        if size <= HEAD_TAIL_LIMIT:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-        else:
-            h.update(f.read(HEAD_TAIL))
-            f.seek(size - HEAD_TAIL)
-            h.update(f.read(HEAD_TAIL))
+        h.update(f.read(HEAD_TAIL))
+        f.seek(size - HEAD_TAIL)
+        h.update(f.read(HEAD_TAIL))
     return h.hexdigest()
+
+
+def _content_digest(path: str, size: int) -> str:
+    """The file's sha256 (first+last MiB above HEAD_TAIL_LIMIT), read once per (path, size, mtime):
+    the digest cache of flexeval/results/digests.py, shared with the item keys' image digests."""
+    if size <= HEAD_TAIL_LIMIT:
+        return sha256_file(path)
+    return cached_digest(path, "sha256-head-tail-1MiB", _head_tail)
 
 
 def data_fingerprint(paths: list[Path]) -> dict:

@@ -27,8 +27,9 @@ from pathlib import Path
 from typing import Any
 
 from flexeval.errors import FlexEvalError
+from flexeval.results.digests import sha256_file
 from flexeval.results.jsonsafe import strict_object
-from flexeval.results.lock import lock_exclusive  # against two processes claiming the same shard
+from flexeval.results.lock import lock_fd
 
 SHARDS_DIR = "shards"
 PREDICTIONS = "predictions.jsonl"
@@ -43,20 +44,10 @@ def fingerprint(obj: Any) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
-_file_digests: dict[tuple, str] = {}
-
-
 def file_sha256(path: str | os.PathLike) -> str:
-    """sha256 of a file's bytes, memoised per path, size and mtime; OSError when it cannot be read."""
-    st = os.stat(path)
-    key = (str(path), st.st_size, st.st_mtime_ns)
-    if key not in _file_digests:
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 22), b""):
-                h.update(chunk)
-        _file_digests[key] = h.hexdigest()
-    return _file_digests[key]
+    """sha256 of a file's bytes, read once per path, size and mtime (also across runs: the digest
+    cache of flexeval/results/digests.py); OSError when it cannot be read."""
+    return sha256_file(path)
 
 
 def record_line(record: dict) -> bytes:
@@ -231,9 +222,8 @@ class PredictionStore:
         created = not self.shard_path.exists()
         fd = os.open(self.shard_path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o666)
         try:
-            if not lock_exclusive(fd):
-                raise FlexEvalError(f"{self.shard_path} is being written by another process (same output folder, "
-                                    f"config and rank); wait for it to finish or use another --out/--tag")
+            lock_fd(fd, self.shard_path, f"{self.shard_path} is being written by another process (same output "
+                                         "folder, config and rank); wait for it to finish or use another --out/--tag")
             # Cut a torn tail from an earlier crash so the next record starts on a fresh line.
             data = self.shard_path.read_bytes()
             _, good_end = _parse_lines(data, self.shard_path)
