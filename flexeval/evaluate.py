@@ -40,7 +40,7 @@ from flexeval.checks import (
 from flexeval.distributed import Cluster, RankProgress, rank_summary, share_digests, take_share
 from flexeval.execute import Answers, BatchSizer, Item, Progress, build_items, log, pending_indices, run_items
 from flexeval.interrupt import note_progress
-from flexeval.items import IdList, check_unprefixed_ids_found, read_id_file, select_items
+from flexeval.items import IdList, check_unprefixed_ids_found, items_to_run, read_id_file
 from flexeval.plugins import load_plugin_model, model_plugin
 from flexeval.requests import Generate
 from flexeval.results.accuracy import format_rows, write_accuracy_csv
@@ -178,7 +178,7 @@ def plan_benchmark(bench: Benchmark, model, cfg: RunConfig, data_dir: Path, prot
     counts = bench.count_report(samples)
     if counts["mismatch"] and say:
         log(count_sentence(bench.name, counts))
-    chosen, selection = select_items(samples, bench.name, ids, cfg.offset, cfg.limit, 2 if several else 1)
+    chosen, chosen_items = items_to_run(samples, bench.name, ids, cfg.offset, cfg.limit, 2 if several else 1)
     if cfg.question_style != "release" and not changes_questions(bench.name, cfg.question_style) and say:
         log(f"[{bench.name}] --question-style {cfg.question_style} changes nothing here (benchmarks/question_style.py)")
     work = work or Answers()
@@ -192,7 +192,7 @@ def plan_benchmark(bench: Benchmark, model, cfg: RunConfig, data_dir: Path, prot
     subset = items_part([s.id for s in chosen], len(samples), first_n=ids is None and not cfg.offset)
     variant = variant_name(bench, protocol, split, subset, cfg.max_new_tokens if generates else None)
     where_run = {"protocol": protocol, "split": split, "variant": variant, "config_fingerprint": config_fp,
-                 "data_dir": data_dir, "counts": counts, "selection": selection}
+                 "data_dir": data_dir, "counts": counts, "items": chosen_items}
     return BenchmarkPlan(items, bench_dir, results_dir(bench_dir, variant), config_fp, identity, where_run)
 
 
@@ -282,7 +282,7 @@ def run_summary(bench, model, cfg, where_run: dict, identity: dict, records, row
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
         "data": {"dir": str(data_dir.resolve()), "fingerprint": data_fingerprint([data_dir]),
                  "counts": where_run["counts"], "limit": cfg.limit, "evaluated": len(records),
-                 "selection": where_run["selection"]},
+                 "items": where_run["items"]},
         "environment": environment_info(),
         "timing": timing,
         "stats": run_figures(records),
@@ -385,7 +385,7 @@ def run_benchmarks(cfg: RunConfig) -> list[dict]:
     runs, cluster = on_cluster(cfg, body)
     if not cluster.is_main:
         return []
-    check_unprefixed_ids_found(ids, [r["data"]["selection"] for r in runs])
+    check_unprefixed_ids_found(ids, [r["data"]["items"] for r in runs])
     if several:
         print(write_report(Path(cfg.out)))
         print(f"summary: {Path(cfg.out) / 'summary.csv'} and {Path(cfg.out) / 'summary.md'}")

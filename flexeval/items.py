@@ -134,7 +134,6 @@ def items_to_run(samples: list, bench_name: str, ids: IdList | None, offset: int
     return samples[:keep], info
 
 
-select_items = items_to_run  # the old name, until flexeval/evaluate.py imports items_to_run
 
 
 def parse_key_values(spec: str, option: str, example: str) -> dict[str, str]:

@@ -104,7 +104,7 @@ def test_run_letter_protocol_with_ids_offset_fraction_and_gen_kwargs(tmp_path, r
     run = json.loads((bench_dir / "run.json").read_text())
     assert run["protocol"] == "letter"
     assert (run["accuracy_intervals"]["resamples"], run["accuracy_intervals"]["seed"]) == (1000, 0)
-    assert run["data"]["selection"] == {"loaded": 6, "ids_file": str(ids), "after_ids": 5, "offset": 1,
+    assert run["data"]["items"] == {"loaded": 6, "ids_file": str(ids), "after_ids": 5, "offset": 1,
                                         "limit": 0.5, "kept": 2}
     acc = (bench_dir / "accuracy.csv").read_text().splitlines()
     assert acc[-1].startswith(f"vstar,overall,2,{sum(p['score'] for p in preds):g},")
