@@ -9,6 +9,7 @@ from typing import Optional
 
 import typer
 
+from flexeval.checks import check_at_least, check_writable
 from flexeval.errors import FlexEvalError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -189,6 +190,7 @@ def inspect(
     from flexeval.analysis.inspect import inspect_sample
 
     try:
+        check_at_least(max_new_tokens, "--max-new-tokens")
         result = inspect_sample(model=model, image=image, prompt=prompt,
                                 options=options.split("|") if options else None,
                                 max_new_tokens=max_new_tokens, dtype=dtype, device=device,
@@ -229,6 +231,9 @@ def attention(
     from flexeval.analysis.attention import attention_for_bench, attention_for_image
 
     try:
+        check_at_least(max_new_tokens, "--max-new-tokens")
+        if out is not None:
+            check_writable(out.parent if image is not None else out)
         if (image is None) == (bench is None):
             raise FlexEvalError("give either --image IMG --prompt Q --out FILE.png, or --bench B --data-dir D")
         if image is not None:
@@ -251,8 +256,10 @@ def attention_check(out: Path = typer.Option(Path("attention-check.png"), "--out
     images, drawn as `flexeval attention` draws them; hot spot and outline must sit on the disc."""
     from flexeval.analysis.attention import planted_check_png
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    typer.echo(f"wrote {planted_check_png(out)}")
+    try:
+        typer.echo(f"wrote {planted_check_png(check_writable(out.parent) / out.name)}")
+    except FlexEvalError as e:
+        _fail(e)
 
 
 grounding_app = typer.Typer(invoke_without_command=True, no_args_is_help=True,
@@ -288,6 +295,7 @@ def grounding(
     try:
         if model is None or data_dir is None:
             raise FlexEvalError("flexeval grounding needs --model M and --data-dir D (or the `score` subcommand)")
+        check_writable(out)
         summary = run_grounding(GroundingConfig(model=model, data_dir=data_dir, out=out, layers=layers, token=token,
                                                 map_size=map_size, limit=limit, batch_size=batch_size, dtype=dtype,
                                                 device=device, selection=selection, workers=workers, tag=tag,
@@ -325,6 +333,7 @@ def make_tiny(out: Path = typer.Option(..., "--out"), seed: int = typer.Option(0
     from flexeval.model.tiny_hf import make_tiny_hf_model
 
     try:
+        check_writable(out)
         if fmt.startswith("hf-"):
             path = make_tiny_hf_model(out, family={"hf-llava": "llava-hf"}.get(fmt, fmt[3:]), seed=seed)
         else:
@@ -354,6 +363,7 @@ def speed(
     from flexeval.speed.measure import SpeedConfig, main
 
     try:
+        check_writable(out)
         main(SpeedConfig(arch=arch, model=model, device=device, dtype=dtype, out=out, new_tokens=new_tokens,
                          repeat=repeat, max_batch=max_batch, stage_batch=stage_batch, e2e_items=e2e_items,
                          workers=workers, threads=threads, profile=profile))
@@ -370,6 +380,7 @@ def make_sample(bench: str = typer.Option(..., "--bench", "-b", help="a benchmar
     from flexeval.benchmarks import data_folders, get_benchmark
 
     try:
+        check_at_least(n, "--n") or check_writable(out)
         for name, dest in data_folders(bench, out).items():
             get_benchmark(name).make_sample(dest, n=n, seed=seed)
             typer.echo(f"{name}: sample data in {dest}")

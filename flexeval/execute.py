@@ -27,7 +27,7 @@ from flexeval.distributed import RankProgress
 from flexeval.errors import FlexEvalError
 from flexeval.requests import Choice, Generate, Request
 from flexeval.results.nonfinite import NonFiniteGuard, choice_problem
-from flexeval.results.store import PredictionStore, fingerprint
+from flexeval.results.store import PredictionStore, fingerprint, is_provisional
 
 
 def log(msg: str) -> None:
@@ -175,8 +175,9 @@ def build_items(bench: Benchmark, samples: list[Sample], protocol: str, max_new_
 
 
 def pending_indices(items: list[Item], done: dict) -> list[int]:
-    """The items no shard of this configuration holds yet (resume), as indices into `items`."""
-    return [i for i, it in enumerate(items) if it.key not in done]
+    """The items no shard of this configuration holds yet (resume), as indices into `items`; a skipped
+    row is never a cached result (flexeval/results/store.py is_provisional): it runs again."""
+    return [i for i, it in enumerate(items) if it.key not in done or is_provisional(done[it.key])]
 
 
 class Progress:

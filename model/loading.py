@@ -18,6 +18,7 @@ from flexeval.hub import snapshot
 
 from .config import FlexConfig, RunOptions
 from .flex_llava import FlexLlava
+from .kinds import is_original_llava, not_native
 from .llama import LlavaLM
 from .tokenizer import LlavaTokenizer
 from .validate import header_problems, non_finite_problems, raise_problems, shape_problems, tokenizer_problems
@@ -42,6 +43,10 @@ def resolve_dtype(dtype, device: str) -> torch.dtype:
 def resolve_device(device: str) -> str:
     if device in (None, "auto"):
         return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        torch.device(device)
+    except (RuntimeError, TypeError, ValueError) as e:  # --device nosuch was torch's traceback
+        raise FlexEvalError(f"--device {device!r} is not a device; choose auto, cpu, cuda or cuda:N") from e
     if str(device).startswith("cuda") and not torch.cuda.is_available():
         raise FlexEvalError(f"device '{device}' requested but CUDA is not available; use --device cpu")
     return device
@@ -370,6 +375,10 @@ def resolve_kind_and_recipe(folder: Path, raw: dict, model_kind: str, recipe: st
                             "(the checkpoint's own processor, chat template and tokenizer)")
     ours = _llava15_format(raw)
     hf = is_hf_vlm_config(raw) or "auto_map" in raw
+    if is_original_llava(raw):  # FlexLlava or nothing: its parse errors are the errors (model/kinds.py)
+        if recipe == "native" or model_kind == "hf":
+            raise not_native(folder, raw, "--recipe native" if recipe == "native" else "--model-kind hf")
+        hf = False
     if model_kind == "auto":
         model_kind = "flexattention" if ours and recipe != "native" and (not hf or _parses(folder, raw)) else "hf"
     if model_kind == "flexattention":
@@ -403,6 +412,7 @@ def load_model(path_or_id: str | os.PathLike, dtype="auto", device: str = "auto"
             raise FlexEvalError("--min-pixels/--max-pixels/--image-option set a transformers image processor; "
                                 "FlexLlava's resolution is the checkpoint's (336 px, FlexAttention: --zoom)")
         return load_pretrained(path_or_id, dtype=dtype, device=device, options=options)
+    from .hf_checks import check_hf_files, check_hf_weights
     from .hf_processor import parse_image_options
     from .hf_vlm import HFVisionModel
 
@@ -411,6 +421,9 @@ def load_model(path_or_id: str | os.PathLike, dtype="auto", device: str = "auto"
         # the checkpoint's own half precision (Qwen2-VL is bfloat16: float16 overflows in it); else bfloat16
         saved = raw.get("torch_dtype") or raw.get("dtype") or (raw.get("text_config") or {}).get("torch_dtype")
         dtype = saved if saved in ("float16", "bfloat16") else "bfloat16"
-    return HFVisionModel(folder, str(path_or_id), device, resolve_dtype(dtype, device),
-                         trust_remote_code=trust_remote_code, min_pixels=min_pixels, max_pixels=max_pixels, recipe=recipe,
-                         image_options=parse_image_options(image_options))
+    check_hf_files(folder)  # FlexLlava's checkpoint checks, same messages (model/hf_checks.py)
+    model = HFVisionModel(folder, str(path_or_id), device, resolve_dtype(dtype, device),
+                          trust_remote_code=trust_remote_code, min_pixels=min_pixels, max_pixels=max_pixels,
+                          recipe=recipe, image_options=parse_image_options(image_options))
+    check_hf_weights(model.model, folder, model.dtype)
+    return model

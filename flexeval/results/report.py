@@ -34,6 +34,8 @@ REPORT_COLUMNS = [
     ("RSVQA average", "rsvqa_hrben", "average"),
 ]
 
+# A Δ-vs-paper cell needs this many items: at n = 50 and 50% accuracy the 95% interval is ±14 points.
+MIN_DELTA_N = 50
 # Published numbers (FlexAttention paper, Table 1), keyed like REPORT_COLUMNS; value, derived?
 # V* attribute is not printed: it follows from overall and spatial counts, e.g. for LLaVA-1.5
 # 47.6% of 191 = 91 right, 56.6% of 76 = 43 right, so attribute = 48/115 = 41.7.
@@ -115,11 +117,13 @@ def summary_markdown(entries: list[dict]) -> str:
         ci_cells = [_interval_cell(*ci.get((b, s), (None, None))) for _, b, s in REPORT_COLUMNS]
         if any(c != DASH for c in ci_cells):  # issue 15: older accuracy.csv files have no intervals
             row([f"95% interval {tag}", *ci_cells])
+        n = {(r["benchmark"], r["subset"]): r.get("n") or 0 for e in mine for r in e["rows"]}
         if kind in PAPER_ROWS:
             ref_name, ref = PAPER_ROWS[kind]
-            row([f"Δ {tag} − {ref_name}",
-                 *(_diff(acc.get((b, s)), ref[(b, s)][0] if (b, s) in ref else None)
-                   for _, b, s in REPORT_COLUMNS)])
+            deltas = [_diff(acc.get((b, s)) if n.get((b, s), 0) >= MIN_DELTA_N else None,
+                            ref[(b, s)][0] if (b, s) in ref else None) for _, b, s in REPORT_COLUMNS]
+            if any(d != DASH for d in deltas):  # a 2-item run printed a Δ-vs-paper row (issue 24)
+                row([f"Δ {tag} − {ref_name}", *deltas])
         parts = []
         for e in mine:
             overall = next((r for r in e["rows"] if r["subset"] == "overall"), None)
@@ -129,7 +133,9 @@ def summary_markdown(entries: list[dict]) -> str:
             "; no difference row: run.json model.kind is " + (" and ".join(kinds) if kinds else "missing"))
         notes.append(f"- `{tag}`: " + "; ".join(parts) + why)
 
-    lines += ["", "Accuracy in percent. Δ rows: the model minus the paper row of the same model kind. "
+    lines += ["", "Accuracy in percent. Δ rows: the model minus the paper row of the same model kind, "
+              f"only for cells of at least {MIN_DELTA_N} items (below that the 95% interval is wider than ±14 "
+              "points: a difference means nothing). "
               "95% interval rows: percentile bootstrap over items (seeded; RSVQA average resampled within "
               "each subset); standard errors are in accuracy.csv and summary.csv.",
               "\\* derived, not printed in the paper: V* attribute = (overall x 191 - spatial x 76) / 115 "

@@ -178,6 +178,13 @@ def read_records(path: Path) -> list[dict]:
     return _parse_lines(data, Path(path))[0]
 
 
+def is_provisional(record: dict) -> bool:
+    """A skipped row (image over --max-image-pixels, undecodable, prompt too long) is stored so that
+    the run's files are complete, but it is no cached result: its cause may be fixed (a higher limit,
+    a repaired file), so a rerun computes it again and a computed record replaces it."""
+    return bool(record.get("skipped"))
+
+
 _SHARD_RE = re.compile(r"^(?P<fp>[^.]+)\.rank(?P<rank>\d+)\.jsonl$")
 
 
@@ -216,14 +223,17 @@ class PredictionStore:
         return [p for _, p in sorted(found)]
 
     def completed(self) -> dict[str, dict]:
-        """key -> record for every record of this config in any rank's shard; first occurrence wins.
+        """key -> record for every record of this config in any rank's shard; first occurrence wins,
+        except that a computed record wins over a skipped one (`is_provisional`).
 
         Safe while other ranks are appending: their in-flight last line is simply not seen yet.
         """
         done: dict[str, dict] = {}
         for path in self.shard_paths():
             for rec in read_records(path):
-                done.setdefault(str(rec["key"]), rec)
+                key = str(rec["key"])
+                if key not in done or (is_provisional(done[key]) and not is_provisional(rec)):
+                    done[key] = rec
         return done
 
     # -- writing -------------------------------------------------------------------------------
