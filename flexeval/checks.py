@@ -47,7 +47,7 @@ def writable_problem(out: Path, option: str = "--out") -> str | None:
     while not probe.exists() and probe != probe.parent:
         probe = probe.parent
     if not probe.is_dir():
-        return f"{option} {out}: {probe} is not a folder (a regular file is in the way); choose another {option}"
+        return f"{option} {out}: {probe} is not a folder; choose another {option} (a regular file is in the way)"
     try:
         fd, tmp = tempfile.mkstemp(prefix=".flexeval-write-test.", dir=probe)
         os.close(fd)

@@ -28,6 +28,7 @@ from flexeval.errors import FlexEvalError
 from flexeval.requests import Choice, Generate, Request
 from flexeval.results.nonfinite import NonFiniteGuard, choice_problem
 from flexeval.results.store import PredictionStore, fingerprint, is_provisional
+from flexeval.workers import guarded
 
 
 def log(msg: str) -> None:
@@ -222,7 +223,7 @@ def feed_batches(dataset: Dataset, workers: int | None, sizer: BatchSizer, flush
     """Decoded (index, image, error) entries to flush() in batches of sizer.size (read per batch: an OOM
     back-off shrinks the next). Shared by `run` and `grounding`."""
     batch: list = []
-    for entry in _loader(dataset, workers):
+    for entry in guarded(_loader(dataset, workers)):  # a killed worker: one clear line (flexeval/workers.py)
         batch.append(entry)
         if progress is not None:
             progress.status(f"first batch: {len(batch)}/{sizer.size} images decoded")

@@ -17,6 +17,7 @@ from flexeval.errors import FlexEvalError
 from flexeval.hub import snapshot
 
 from .config import FlexConfig, RunOptions
+from .config_check import check_config_types
 from .flex_llava import FlexLlava
 from .kinds import is_original_llava, not_native
 from .llama import LlavaLM
@@ -114,6 +115,7 @@ def _unsupported(folder: Path, key: str, value, fix: str) -> FlexEvalError:
 
 def parse_config(folder: Path, raw: dict) -> FlexConfig:
     """FlexConfig from a config.json of any of the three formats; unsupported values raise."""
+    check_config_types(folder, raw)  # "4096", [2], 1.5: an error naming the field (model/config_check.py)
     archs = raw.get("architectures") or []
     if "LlavaForConditionalGeneration" in archs or "text_config" in raw:
         return _parse_llava_hf(folder, raw)
