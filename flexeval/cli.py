@@ -226,6 +226,7 @@ def attention(
     selection: Optional[str] = typer.Option(None, "--selection", help="attention | random | center | all | none"),
     tag: Optional[str] = typer.Option(None, "--tag", help="model tag used as the results folder name"),
     max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", help="answer length (default 16)"),
+    max_image_pixels: int = typer.Option(40_000_000, "--max-image-pixels", help="refuse larger images (as `run`)"),
 ) -> None:
     """Attention-map pictures: the map of one query row over the original image, one panel per layer."""
     from flexeval.analysis.attention import attention_for_bench, attention_for_image
@@ -240,11 +241,12 @@ def attention(
             if prompt is None or out is None:
                 raise FlexEvalError("--image needs --prompt and --out FILE.png")
             info = attention_for_image(model, image, prompt, layers, token, out, dtype, device, selection,
-                                       max_new_tokens or 16)
+                                       max_new_tokens or 16, max_image_pixels)
             typer.echo(f"answer: {info['answer']}\nmap of the {info['token']}'s row, layers {info['layers']}: {out}")
         else:
             for p in attention_for_bench(bench, model, data_dir, ids, limit, layers, token, out or Path("results"),
-                                         dtype, device, selection, tag=tag, max_new_tokens=max_new_tokens):
+                                         dtype, device, selection, tag=tag, max_new_tokens=max_new_tokens,
+                                         max_image_pixels=max_image_pixels):
                 typer.echo(f"wrote {p}")
     except FlexEvalError as e:
         _fail(e)
@@ -286,6 +288,7 @@ def grounding(
     workers: Optional[int] = typer.Option(None, "--workers", help="image decoding worker processes"),
     tag: Optional[str] = typer.Option(None, "--tag", help="model tag used as the folder name"),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
+    max_image_pixels: int = typer.Option(40_000_000, "--max-image-pixels", help="refuse larger images (as `run`)"),
 ) -> None:
     """Score where the model looks, per layer, with the official GQA grounding definition."""
     if ctx.invoked_subcommand is not None:
@@ -299,7 +302,7 @@ def grounding(
         summary = run_grounding(GroundingConfig(model=model, data_dir=data_dir, out=out, layers=layers, token=token,
                                                 map_size=map_size, limit=limit, batch_size=batch_size, dtype=dtype,
                                                 device=device, selection=selection, workers=workers, tag=tag,
-                                                quiet=quiet))
+                                                quiet=quiet, max_image_pixels=max_image_pixels))
     except FlexEvalError as e:
         _fail(e)
     for r in summary["layers"]:

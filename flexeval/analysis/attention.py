@@ -211,7 +211,7 @@ def _load(model: str, dtype: str, device: str, selection: str | None):
 
 def attention_for_image(model: str, image: Path, prompt: str, layers: str, token: str, out: Path,
                         dtype: str = "auto", device: str = "auto", selection: str | None = None,
-                        max_new_tokens: int = 16) -> dict:
+                        max_new_tokens: int = 16, max_image_pixels: int | None = None) -> dict:
     """`flexeval attention --image`: one picture; the prompt is wrapped in the LLaVA v1 template."""
     from flexeval.benchmarks.base import open_image
     from flexeval.benchmarks.conversation import IMAGE_TOKEN, llava_v1_prompt
@@ -221,7 +221,7 @@ def attention_for_image(model: str, image: Path, prompt: str, layers: str, token
     tok = parse_token(token)
     m = _load(model, dtype, device, selection)
     picked = parse_layers(layers, m.cfg.num_layers)
-    pil = open_image(str(image))
+    pil = open_image(str(image), **({"max_pixels": max_image_pixels} if max_image_pixels else {}))
     text = llava_v1_prompt(prompt, with_image=IMAGE_TOKEN not in prompt)
     res = compute_maps(m, [text], [m.preprocess(pil)], tok, picked, max_new_tokens, [str(image)])[0]
     render(pil, res, prompt, picked, out)
@@ -231,7 +231,8 @@ def attention_for_image(model: str, image: Path, prompt: str, layers: str, token
 def attention_for_bench(bench: str, model: str, data_dir: Path | None, ids: str | None, limit: int | None,
                         layers: str, token: str, out: Path, dtype: str = "auto", device: str = "auto",
                         selection: str | None = None, protocol: str | None = None, tag: str | None = None,
-                        batch_size: int = 4, max_new_tokens: int | None = None) -> list[Path]:
+                        batch_size: int = 4, max_new_tokens: int | None = None,
+                        max_image_pixels: int | None = None) -> list[Path]:
     """`flexeval attention --bench`: pictures of chosen items, under <out>/<model tag>/<bench>/attention/."""
     from flexeval.benchmarks import get_benchmark
     from flexeval.benchmarks.base import open_image
@@ -259,7 +260,8 @@ def attention_for_bench(bench: str, model: str, data_dir: Path | None, ids: str 
     for start in range(0, len(samples), batch_size):
         chunk = samples[start:start + batch_size]
         reqs = [b.request(s, protocol) for s in chunk]
-        pils = [open_image(s.image, where=s.id) if s.image is not None else None for s in chunk]
+        pils = [open_image(s.image, where=s.id, **({"max_pixels": max_image_pixels} if max_image_pixels else {}))
+                if s.image is not None else None for s in chunk]
         if any(p is None for p in pils):
             raise FlexEvalError(f"{b.name}: item {chunk[pils.index(None)].id} has no image; leave it out of --ids")
         n_new = max_new_tokens or max((r.max_new_tokens if isinstance(r, Generate) else 16) for r in reqs)

@@ -33,6 +33,7 @@ class GroundingConfig:
     workers: int | None = None
     tag: str | None = None
     quiet: bool = False
+    max_image_pixels: int | None = None  # None: run's default; a skipped row's message names --max-image-pixels
 
 
 def run_grounding(cfg: GroundingConfig) -> dict:
@@ -40,11 +41,12 @@ def run_grounding(cfg: GroundingConfig) -> dict:
 
     from flexeval.analysis.attention import continuation_for, generate_answers, parse_layers, parse_token
     from flexeval.analysis.grounding import SUMMARY, summary_rows, write_grounding_tables
+    from flexeval.benchmarks.base import DEFAULT_MAX_IMAGE_PIXELS
     from flexeval.benchmarks.gqa import GQA, QUESTIONS, SCENES, load_questions, load_scenes
     from flexeval.evaluate import RunConfig, model_identity, model_tag
     from flexeval.execute import BatchSizer, ImageDataset, Item, feed_batches, log, request_fingerprint
     from flexeval.model import RunOptions, load_pretrained
-    from flexeval.results.store import PredictionStore, fingerprint, write_json_atomic
+    from flexeval.results.store import PredictionStore, fingerprint, is_provisional, write_json_atomic
 
     if cfg.map_size < 1:
         raise FlexEvalError(f"--map-size must be a positive integer, not {cfg.map_size}")
@@ -67,12 +69,13 @@ def run_grounding(cfg: GroundingConfig) -> dict:
                              "token": token, "map_size": cfg.map_size, "flexeval_grounding": 1})
     store = PredictionStore(folder, config_fp)
     done = store.completed()
-    pending = [i for i, k in enumerate(keys) if k not in done]
+    pending = [i for i, k in enumerate(keys) if k not in done or is_provisional(done[k])]  # skipped: run again
     log(f"[grounding] {len(samples)} questions, {len(samples) - len(pending)} already done, {len(pending)} to run "
         f"-> {folder}")
     sizer = BatchSizer(cfg.batch_size, str(model.device))
     sub = [samples[i] for i in pending]
-    dataset = ImageDataset([Item(samples[i], requests[i], keys[i]) for i in pending], model.preprocessor)
+    dataset = ImageDataset([Item(samples[i], requests[i], keys[i]) for i in pending], model.preprocessor,
+                           cfg.max_image_pixels or DEFAULT_MAX_IMAGE_PIXELS)
     bar = tqdm(total=len(pending), desc="grounding", unit="question", disable=cfg.quiet, dynamic_ncols=True)
 
     def score_batch(items):

@@ -17,6 +17,7 @@ from flexeval.results.accuracy import (
     row_cells,
 )
 from flexeval.results.layout import benchmark_folder, is_variant_folder
+from flexeval.results.readonly import tables_written_in
 from flexeval.results.scoring import read_run_json
 from flexeval.results.store import write_text_atomic
 
@@ -161,9 +162,10 @@ def write_report(results_dir: Path) -> str:
     for e in sorted(entries, key=lambda e: (e["tag"], rank.get(e["bench"], len(order)), e["bench"])):
         for r in e["rows"]:
             w.writerow([e["tag"], *row_cells(r)])
-    write_text_atomic(results_dir / "summary.csv", buf.getvalue())
     md = summary_markdown(entries)
-    write_text_atomic(results_dir / "summary.md", md)
+    with tables_written_in(results_dir, "report"):  # a read-only folder: one line, a fix that works
+        write_text_atomic(results_dir / "summary.csv", buf.getvalue())
+        write_text_atomic(results_dir / "summary.md", md)
     return md
 
 
