@@ -227,8 +227,8 @@ def feed_batches(dataset: Dataset, workers: int | None, sizer: BatchSizer, flush
         batch.append(entry)
         if progress is not None:
             progress.status(f"first batch: {len(batch)}/{sizer.size} images decoded")
-        if len(batch) >= sizer.size:
-            flush(batch)
+        if sum(err is None for _, _, err in batch) >= sizer.size:  # skipped rows take no model slot: a
+            flush(batch)  # rerun that redoes them (flexeval/results/store.py is_provisional) keeps the batches
             batch = []
     if batch:
         flush(batch)
