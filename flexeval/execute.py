@@ -25,6 +25,7 @@ from flexeval.benchmarks.base import DEFAULT_MAX_IMAGE_PIXELS, Benchmark, Sample
 from flexeval.benchmarks.question_style import styled_sample
 from flexeval.distributed import RankProgress
 from flexeval.errors import FlexEvalError
+from flexeval.length import set_aside_overlong
 from flexeval.requests import Choice, Generate, Request
 from flexeval.results.nonfinite import NonFiniteGuard, choice_problem
 from flexeval.results.store import PredictionStore, fingerprint, is_provisional
@@ -207,6 +208,7 @@ def run_items(items: list[Item], model, store: PredictionStore, sizer: BatchSize
     """Images decoded in workers (cfg.workers; cfg.max_image_pixels guards each), batches of `sizer.size`,
     each batch's records appended and fsync'ed."""
     stats = RunStats()
+    items = set_aside_overlong(items, model, store, sample_record, progress)  # over the model's positions: skipped
     if not items:
         return stats
     progress.status("starting the image decoders")
