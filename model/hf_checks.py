@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from flexeval.errors import FlexEvalError
+
 from .validate import REFETCH, header_problems, non_finite_problems, raise_problems
 
 # One of these holds the vocabulary (fast tokenizer, sentencepiece, BPE, tiktoken).
@@ -73,3 +75,37 @@ def hf_folder_problems(folder: Path, dtype) -> list[str]:
 
     problems = hf_file_problems(folder)
     return problems if problems else weights_finite_problems(Path(folder), dtype)
+
+
+def _budget(ip) -> tuple[int | None, int | None]:
+    """(min, max) pixels the image processor will use: its own attributes, or Qwen-VL's size dict."""
+    size = getattr(ip, "size", None)
+
+    def get(key: str):
+        return size.get(key) if isinstance(size, dict) else getattr(size, key, None)
+
+    lo = getattr(ip, "min_pixels", None) or get("shortest_edge")
+    hi = getattr(ip, "max_pixels", None) or get("longest_edge")
+    return lo, hi
+
+
+def check_pixel_budget(ip, overrides: dict, folder: Path) -> None:
+    """--min-pixels / --max-pixels that the processor cannot honour (issue 24: below its smallest image, a
+    minimum above the maximum, not positive) are errors naming the numbers, not a silently clamped run."""
+    name = f"the image processor {type(ip).__name__} of {folder}"
+    for key in ("min_pixels", "max_pixels"):
+        v = overrides.get(key)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+            raise FlexEvalError(f"--{key.replace('_', '-')} {v!r} must be a positive number of pixels")
+    if "min_pixels" not in overrides and "max_pixels" not in overrides:
+        return
+    patch, merge = getattr(ip, "patch_size", None), getattr(ip, "merge_size", None) or 1
+    tile = patch * merge if isinstance(patch, int) and isinstance(merge, int) else None
+    lo, hi = _budget(ip)
+    if tile and hi is not None and hi < tile * tile:
+        raise FlexEvalError(f"--max-pixels {hi} is below the smallest image {name} makes: one {tile}x{tile} tile "
+                            f"= {tile * tile} pixels (patch_size {patch} x merge_size {merge}); give --max-pixels "
+                            f"{max(tile * tile, lo or 0)} or more")
+    if lo is not None and hi is not None and lo > hi:
+        raise FlexEvalError(f"the pixel budget of {name} is min {lo} > max {hi} (from --min-pixels/--max-pixels and "
+                            f"its own settings); give --min-pixels {min(lo, hi)} or a --max-pixels of {lo} or more")

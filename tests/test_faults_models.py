@@ -121,3 +121,26 @@ def test_flexllava_and_transformers_word_a_truncated_file_alike(release_dir, hf_
         _break(folder, "truncated weights")
         flex = header_problems([folder / "model.safetensors"])
         assert flex and set(flex) <= set(hf_file_problems(folder))
+
+
+@pytest.mark.parametrize("budget, words", [
+    (["--max-pixels", "100"], "is below the smallest image"),
+    (["--min-pixels", "5000", "--max-pixels", "4000"], "min 5000 > max 4000"),
+    (["--max-pixels", "784"], "min 3136 > max 784"),
+    (["--min-pixels", "-5"], "--min-pixels -5 must be a positive number of pixels"),
+])
+def test_a_pixel_budget_the_processor_cannot_honour_is_refused_and_its_fix_runs(hf_dirs, data, tmp_path,
+                                                                                budget, words):
+    import re
+
+    args = ["run", "-b", "vstar", "-m", hf_dirs["qwen2-vl"], "-d", data, "-o", tmp_path, "--workers", "0", "-q",
+            "--dtype", "float32"]
+    code, out = _cli(args + budget)
+    assert code == 1 and words in out, out
+    fix = re.search(r"give (--m\w+-pixels \d+)", out)
+    if fix is None:
+        return  # a negative number: no number to suggest
+    flag, value = fix.group(1).split()
+    fixed = dict(zip(budget[::2], budget[1::2])) | {flag: value}
+    code, out = _cli(args + [x for kv in fixed.items() for x in kv])
+    assert code == 0, out  # the fix it names runs
