@@ -73,3 +73,12 @@ def length_problem(model, request, limit: int | None) -> str | None:
         return (f"the item needs {n} positions ({how}), over the model's max_position_embeddings {limit}; positions "
                 f"past it are untrained (shorten the question or option, or lower --max-new-tokens)")
     return None
+
+
+def check_request_length(model, request) -> None:
+    """`inspect` and `attention` (one prompt the user typed): an overlong one is an error, not a run."""
+    from flexeval.errors import FlexEvalError
+
+    why = length_problem(model, request, max_positions(model))
+    if why:
+        raise FlexEvalError(f"--prompt: {why.replace('shorten the question or option in the data', 'shorten it')}")

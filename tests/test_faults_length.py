@@ -75,3 +75,18 @@ def test_the_limit_is_the_checkpoints_and_a_short_item_passes(release_dir):
     assert length_problem(model, fits, limit) is None  # exactly at the limit: runs
     over = Generate(prompt=llava_v1_prompt(q), question=q, max_new_tokens=limit - n_prompt + 1)
     assert f"needs {limit + 1} positions" in length_problem(model, over, limit)
+
+
+@pytest.mark.parametrize("command", ["inspect", "attention"])
+def test_an_overlong_prompt_typed_on_the_command_line_is_an_error(release_dir, data, tmp_path, command):
+    from typer.testing import CliRunner
+
+    from flexeval.cli import app
+
+    image = next(p for p in data.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    args = [command, "-m", str(release_dir), "--image", str(image), "--prompt", "word " * 1500]
+    args += ["--out", str(tmp_path / "a.png")] if command == "attention" else []
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 1 and "Traceback" not in res.output
+    assert "--prompt: the item needs" in res.output and "max_position_embeddings 4096" in res.output
+    assert not (tmp_path / "a.png").exists()

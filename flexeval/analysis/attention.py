@@ -223,6 +223,10 @@ def attention_for_image(model: str, image: Path, prompt: str, layers: str, token
     picked = parse_layers(layers, m.cfg.num_layers)
     pil = open_image(str(image), **({"max_pixels": max_image_pixels} if max_image_pixels else {}))
     text = llava_v1_prompt(prompt, with_image=IMAGE_TOKEN not in prompt)
+    from flexeval.model.length import check_request_length
+    from flexeval.requests import Generate
+
+    check_request_length(m, Generate(prompt=text, question=prompt, max_new_tokens=max(max_new_tokens, tok + 1)))
     res = compute_maps(m, [text], [m.preprocess(pil)], tok, picked, max_new_tokens, [str(image)])[0]
     render(pil, res, prompt, picked, out)
     return {"out": str(out), "answer": res.answer, "layers": picked, "token": token_label(tok)}

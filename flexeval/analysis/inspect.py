@@ -38,8 +38,11 @@ def inspect_sample(model: str, image: Path, prompt: str, options: list[str] | No
         return inspect_hf(m, open_image(str(image)), prompt, options, max_new_tokens)
     if not raw:
         m.tokenizer.check_template(text)
+    from flexeval.model.length import check_request_length
+
     processed = m.preprocess(open_image(str(image)))
     request = Generate(prompt=text, question=prompt, max_new_tokens=max_new_tokens)
+    check_request_length(m, request if not options else Choice(prompt=text, question=prompt, options=tuple(options)))
     results, logits = m.generate([(request, processed)], return_prefill_logits=True)
     res = results[0]
     out = {
