@@ -19,7 +19,7 @@ from flexeval.hub import snapshot
 from .config import FlexConfig, RunOptions
 from .config_check import check_config_types
 from .flex_llava import FlexLlava
-from .kinds import is_original_llava, not_native
+from .kinds import MODEL_KINDS, RECIPES, resolve_kind_and_recipe  # noqa: F401  (their home before issue 24)
 from .llama import LlavaLM
 from .tokenizer import LlavaTokenizer
 from .validate import header_problems, non_finite_problems, raise_problems, shape_problems, tokenizer_problems
@@ -345,61 +345,8 @@ def load_pretrained(path_or_id: str | os.PathLike, dtype="auto", device: str = "
 # ---------------------------------------------------------------- issue 13/15: which implementation serves a checkpoint
 # FlexLlava serves the LLaVA-1.5 formats under the release recipe (pad to square, v1 template, chunked
 # tokenisation); a transformers vision-language checkpoint is served by HFVisionModel under its own
-# recipe ("native": its processor, its chat template, its tokenizer on the whole string).
-
-MODEL_KINDS = ("auto", "flexattention", "hf")
-RECIPES = ("release", "native")
-
-
-def _llava15_format(raw: dict) -> bool:
-    """A config FlexLlava reads: the release / original LLaVA-1.5 (LlavaLlamaForCausalLM) or llava-hf."""
-    archs = raw.get("architectures") or []
-    return ("LlavaLlamaForCausalLM" in archs or "mm_vision_tower" in raw or "LlavaForConditionalGeneration" in archs
-            or (raw.get("model_type") == "llava" and "text_config" not in raw))
-
-
-def _parses(folder: Path, raw: dict) -> bool:
-    try:
-        parse_config(folder, raw)
-        return True
-    except FlexEvalError:  # e.g. a llava-hf checkpoint on a Qwen or Mistral LLM: transformers serves it
-        return False
-
-
-def resolve_kind_and_recipe(folder: Path, raw: dict, model_kind: str, recipe: str | None) -> tuple[str, str]:
-    """("flexattention" | "hf", "release" | "native") for a checkpoint, or a FlexEvalError saying what to pass."""
-    from .hf_vlm import is_hf_vlm_config
-
-    if model_kind not in MODEL_KINDS:
-        raise FlexEvalError(f"unknown --model-kind '{model_kind}'; choose {', '.join(MODEL_KINDS)}")
-    if recipe not in (None, *RECIPES):
-        raise FlexEvalError(f"unknown --recipe '{recipe}'; choose release (LLaVA-1.5's eval recipe) or native "
-                            "(the checkpoint's own processor, chat template and tokenizer)")
-    ours = _llava15_format(raw)
-    hf = is_hf_vlm_config(raw) or "auto_map" in raw
-    if is_original_llava(raw):  # FlexLlava or nothing: its parse errors are the errors (model/kinds.py)
-        if recipe == "native" or model_kind == "hf":
-            raise not_native(folder, raw, "--recipe native" if recipe == "native" else "--model-kind hf")
-        hf = False
-    if model_kind == "auto":
-        model_kind = "flexattention" if ours and recipe != "native" and (not hf or _parses(folder, raw)) else "hf"
-    if model_kind == "flexattention":
-        if not ours:
-            raise FlexEvalError(f"{folder / 'config.json'}: not a LLaVA-1.5 / FlexAttention / llava-hf checkpoint, so "
-                                "FlexLlava cannot serve it; use --model-kind hf (or auto)")
-        if recipe == "native":
-            raise FlexEvalError("--recipe native with --model-kind flexattention: FlexLlava implements LLaVA-1.5's "
-                                "release recipe; a llava-hf checkpoint's native recipe is served by --model-kind hf")
-        return "flexattention", "release"
-    if not hf:
-        raise FlexEvalError(f"{folder / 'config.json'}: model_type {raw.get('model_type')!r} is not a transformers "
-                            "image-text-to-text model (AutoModelForImageTextToText) nor a LLaVA-1.5 format")
-    if recipe == "release":
-        raise FlexEvalError(f"--recipe release is LLaVA-1.5's recipe (pad to square, v1 template, chunked "
-                            f"tokenisation), served by FlexLlava for LLaVA-1.5 formats only; {folder} is served "
-                            "with its own processor and chat template: use --recipe native")
-    return "hf", "native"
-
+# recipe ("native": its processor, its chat template, its tokenizer on the whole string). Which one,
+# and why not: model/kinds.py resolve_kind_and_recipe.
 
 def load_model(path_or_id: str | os.PathLike, dtype="auto", device: str = "auto", options: RunOptions | None = None,
                model_kind: str = "auto", recipe: str | None = None, trust_remote_code: bool = False,
