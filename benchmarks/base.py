@@ -141,11 +141,19 @@ def open_image(image: ImageSource, where: str = "", max_pixels: int = DEFAULT_MA
     return img
 
 
+def read_utf8(path: Path) -> str:
+    """A release text file's text; a non-UTF-8 file is an error naming the file, the byte and the fix."""
+    try:
+        return Path(path).read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise FlexEvalError(f"{path} is not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start}); the "
+                            f"release files are UTF-8: re-download it, or save it again as UTF-8") from e
+
+
 def read_json(path: Path) -> Any:
     """Parse a release JSON file; errors name the file."""
     try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
+        return json.loads(read_utf8(path))  # a non-UTF-8 file (an editor's Latin-1 save) was a traceback
     except FileNotFoundError as e:
         raise FlexEvalError(f"missing file {path}") from e
     except json.JSONDecodeError as e:

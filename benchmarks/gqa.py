@@ -187,6 +187,10 @@ class GQA(Benchmark):
             samples.append(Sample(id=qid, subset=split, question=q["question"],
                                   image=str(data_dir / IMAGES / name) if name in present else None,
                                   target=q["answer"], meta={"imageId": q["imageId"]}))
+        if samples and all(s.image is None for s in samples):  # was exit 0 with 0.00 at every layer (issue 24)
+            raise FlexEvalError(f"GQA: none of the {len(samples)} questions' images is in {data_dir / IMAGES} "
+                                f"(looked for {data_dir / IMAGES / (samples[0].meta['imageId'] + '.jpg')}); unpack "
+                                f"the release's images.zip there")
         return samples
 
     def request(self, sample: Sample, protocol: str) -> Generate:

@@ -36,7 +36,7 @@ from pathlib import Path
 
 from flexeval.errors import FlexEvalError
 
-from .base import Sample
+from .base import Sample, read_utf8
 
 LETTERED_FILE = "test_questions.jsonl"
 LETTER_POST_PROMPT = "\nAnswer with the option's letter from the given choices directly."
@@ -94,7 +94,7 @@ def read_lettered(data_dir: Path, samples: list[Sample]) -> list[Sample]:
             f"letters lmms-eval scores). It is in a full snapshot of craigwu/vstar_bench "
             f"(`flexeval data fetch --bench vstar --out {data_dir}`); copy it there")
     by_id: dict[str, dict] = {}
-    for k, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for k, line in enumerate(read_utf8(path).splitlines(), start=1):
         if not line.strip():
             continue
         try:

@@ -43,20 +43,35 @@ def check_samples(bench_name: str, samples: list, data_dir: Path) -> None:
                             f"unique (results and resume are keyed by it): remove the repeats")
 
 
-def writable_problem(out: Path) -> str | None:
+def writable_problem(out: Path, option: str = "--out") -> str | None:
     """None if a file can be created under `out` (or its nearest existing parent)."""
     probe = Path(out)
     while not probe.exists() and probe != probe.parent:
         probe = probe.parent
     if not probe.is_dir():
-        return f"--out {out}: {probe} is not a folder; choose another --out"
+        return f"{option} {out}: {probe} is not a folder; choose another {option} (a regular file is in the way)"
     try:
         fd, tmp = tempfile.mkstemp(prefix=".flexeval-write-test.", dir=probe)
         os.close(fd)
         os.unlink(tmp)
     except OSError as e:
-        return f"--out {out}: cannot write in {probe} ({e.strerror}); fix its permissions or choose another --out"
+        return f"{option} {out}: cannot write in {probe} ({e.strerror}); fix its permissions or choose another {option}"
     return None
+
+
+def check_writable(out: Path, option: str = "--out") -> Path:
+    """The folder `out` (or a file's folder) can be made and written: else an error naming the option."""
+    problem = writable_problem(out, option)
+    if problem:
+        raise FlexEvalError(problem)
+    return Path(out)
+
+
+def check_at_least(value: int | None, option: str, least: int = 1) -> None:
+    """An integer option with a lower bound (--max-new-tokens -3 generated nothing or crashed; --n 0 wrote
+    an empty benchmark folder that the run then refused)."""
+    if value is not None and value < least:
+        raise FlexEvalError(f"{option} must be at least {least}, not {value}")
 
 
 def image_problems(samples: list, max_pixels: int) -> list[str]:
@@ -75,7 +90,6 @@ def image_problems(samples: list, max_pixels: int) -> list[str]:
 def check_run(cfg) -> tuple[list[str], list[str]]:
     """(problems, notes) for a RunConfig: data, model folder and output folder; nothing is run."""
     from flexeval.evaluate import plan_benchmarks
-    from flexeval.model.checks import check_model_folder
     from flexeval.model.config import RunOptions
     from flexeval.model.loading import resolve_device
 
@@ -109,7 +123,7 @@ def check_run(cfg) -> tuple[list[str], list[str]]:
         problems.append(str(e))
         device = "cpu"
     plugin = _model_plugin(cfg.model_kind, problems)
-    model_problems = [] if plugin else check_model_folder(cfg.model, cfg.dtype, device, options)
+    model_problems = [] if plugin else model_folder_problems(cfg, device, options)
     problems += model_problems
     if plugin:
         notes.append(f"model {cfg.model}: served by the model plugin {plugin.name} ({plugin.source}), not checked")
@@ -132,6 +146,23 @@ def _model_plugin(kind: str, problems: list[str]):
         return None
 
 
+def model_folder_problems(cfg, device: str, options) -> list[str]:
+    """The model part of `run --check`: the kind and recipe the run would resolve (the same errors as the run's,
+    model/kinds.py), then the checks of the code that serves it: FlexLlava's or the transformers path's."""
+    from flexeval.model.checks import check_model_folder
+    from flexeval.model.hf_checks import hf_folder_problems
+    from flexeval.model.loading import local_folder, read_config, resolve_dtype, resolve_kind_and_recipe
+
+    try:
+        folder = local_folder(str(cfg.model))
+        kind, _ = resolve_kind_and_recipe(folder, read_config(folder), cfg.model_kind, cfg.recipe)
+    except FlexEvalError as e:
+        return [str(e)]
+    if kind == "hf":
+        return hf_folder_problems(folder, resolve_dtype(cfg.dtype, device))
+    return check_model_folder(cfg.model, cfg.dtype, device, options)
+
+
 def format_check(problems: list[str], notes: list[str]) -> str:
     lines = [f"ok: {n}" for n in notes]
     if problems:
@@ -152,6 +183,12 @@ def check_run_options(cfg) -> None:
         raise FlexEvalError(f"--limit must be 0 or more, not {cfg.limit}")
     if cfg.workers is not None and cfg.workers < 0:
         raise FlexEvalError(f"--workers must be 0 (decode in the main process) or more, not {cfg.workers}")
+    if (problem := writable_problem(Path(cfg.out))) is not None:  # before the model loads (minutes for a 7B)
+        raise FlexEvalError(f"cannot write the results folder: {problem}")
+    if cfg.device not in (None, "auto"):
+        from flexeval.model.loading import resolve_device
+
+        resolve_device(cfg.device)  # --device nosuch: an error naming the choices, before the model loads
     if cfg.max_new_tokens is not None and cfg.max_new_tokens < 1:
         raise FlexEvalError(f"--max-new-tokens must be at least 1, not {cfg.max_new_tokens}")
     if str(cfg.batch_size) != "auto":
@@ -226,3 +263,64 @@ def count_sentence(bench_name: str, counts: dict) -> str:
     head += f"; the published release has {total}" if total is not None else "; the published counts differ"
     return (head + (f" ({', '.join(parts)})" if parts else "")
             + ": a sample, a partial copy or another release, so the numbers are not the paper's")
+
+
+# ---------------------------------------------------------------- issue 24: settings, folders, keys
+
+def effective_seed(cfg) -> int:
+    """--seed matters to the random selection only; elsewhere it is 0, so it neither splits a cache
+    (the config fingerprint holds the resolved options) nor names a folder for nothing."""
+    return int(cfg.seed) if cfg.selection == "random" else 0
+
+
+def replaced_results_note(out_dir: Path, config_fp: str, identity: dict) -> str | None:
+    """A line saying that `out_dir` holds another configuration's results, which this run replaces
+    (what differs, and that their shards stay): a replacement is never silent."""
+    try:
+        old = json.loads((Path(out_dir) / "run.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(old, dict) or old.get("config_fingerprint") in (None, config_fp):
+        return None
+    before = old.get("model") if isinstance(old.get("model"), dict) else {}
+    identity = json.loads(json.dumps(identity, default=str))  # tuples as lists, Paths as strings: as run.json
+    changed = [k for k in ("files", "config_sha", "format", "options", "dtype") if before.get(k) != identity.get(k)]
+    return (f"{out_dir} holds the results of another configuration (config {old['config_fingerprint']}; differs in "
+            f"{', '.join(changed) or 'the benchmark config'}); this run replaces them. Its predictions stay in "
+            f"shards/ (rerun that configuration to get its files back); use --tag to keep both side by side")
+
+
+DTYPE_NAMES = {"float32": "float32", "fp32": "float32", "float": "float32", "float16": "float16", "fp16": "float16",
+               "half": "float16", "bfloat16": "bfloat16", "bf16": "bfloat16", "auto": "auto"}
+
+
+def canonical_dtype(dtype: str | None) -> str:
+    """One spelling per dtype (bf16 -> bfloat16): the dtype names the results folder, so two spellings
+    of one dtype must not make two folders; an unknown name is an error before anything loads."""
+    name = DTYPE_NAMES.get(str(dtype if dtype is not None else "auto").strip().lower())
+    if name is None:
+        raise FlexEvalError(f"--dtype {dtype!r} is not a dtype; choose auto, float32, bfloat16 or float16")
+    return name
+
+
+def check_protocol_exists(benches: list, protocol: str | None) -> None:
+    """With several benchmarks a protocol one of them lacks falls back to its default; a protocol none
+    of them has is a typo (it ran everything and recorded the typo)."""
+    if protocol and not any(protocol in b.protocols for b in benches):
+        choices = sorted({p for b in benches for p in b.protocols})
+        raise FlexEvalError(f"--protocol {protocol!r}: no benchmark of this run has it; choose one of "
+                            f"{', '.join(choices)}")
+
+
+def generation_override(bench, samples: list, protocol: str, max_new_tokens: int | None,
+                        question_style: str = "release") -> int | None:
+    """--max-new-tokens as it names a variant folder: None where nothing generates or where it is every
+    generating request's own default (max_new_tokens=16 on RSVQA is the default run, not a variant)."""
+    if not max_new_tokens:
+        return None
+    from flexeval.benchmarks.question_style import styled_sample
+    from flexeval.requests import Generate
+
+    requests = (bench.request(styled_sample(bench.name, s, question_style), protocol) for s in samples)
+    defaults = {r.max_new_tokens for r in requests if isinstance(r, Generate)}
+    return None if defaults in (set(), {max_new_tokens}) else max_new_tokens

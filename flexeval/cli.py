@@ -11,13 +11,13 @@ from typing import Optional
 
 import typer
 
+from flexeval.checks import check_at_least, check_writable
 from flexeval.cli_common import MODEL_ARGS_HELP, MODEL_KNOBS, FlexEvalTyper, apply_model_args
+from flexeval.cli_data import data_app, model_app
 from flexeval.errors import FlexEvalError
 
 app = FlexEvalTyper(add_completion=False, no_args_is_help=True,
                   help="Evaluate FlexAttention / LLaVA-1.5 models on high-resolution VQA benchmarks.")
-model_app = FlexEvalTyper(no_args_is_help=True, help="Build and inspect models.")
-data_app = FlexEvalTyper(no_args_is_help=True, help="Benchmark data: generated samples and real downloads.")
 app.add_typer(model_app, name="model")
 app.add_typer(data_app, name="data")
 
@@ -198,6 +198,7 @@ def inspect(
                            "min_pixels", "max_pixels"))
     if model is None:
         raise FlexEvalError("flexeval inspect needs --model M (or --model-args pretrained=M)")
+    check_at_least(max_new_tokens, "--max-new-tokens")
     result = inspect_sample(model=model, image=image, prompt=prompt,
                             options=options.split("|") if options else None,
                             max_new_tokens=max_new_tokens, dtype=dtype, device=device,
@@ -236,6 +237,7 @@ def attention(
     tag: Optional[str] = typer.Option(None, "--tag", help="model tag used as the results folder name"),
     max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", help="answer length (default 16)"),
     model_args: Optional[str] = MODEL_ARGS_OPTION,
+    max_image_pixels: int = typer.Option(40_000_000, "--max-image-pixels", help="refuse larger images (as `run`)"),
 ) -> None:
     """Attention-map pictures: the map of one query row over the original image, one panel per layer."""
     from flexeval.analysis.attention import attention_for_bench, attention_for_image, check_style
@@ -243,17 +245,22 @@ def attention(
     knobs = apply_model_args(ctx, model_args)
     model, dtype, device, selection = (knobs[k] for k in ("model", "dtype", "device", "selection"))
     token, layers = check_style(style, token, layers)
+    check_at_least(max_new_tokens, "--max-new-tokens")
+    if out is not None:
+        check_writable(out.parent if image is not None else out)
     if (image is None) == (bench is None):
         raise FlexEvalError("give either --image IMG --prompt Q --out FILE.png, or --bench B --data-dir D")
     if image is not None:
         if prompt is None or out is None:
             raise FlexEvalError("--image needs --prompt and --out FILE.png")
         info = attention_for_image(model, image, prompt, layers, token, out, dtype, device, selection,
-                                   max_new_tokens or 16, style=style, strip=strip)
+                                   max_new_tokens or 16, style=style, strip=strip,
+                                   max_image_pixels=max_image_pixels)
         typer.echo(f"answer: {info['answer']}\n{info['token']}'s row, layers {info['layers']}: {info['written']}")
     else:
         for p in attention_for_bench(bench, model, data_dir, ids, limit, layers, token, out or Path("results"), dtype,
-                                     device, selection, tag=tag, max_new_tokens=max_new_tokens, style=style, strip=strip):
+                                     device, selection, tag=tag, max_new_tokens=max_new_tokens, style=style, strip=strip,
+                                     max_image_pixels=max_image_pixels):
             typer.echo(f"wrote {p}")
 
 
@@ -263,8 +270,7 @@ def attention_check(out: Path = typer.Option(Path("attention-check.png"), "--out
     images, drawn as `flexeval attention` draws them; hot spot and outline must sit on the disc."""
     from flexeval.analysis.attention import planted_check_png
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    typer.echo(f"wrote {planted_check_png(out)}")
+    typer.echo(f"wrote {planted_check_png(check_writable(out.parent) / out.name)}")
 
 
 grounding_app = FlexEvalTyper(invoke_without_command=True, no_args_is_help=True,
@@ -292,6 +298,7 @@ def grounding(
     quiet: bool = typer.Option(False, "--quiet", "-q"),
     model_args: Optional[str] = MODEL_ARGS_OPTION,
     runs: Optional[list[Path]] = typer.Option(None, "--from", help="no model: plot runs' grounding.json into --out"),
+    max_image_pixels: int = typer.Option(40_000_000, "--max-image-pixels", help="refuse larger images (as `run`)"),
 ) -> None:
     """Score where the model looks, per layer, with the official GQA grounding definition."""
     if ctx.invoked_subcommand is not None:
@@ -307,11 +314,13 @@ def grounding(
     models = [model] if isinstance(model, str) else list(model or [])
     if not models or data_dir is None:
         raise FlexEvalError("flexeval grounding needs --model M and --data-dir D (or the `score` subcommand)")
+    check_writable(out)
     for m in models:
         summary = run_grounding(GroundingConfig(model=m, data_dir=data_dir, out=out, layers=layers, token=token,
                                                 map_size=map_size, limit=limit, batch_size=batch_size, dtype=dtype,
                                                 device=device, selection=selection, workers=workers,
-                                                tag=tag if len(models) == 1 else None, quiet=quiet))
+                                                tag=tag if len(models) == 1 else None, quiet=quiet,
+                                                max_image_pixels=max_image_pixels))
         if summary is None:  # another rank of a torchrun launch: rank 0 reports
             return
         typer.echo(f"{summary['model']} (query row {summary['token']}, M={summary['map_size']}):\n"
@@ -331,21 +340,6 @@ def grounding_score_cmd(
 
     res = score_attention_file(questions, scenes, attentions, map_size)
     typer.echo(f"Grounding: {res['score']:.2f}% ({res['n']} balanced questions)")
-
-
-@model_app.command("make-tiny")
-def make_tiny(out: Path = typer.Option(..., "--out"), seed: int = typer.Option(0, "--seed"),
-              fmt: str = typer.Option("release", "--format", help="release | llava | llava-hf; transformers "
-                                      "checkpoints with processor and chat template: hf-llava | hf-llava-next | hf-qwen2-vl")) -> None:
-    """Write a tiny random FlexAttention LLaVA in the release format (for tests and the demo)."""
-    from flexeval.model.tiny import make_tiny_model
-    from flexeval.model.tiny_hf import make_tiny_hf_model
-
-    if fmt.startswith("hf-"):
-        path = make_tiny_hf_model(out, family={"hf-llava": "llava-hf"}.get(fmt, fmt[3:]), seed=seed)
-    else:
-        path = make_tiny_model(out, seed=seed, fmt=fmt)
-    typer.echo(f"tiny model written to {path}")
 
 
 @app.command()
@@ -376,34 +370,12 @@ def speed(
         raise FlexEvalError(f"--new-tokens is now --max-new-tokens (one spelling in every command): "
                             f"write --max-new-tokens {new_tokens}")
     knobs = apply_model_args(ctx, model_args)
+    check_writable(out)
     model, dtype, device = (knobs[k] for k in ("model", "dtype", "device"))
     main(SpeedConfig(arch=arch, model=model, device=device, dtype=dtype, out=out, max_new_tokens=max_new_tokens,
                      repeat=repeat, max_batch=max_batch, stage_batch=stage_batch, e2e_items=e2e_items,
                      workers=workers, threads=threads, profile=profile, count_only=count_only,
                      compile_decode=compile_decode))
-
-
-@data_app.command("make-sample")
-def make_sample(bench: str = typer.Option(..., "--bench", "-b", help="a benchmark or 'all'"),
-                out: Path = typer.Option(..., "--out"),
-                n: int = typer.Option(6, "--n", help="items per subset"),
-                seed: int = typer.Option(0, "--seed")) -> None:
-    """Generate sample items in the benchmark's exact release layout."""
-    from flexeval.benchmarks import data_folders, get_benchmark
-
-    for name, dest in data_folders(bench, out).items():
-        get_benchmark(name).make_sample(dest, n=n, seed=seed)
-        typer.echo(f"{name}: sample data in {dest}")
-
-
-@data_app.command("fetch")
-def fetch(bench: str = typer.Option(..., "--bench", "-b"),
-          out: Optional[Path] = typer.Option(None, "--out", help="default: data/<benchmark>")) -> None:
-    """Download the real release files (needs a network)."""
-    from flexeval.benchmarks import data_folders, get_benchmark
-
-    for name, dest in data_folders(bench, out).items():
-        typer.echo(f"{name}: {get_benchmark(name).fetch(dest)}")
 
 
 def main() -> None:  # pragma: no cover

@@ -29,12 +29,17 @@ from flexeval.benchmarks import data_folders, select_benchmarks, several_benchma
 from flexeval.benchmarks.base import DEFAULT_MAX_IMAGE_PIXELS, Benchmark, Sample
 from flexeval.benchmarks.question_style import changes_questions, check_question_style
 from flexeval.checks import (
+    canonical_dtype,
     check_model_options,
+    check_protocol_exists,
     check_run_options,
     check_samples,
     check_tag,
     count_sentence,
+    effective_seed,
+    generation_override,
     load_samples,
+    replaced_results_note,
     split_for,
 )
 from flexeval.distributed import Cluster, RankProgress, rank_summary, share_digests, take_share
@@ -42,7 +47,6 @@ from flexeval.execute import Answers, BatchSizer, Item, Progress, build_items, l
 from flexeval.interrupt import note_progress
 from flexeval.items import IdList, check_unprefixed_ids_found, items_to_run, read_id_file
 from flexeval.plugins import load_plugin_model, model_plugin
-from flexeval.requests import Generate
 from flexeval.results.accuracy import format_rows, write_accuracy_csv
 from flexeval.results.identity import checkpoint_content, files_to_read, local_model_name
 from flexeval.results.intervals import METHOD as INTERVAL_METHOD
@@ -102,8 +106,8 @@ def model_tag(cfg: RunConfig, model) -> str:
     parts = [re.sub(r"[^A-Za-z0-9._-]+", "-", name)]
     if model.cfg.has_hd:
         r = model.options
-        if r.selection != "attention":
-            parts.append(f"sel-{r.selection}")
+        if r.selection != "attention":  # a random selection's seed is part of its folder (issue 24)
+            parts.append(f"sel-{r.selection}" + (f"-seed{r.seed}" if r.selection == "random" and r.seed else ""))
         if r.threshold != model.cfg.threshold:
             parts.append(f"thr{r.threshold:g}")
         if r.select_layer != model.cfg.first_select_layer:
@@ -188,9 +192,9 @@ def plan_benchmark(bench: Benchmark, model, cfg: RunConfig, data_dir: Path, prot
                              "flexeval_scoring_inputs": 1} | work.settings())
     bench_dir = results_folder(cfg, model, bench) / (work.folder or "")
     # Other protocols, splits and --limit runs get their own folder (flexeval/results/layout.py); shards are shared.
-    generates = any(isinstance(it.request, Generate) for it in items)
     subset = items_part([s.id for s in chosen], len(samples), first_n=ids is None and not cfg.offset)
-    variant = variant_name(bench, protocol, split, subset, cfg.max_new_tokens if generates else None)
+    variant = variant_name(bench, protocol, split, subset,
+                           generation_override(bench, chosen, protocol, cfg.max_new_tokens, cfg.question_style))
     where_run = {"protocol": protocol, "split": split, "variant": variant, "config_fingerprint": config_fp,
                  "data_dir": data_dir, "counts": counts, "items": chosen_items}
     return BenchmarkPlan(items, bench_dir, results_dir(bench_dir, variant), config_fp, identity, where_run)
@@ -207,6 +211,8 @@ def run_benchmark(bench: Benchmark, model, cfg: RunConfig, data_dir: Path, proto
     work = work or Answers()
     plan = plan_benchmark(bench, model, cfg, data_dir, protocol, samples, ids, say=cluster.is_main, work=work)
     lock = hold_run_lock(plan.bench_dir, log) if cluster.is_main else None  # a second run on the folder refuses
+    if cluster.is_main and (note := replaced_results_note(plan.out_dir, plan.config_fp, plan.identity)):
+        log(f"[{bench.name}] {note}")
     plan.out_dir.mkdir(parents=True, exist_ok=True)
     store = PredictionStore(plan.bench_dir, plan.config_fp, rank=cluster.rank, world_size=cluster.world_size)
     keys = [it.key for it in plan.items]
@@ -313,6 +319,8 @@ def report_run(bench: Benchmark, out_dir: Path, records: list[dict], rows: list[
 def resolve_protocols(benches: list[Benchmark], protocol: str | None, is_all: bool) -> dict[str, str]:
     """Each benchmark's protocol: the one asked for, or (with --bench all, where a benchmark lacks
     it) the benchmark's default, said on screen."""
+    if is_all:
+        check_protocol_exists(benches, protocol)  # a typo none of them has is an error, not a default run
     protocols = {}
     for b in benches:
         if protocol and protocol not in b.protocols:
@@ -350,12 +358,13 @@ def run_benchmarks(cfg: RunConfig) -> list[dict]:
     from flexeval.model import RunOptions, load_model
 
     check_run_options(cfg)
+    cfg = replace(cfg, dtype=canonical_dtype(cfg.dtype))  # bf16 and bfloat16: one folder
     check_question_style(cfg.question_style)
     if cfg.tag:
         check_tag(cfg.tag)  # before the model loads: a tag like ../../x would write outside --out
     plan = plan_benchmarks(cfg)
     options = RunOptions(selection=cfg.selection, threshold=cfg.threshold, first_hd_layer=cfg.first_layer,
-                         zoom=cfg.zoom, seed=cfg.seed)
+                         zoom=cfg.zoom, seed=effective_seed(cfg))
     # Everything a typo can break is checked before the model loads (flexeval/checks.py).
     plugin = model_plugin(cfg.model_kind)  # --model-kind NAME of a `flexeval.models` plugin
     if plugin is None:

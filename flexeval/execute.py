@@ -29,10 +29,12 @@ from flexeval.benchmarks.base import DEFAULT_MAX_IMAGE_PIXELS, Benchmark, Sample
 from flexeval.benchmarks.question_style import styled_sample
 from flexeval.distributed import RankProgress
 from flexeval.errors import FlexEvalError
+from flexeval.length import set_aside_overlong
 from flexeval.model.conversation import llava_v1_prompt
 from flexeval.requests import Choice, Generate, Request
 from flexeval.results.nonfinite import NonFiniteGuard, choice_problem
-from flexeval.results.store import PredictionStore, fingerprint
+from flexeval.results.store import PredictionStore, fingerprint, is_provisional
+from flexeval.workers import guarded
 
 
 def log(msg: str) -> None:
@@ -214,8 +216,9 @@ def build_items(bench: Benchmark, samples: list[Sample], protocol: str, max_new_
 
 
 def pending_indices(items: list[Item], done: dict) -> list[int]:
-    """The items no shard of this configuration holds yet (resume), as indices into `items`."""
-    return [i for i, it in enumerate(items) if it.key not in done]
+    """The items no shard of this configuration holds yet (resume), as indices into `items`; a skipped
+    row is never a cached result (flexeval/results/store.py is_provisional): it runs again."""
+    return [i for i, it in enumerate(items) if it.key not in done or is_provisional(done[it.key])]
 
 
 class Progress:
@@ -244,6 +247,7 @@ def run_items(items: list[Item], model, store: PredictionStore, sizer: BatchSize
     """Images decoded in workers (cfg.workers; cfg.max_image_pixels guards each), batches of `sizer.size`
     answered by the work (default: Answers), each batch's records appended and fsync'ed."""
     stats = RunStats()
+    items = set_aside_overlong(items, model, store, sample_record, progress)  # over the model's positions: skipped
     if not items:
         return stats
     progress.status("starting the image decoders")
@@ -262,12 +266,12 @@ def feed_batches(dataset: Dataset, workers: int | None, sizer: BatchSizer, flush
     """Decoded (index, image, error) entries to flush() in batches of sizer.size (read per batch: an OOM
     back-off shrinks the next)."""
     batch: list = []
-    for entry in _loader(dataset, workers):
+    for entry in guarded(_loader(dataset, workers)):  # a killed worker: one clear line (flexeval/workers.py)
         batch.append(entry)
         if progress is not None:
             progress.status(f"first batch: {len(batch)}/{sizer.size} images decoded")
-        if len(batch) >= sizer.size:
-            flush(batch)
+        if sum(err is None for _, _, err in batch) >= sizer.size:  # skipped rows take no model slot: a
+            flush(batch)  # rerun that redoes them (flexeval/results/store.py is_provisional) keeps the batches
             batch = []
     if batch:
         flush(batch)

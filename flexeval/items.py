@@ -128,6 +128,9 @@ def items_to_run(samples: list, bench_name: str, ids: IdList | None, offset: int
         info.update(ids_file=str(ids.path), after_ids=len(samples))
         if n_benches > 1:  # for check_unprefixed_ids_found, after all benchmarks ran
             info["common_ids_found"] = sorted(set(ids.common) & known)
+    if offset and offset >= len(samples):  # a typo past the end was an empty table and exit 0
+        raise FlexEvalError(f"--offset {offset} is past the end: {bench_name} has {len(samples)} item(s)"
+                            f"{' after --ids' if ids is not None else ''}; give --offset 0..{max(len(samples) - 1, 0)}")
     samples = samples[offset:]
     keep = limit_count(limit, len(samples))
     info.update(offset=offset, limit=limit, kept=keep)

@@ -249,3 +249,8 @@ def _finite(folder: Path, files: list[Path], where: dict[str, Path], dtype: torc
         except Exception as e:  # the header looked fine but the data did not read
             problems.append(f"{f}: cannot be read as safetensors ({type(e).__name__}: {e}); re-download it")
     return problems
+
+
+def weights_finite_problems(folder: Path, dtype) -> list[str]:
+    """Headers and NaN/inf of every *.safetensors file of `folder` (any format: the transformers path too)."""
+    return _headers_and_finite(folder, dtype)[1]

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from flexeval.errors import FlexEvalError
 
 from .flex_llava import ChoiceResult, GenerationResult
+from .hf_checks import check_pixel_budget
 from .hf_processor import load_processor, processor_knobs, resolution_settings
 
 
@@ -127,6 +128,7 @@ class HFVisionModel:
                 flag = f"--{k.replace('_', '-')}" if k in ("min_pixels", "max_pixels") else f"--image-option {k}"
                 raise FlexEvalError(f"{flag}: the image processor {type(ip).__name__} of {self.folder} has no "
                                     f"setting '{k}'; its resolution is set by {resolution_settings(ip)}")
+        check_pixel_budget(ip, overrides, self.folder)  # below its smallest image, min > max (model/hf_checks.py)
 
     def _eos_ids(self) -> list[int]:
         eos = self.model.generation_config.eos_token_id

@@ -18,7 +18,9 @@ from flexeval.hub import snapshot
 
 from .checks import header_problems, non_finite_problems, raise_problems, shape_problems, tokenizer_problems
 from .config import FlexConfig, RunOptions
+from .config_check import check_config_types
 from .flex_llava import FlexLlava
+from .kinds import MODEL_KINDS, RECIPES, resolve_kind_and_recipe  # noqa: F401  (their home before issue 24)
 from .llama import LlavaLM
 from .tokenizer import LlavaTokenizer
 from .vision import VisionTower
@@ -42,6 +44,10 @@ def resolve_dtype(dtype, device: str) -> torch.dtype:
 def resolve_device(device: str) -> str:
     if device in (None, "auto"):
         return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        torch.device(device)
+    except (RuntimeError, TypeError, ValueError) as e:  # --device nosuch was torch's traceback
+        raise FlexEvalError(f"--device {device!r} is not a device; choose auto, cpu, cuda or cuda:N") from e
     if str(device).startswith("cuda") and not torch.cuda.is_available():
         raise FlexEvalError(f"device '{device}' requested but CUDA is not available; use --device cpu")
     return device
@@ -109,6 +115,7 @@ def _unsupported(folder: Path, key: str, value, fix: str) -> FlexEvalError:
 
 def parse_config(folder: Path, raw: dict) -> FlexConfig:
     """FlexConfig from a config.json of any of the three formats; unsupported values raise."""
+    check_config_types(folder, raw)  # "4096", [2], 1.5: an error naming the field (model/config_check.py)
     archs = raw.get("architectures") or []
     if "LlavaForConditionalGeneration" in archs or "text_config" in raw:
         return _parse_llava_hf(folder, raw)
@@ -338,57 +345,8 @@ def load_pretrained(path_or_id: str | os.PathLike, dtype="auto", device: str = "
 # ---------------------------------------------------------------- issue 13/15: which implementation serves a checkpoint
 # FlexLlava serves the LLaVA-1.5 formats under the release recipe (pad to square, v1 template, chunked
 # tokenisation); a transformers vision-language checkpoint is served by HFVisionModel under its own
-# recipe ("native": its processor, its chat template, its tokenizer on the whole string).
-
-MODEL_KINDS = ("auto", "flexattention", "hf")
-RECIPES = ("release", "native")
-
-
-def _llava15_format(raw: dict) -> bool:
-    """A config FlexLlava reads: the release / original LLaVA-1.5 (LlavaLlamaForCausalLM) or llava-hf."""
-    archs = raw.get("architectures") or []
-    return ("LlavaLlamaForCausalLM" in archs or "mm_vision_tower" in raw or "LlavaForConditionalGeneration" in archs
-            or (raw.get("model_type") == "llava" and "text_config" not in raw))
-
-
-def _parses(folder: Path, raw: dict) -> bool:
-    try:
-        parse_config(folder, raw)
-        return True
-    except FlexEvalError:  # e.g. a llava-hf checkpoint on a Qwen or Mistral LLM: transformers serves it
-        return False
-
-
-def resolve_kind_and_recipe(folder: Path, raw: dict, model_kind: str, recipe: str | None) -> tuple[str, str]:
-    """("flexattention" | "hf", "release" | "native") for a checkpoint, or a FlexEvalError saying what to pass."""
-    from .hf_vlm import is_hf_vlm_config
-
-    if model_kind not in MODEL_KINDS:
-        raise FlexEvalError(f"unknown --model-kind '{model_kind}'; choose {', '.join(MODEL_KINDS)}")
-    if recipe not in (None, *RECIPES):
-        raise FlexEvalError(f"unknown --recipe '{recipe}'; choose release (LLaVA-1.5's eval recipe) or native "
-                            "(the checkpoint's own processor, chat template and tokenizer)")
-    ours = _llava15_format(raw)
-    hf = is_hf_vlm_config(raw) or "auto_map" in raw
-    if model_kind == "auto":
-        model_kind = "flexattention" if ours and recipe != "native" and (not hf or _parses(folder, raw)) else "hf"
-    if model_kind == "flexattention":
-        if not ours:
-            raise FlexEvalError(f"{folder / 'config.json'}: not a LLaVA-1.5 / FlexAttention / llava-hf checkpoint, so "
-                                "FlexLlava cannot serve it; use --model-kind hf (or auto)")
-        if recipe == "native":
-            raise FlexEvalError("--recipe native with --model-kind flexattention: FlexLlava implements LLaVA-1.5's "
-                                "release recipe; a llava-hf checkpoint's native recipe is served by --model-kind hf")
-        return "flexattention", "release"
-    if not hf:
-        raise FlexEvalError(f"{folder / 'config.json'}: model_type {raw.get('model_type')!r} is not a transformers "
-                            "image-text-to-text model (AutoModelForImageTextToText) nor a LLaVA-1.5 format")
-    if recipe == "release":
-        raise FlexEvalError(f"--recipe release is LLaVA-1.5's recipe (pad to square, v1 template, chunked "
-                            f"tokenisation), served by FlexLlava for LLaVA-1.5 formats only; {folder} is served "
-                            "with its own processor and chat template: use --recipe native")
-    return "hf", "native"
-
+# recipe ("native": its processor, its chat template, its tokenizer on the whole string). Which one,
+# and why not: model/kinds.py resolve_kind_and_recipe.
 
 def load_model(path_or_id: str | os.PathLike, dtype="auto", device: str = "auto", options: RunOptions | None = None,
                model_kind: str = "auto", recipe: str | None = None, trust_remote_code: bool = False,
@@ -403,6 +361,7 @@ def load_model(path_or_id: str | os.PathLike, dtype="auto", device: str = "auto"
             raise FlexEvalError("--min-pixels/--max-pixels/--image-option set a transformers image processor; "
                                 "FlexLlava's resolution is the checkpoint's (336 px, FlexAttention: --zoom)")
         return load_pretrained(path_or_id, dtype=dtype, device=device, options=options)
+    from .hf_checks import check_hf_files, check_hf_weights
     from .hf_processor import parse_image_options
     from .hf_vlm import HFVisionModel
 
@@ -411,6 +370,9 @@ def load_model(path_or_id: str | os.PathLike, dtype="auto", device: str = "auto"
         # the checkpoint's own half precision (Qwen2-VL is bfloat16: float16 overflows in it); else bfloat16
         saved = raw.get("torch_dtype") or raw.get("dtype") or (raw.get("text_config") or {}).get("torch_dtype")
         dtype = saved if saved in ("float16", "bfloat16") else "bfloat16"
-    return HFVisionModel(folder, str(path_or_id), device, resolve_dtype(dtype, device),
-                         trust_remote_code=trust_remote_code, min_pixels=min_pixels, max_pixels=max_pixels, recipe=recipe,
-                         image_options=parse_image_options(image_options))
+    check_hf_files(folder)  # FlexLlava's checkpoint checks, same messages (model/hf_checks.py)
+    model = HFVisionModel(folder, str(path_or_id), device, resolve_dtype(dtype, device),
+                          trust_remote_code=trust_remote_code, min_pixels=min_pixels, max_pixels=max_pixels,
+                          recipe=recipe, image_options=parse_image_options(image_options))
+    check_hf_weights(model.model, folder, model.dtype)
+    return model

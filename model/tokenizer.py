@@ -101,12 +101,17 @@ class LlavaTokenizer:
         if not path.is_file():
             raise FlexEvalError(f"tokenizer file {path} not found; the checkpoint folder needs its tokenizer.model "
                                 "(or a tokenizer.json)")
-        if path.suffix == ".json":
-            self.sp = FastPieces(path)
-        else:
-            import sentencepiece as spm
+        try:
+            if path.suffix == ".json":
+                self.sp = FastPieces(path)
+            else:
+                import sentencepiece as spm
 
-            self.sp = spm.SentencePieceProcessor(model_file=str(path))
+                self.sp = spm.SentencePieceProcessor(model_file=str(path))
+        except Exception as e:  # sentencepiece / tokenizers raise their own types on a damaged file
+            kind = "tokenizers JSON" if path.suffix == ".json" else "sentencepiece model"
+            raise FlexEvalError(f"{path}: cannot be read as a {kind} ({e}); copy the checkpoint's {path.name} "
+                                "again") from e
         self.path = path
         self.bos_id = self.sp.bos_id()
         self.eos_id = self.sp.eos_id()

@@ -245,7 +245,8 @@ def _load(model: str, dtype: str, device: str, selection: str | None):
 
 def attention_for_image(model: str, image: Path, prompt: str, layers: str, token: str, out: Path,
                         dtype: str = "auto", device: str = "auto", selection: str | None = None,
-                        max_new_tokens: int = 16, style: str = "flexeval", strip: int | None = None) -> dict:
+                        max_new_tokens: int = 16, style: str = "flexeval", strip: int | None = None,
+                        max_image_pixels: int | None = None) -> dict:
     """`flexeval attention --image`: one picture; the model puts the prompt in its template (LLaVA v1)."""
     from flexeval.benchmarks.base import open_image
     from flexeval.requests import Generate
@@ -255,8 +256,11 @@ def attention_for_image(model: str, image: Path, prompt: str, layers: str, token
     tok = parse_token(token)
     m = _load(model, dtype, device, selection)
     picked = parse_layers(layers, m.cfg.num_layers)
-    pil = open_image(str(image))
+    from flexeval.model.length import check_request_length
+
+    pil = open_image(str(image), **({"max_pixels": max_image_pixels} if max_image_pixels else {}))
     text = m.prompt_text(Generate(question=prompt))
+    check_request_length(m, Generate(question=prompt, max_new_tokens=max(max_new_tokens, tok + 1)), text)
     processed = m.preprocess(pil)
     res = compute_maps(m, [text], [processed], tok, picked, max_new_tokens, [str(image)])[0]
     written = draw(pil, res, prompt, picked, Path(out), style)
@@ -270,7 +274,7 @@ def attention_for_bench(bench: str, model: str, data_dir: Path | None, ids: str 
                         layers: str, token: str, out: Path, dtype: str = "auto", device: str = "auto",
                         selection: str | None = None, protocol: str | None = None, tag: str | None = None,
                         batch_size: int = 4, max_new_tokens: int | None = None, style: str = "flexeval",
-                        strip: int | None = None) -> list[Path]:
+                        strip: int | None = None, max_image_pixels: int | None = None) -> list[Path]:
     """`flexeval attention --bench`: pictures of chosen items, under <out>/<model tag>/<bench>/attention/, run
     by the execution core (analysis/maps_work.py AttentionWork: resumable, locked, run.json, torchrun)."""
     from flexeval.analysis.maps_work import AttentionWork
@@ -290,12 +294,14 @@ def attention_for_bench(bench: str, model: str, data_dir: Path | None, ids: str 
                                 + (f" (ids look like {next(iter(known))!r})" if known else ""))
     tok = parse_token(token)
     cfg = RunConfig(bench=b.name, model=model, data_dir=data_dir, out=Path(out), limit=None if wanted else limit,
-                    batch_size=str(batch_size), dtype=dtype, device=device, selection=selection, tag=tag, quiet=True)
+                    batch_size=str(batch_size), dtype=dtype, device=device, selection=selection, tag=tag, quiet=True,
+                    **({"max_image_pixels": max_image_pixels} if max_image_pixels else {}))
 
     def body(cfg: RunConfig, cluster) -> list[Path]:
         m = _load(model, dtype, cfg.device, selection)
         work = AttentionWork(parse_layers(layers, m.cfg.num_layers), tok, max_new_tokens,
-                             results_folder(cfg, m, b) / AttentionWork.folder, style=style, strip=strip, model=m)
+                             results_folder(cfg, m, b) / AttentionWork.folder, style=style, strip=strip, model=m,
+                             max_image_pixels=cfg.max_image_pixels)
         chosen = IdList(Path("--ids"), tuple(wanted), {}) if wanted else None
         run_benchmark(b, m, cfg, data_dir, protocol, ids=chosen, cluster=cluster, work=work)
         return work.written

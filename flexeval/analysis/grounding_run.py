@@ -33,6 +33,7 @@ class GroundingConfig:
     workers: int | None = None
     tag: str | None = None
     quiet: bool = False
+    max_image_pixels: int | None = None  # None: run's default; a skipped row's message names --max-image-pixels
 
 
 def run_grounding(cfg: GroundingConfig) -> dict | None:
@@ -49,7 +50,8 @@ def run_grounding(cfg: GroundingConfig) -> dict | None:
     token = parse_token(cfg.token)
     run_cfg = RunConfig(bench="gqa", model=cfg.model, data_dir=Path(cfg.data_dir), out=Path(cfg.out), limit=cfg.limit,
                         batch_size=cfg.batch_size, dtype=cfg.dtype, device=cfg.device, selection=cfg.selection,
-                        workers=cfg.workers, tag=cfg.tag, quiet=cfg.quiet)
+                        workers=cfg.workers, tag=cfg.tag, quiet=cfg.quiet,
+                        **({"max_image_pixels": cfg.max_image_pixels} if cfg.max_image_pixels else {}))
     about_cfg = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()}
 
     def body(run_cfg: RunConfig, cluster) -> dict | None:

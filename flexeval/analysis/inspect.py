@@ -9,7 +9,7 @@ from flexeval.benchmarks.base import open_image
 from flexeval.errors import FlexEvalError
 from flexeval.model.conversation import IMAGE_TOKEN
 from flexeval.model.image import pixels_sha256
-from flexeval.requests import Generate
+from flexeval.requests import Choice, Generate
 from flexeval.speed.counting import count_work
 
 
@@ -40,7 +40,11 @@ def inspect_sample(model: str, image: Path, prompt: str, options: list[str] | No
     text = prompt if raw else m.prompt_text(Generate(question=prompt))  # the model's template (LLaVA v1)
     if not raw:
         m.tokenizer.check_template(text)
+    from flexeval.model.length import check_request_length
+
     processed = m.preprocess(open_image(str(image)))
+    request = Generate(question=prompt, max_new_tokens=max_new_tokens)
+    check_request_length(m, request if not options else Choice(question=prompt, options=tuple(options)), text)
     results, logits, nll, flops = _run(m, text, options, processed, max_new_tokens, count_flops)
     res = results[0]
     out = {

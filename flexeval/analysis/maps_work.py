@@ -145,11 +145,12 @@ class AttentionWork(MapsWork):
     folder = "attention"  # <out>/<tag>/<bench>/attention/: the pictures, beside the records
 
     def __init__(self, layers: list[int], token: int, max_new_tokens: int | None, pictures: Path,
-                 style: str = "flexeval", strip: int | None = None, model=None):
+                 style: str = "flexeval", strip: int | None = None, model=None, max_image_pixels: int | None = None):
         """style: flexeval | release | both (flexeval/analysis/attention.py draw); strip: a layer whose
         per-answer-token maps are drawn too (needs `model`)."""
         super().__init__(layers, token, max_new_tokens)
         self.pictures, self.style, self.strip, self.model = Path(pictures), style, strip, model
+        self.max_image_pixels = max_image_pixels  # the run's --max-image-pixels: the picture reopens the image
         self.written: list[Path] = []  # every item's picture (rank 0, once finished; drawn now or before)
 
     def settings(self) -> dict:
@@ -168,7 +169,7 @@ class AttentionWork(MapsWork):
         name = "".join(c if c.isalnum() or c in "-_." else "_" for c in s.id) + ".png"
         answer = item.record["prediction"] or ""
         result = MapResult(answer, item.record["generated_ids"], maps, self.token)
-        pil = open_image(s.image, where=s.id)
+        pil = open_image(s.image, where=s.id, **({"max_pixels": self.max_image_pixels} if self.max_image_pixels else {}))
         written = draw(pil, result, s.question, self.layers, self.pictures / name, self.style,
                        title_extra=f"  item {s.id}")
         if self.strip is not None:

@@ -33,6 +33,11 @@ def per_subset(records, field: str) -> dict[str, int]:
     return dict(sorted(Counter(r["subset"] for r in records if r.get(field)).items()))
 
 
+def _enough(limit: int) -> int:
+    """A --max-non-finite that lets the rerun finish (every item may be non-finite)."""
+    return max(1000, 10 * limit)
+
+
 class NonFiniteGuard:
     """Counts non-finite items as batches are stored; raises once more than `limit` are seen."""
 
@@ -45,7 +50,9 @@ class NonFiniteGuard:
             example = self.seen[0]
             fix = {"float16": "float16 overflows on this model: rerun with --dtype bfloat16 (or float32)",
                    "bfloat16": "rerun with --dtype float32"}.get(
-                self.dtype, "even float32 overflows: the weights are broken (`flexeval run --check` tests them)")
+                self.dtype, "even float32 overflows, so no --dtype helps: the weights are broken (finite, as the load "
+                "checks, but out of range for this model: a damaged or wrongly converted checkpoint, re-download it); "
+                f"to finish anyway with these items counted wrong, rerun with --max-non-finite {_enough(self.limit)}")
             raise FlexEvalError(
                 f"{self.where}: {len(self.seen)} items gave NaN/inf model outputs under dtype {self.dtype} (more than "
                 f"--max-non-finite {self.limit}), e.g. {example['id']}: {example['non_finite']}; {fix}. The items "

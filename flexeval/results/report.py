@@ -18,6 +18,7 @@ from flexeval.results.accuracy import (
 )
 from flexeval.results.compute import compute_markdown
 from flexeval.results.layout import benchmark_folder, is_variant_folder
+from flexeval.results.readonly import tables_written_in
 from flexeval.results.scoring import read_run_json
 from flexeval.results.store import write_text_atomic
 
@@ -35,6 +36,8 @@ REPORT_COLUMNS = [
     ("RSVQA average", "rsvqa_hrben", "average"),
 ]
 
+# A Δ-vs-paper cell needs this many items: at n = 50 and 50% accuracy the 95% interval is ±14 points.
+MIN_DELTA_N = 50
 # Published numbers (FlexAttention paper, Table 1), keyed like REPORT_COLUMNS; value, derived?
 # V* attribute is not printed: it follows from overall and spatial counts, e.g. for LLaVA-1.5
 # 47.6% of 191 = 91 right, 56.6% of 76 = 43 right, so attribute = 48/115 = 41.7.
@@ -117,11 +120,13 @@ def summary_markdown(entries: list[dict]) -> str:
         ci_cells = [_interval_cell(*ci.get((b, s), (None, None))) for _, b, s in REPORT_COLUMNS]
         if any(c != DASH for c in ci_cells):  # issue 15: older accuracy.csv files have no intervals
             row([f"95% interval {tag}", *ci_cells])
+        n = {(r["benchmark"], r["subset"]): r.get("n") or 0 for e in mine for r in e["rows"]}
         if kind in PAPER_ROWS:
             ref_name, ref = PAPER_ROWS[kind]
-            row([f"Δ {tag} − {ref_name}",
-                 *(_diff(acc.get((b, s)), ref[(b, s)][0] if (b, s) in ref else None)
-                   for _, b, s in REPORT_COLUMNS)])
+            deltas = [_diff(acc.get((b, s)) if n.get((b, s), 0) >= MIN_DELTA_N else None,
+                            ref[(b, s)][0] if (b, s) in ref else None) for _, b, s in REPORT_COLUMNS]
+            if any(d != DASH for d in deltas):  # a 2-item run printed a Δ-vs-paper row (issue 24)
+                row([f"Δ {tag} − {ref_name}", *deltas])
         parts = []
         for e in mine:
             overall = next((r for r in e["rows"] if r["subset"] == "overall"), None)
@@ -131,7 +136,9 @@ def summary_markdown(entries: list[dict]) -> str:
             "; no difference row: run.json model.kind is " + (" and ".join(kinds) if kinds else "missing"))
         notes.append(f"- `{tag}`: " + "; ".join(parts) + why)
 
-    lines += ["", "Accuracy in percent. Δ rows: the model minus the paper row of the same model kind. "
+    lines += ["", "Accuracy in percent. Δ rows: the model minus the paper row of the same model kind, "
+              f"only for cells of at least {MIN_DELTA_N} items (below that the 95% interval is wider than ±14 "
+              "points: a difference means nothing). "
               "95% interval rows: percentile bootstrap over items (seeded; RSVQA average resampled within "
               "each subset); standard errors are in accuracy.csv and summary.csv.",
               "\\* derived, not printed in the paper: V* attribute = (overall x 191 - spatial x 76) / 115 "
@@ -158,9 +165,10 @@ def write_report(results_dir: Path) -> str:
     for e in sorted(entries, key=lambda e: (e["tag"], rank.get(e["bench"], len(order)), e["bench"])):
         for r in e["rows"]:
             w.writerow([e["tag"], *row_cells(r)])
-    write_text_atomic(results_dir / "summary.csv", buf.getvalue())
     md = summary_markdown(entries)
-    write_text_atomic(results_dir / "summary.md", md)
+    with tables_written_in(results_dir, "report"):  # a read-only folder: one line, a fix that works
+        write_text_atomic(results_dir / "summary.csv", buf.getvalue())
+        write_text_atomic(results_dir / "summary.md", md)
     return md
 
 

@@ -12,6 +12,7 @@ from flexeval.results.accuracy import format_rows, write_accuracy_csv
 from flexeval.results.intervals import add_intervals
 from flexeval.results.layout import benchmark_folder
 from flexeval.results.nonfinite import score_record
+from flexeval.results.readonly import tables_written_in
 from flexeval.results.store import PREDICTIONS, read_records
 
 
@@ -55,7 +56,8 @@ def rescore_dir(bench_dir: Path) -> list[dict]:
     """
     bench_dir = Path(bench_dir)
     _, _, _, rows = scored_dir(bench_dir)
-    write_accuracy_csv(bench_dir / "accuracy.csv", rows)
+    with tables_written_in(bench_dir, "rescore"):  # a read-only folder: one line, a fix that works
+        write_accuracy_csv(bench_dir / "accuracy.csv", rows)
     return rows
 
 

@@ -3,6 +3,7 @@
 On disk, under a benchmark's results folder `<out>/<model-tag>/<bench>/`:
 
     shards/<config_fp>.rank<r>.jsonl   append-only, one per (config fingerprint, rank); the resume log
+    shards/<config_fp>.rank<r>.batches the shard's length after each whole batch (flexeval/results/batches.py)
     predictions.jsonl                  written once by `finalize` (or `write_predictions`), atomically
 
 Why shards: several torch.distributed ranks write at the same time, and a process can die at any
@@ -27,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from flexeval.errors import FlexEvalError
+from flexeval.results import batches
 from flexeval.results.digests import sha256_file
 from flexeval.results.jsonsafe import strict_object
 from flexeval.results.lock import lock_fd
@@ -165,6 +167,13 @@ def read_records(path: Path) -> list[dict]:
     return _parse_lines(data, Path(path))[0]
 
 
+def is_provisional(record: dict) -> bool:
+    """A skipped row (image over --max-image-pixels, undecodable, prompt too long) is stored so that
+    the run's files are complete, but it is no cached result: its cause may be fixed (a higher limit,
+    a repaired file), so a rerun computes it again and a computed record replaces it."""
+    return bool(record.get("skipped"))
+
+
 _SHARD_RE = re.compile(r"^(?P<fp>[^.]+)\.rank(?P<rank>\d+)\.jsonl$")
 
 
@@ -203,14 +212,17 @@ class PredictionStore:
         return [p for _, p in sorted(found)]
 
     def completed(self) -> dict[str, dict]:
-        """key -> record for every record of this config in any rank's shard; first occurrence wins.
+        """key -> record for every record of this config in any rank's shard; first occurrence wins,
+        except that a computed record wins over a skipped one (`is_provisional`).
 
         Safe while other ranks are appending: their in-flight last line is simply not seen yet.
         """
         done: dict[str, dict] = {}
-        for path in self.shard_paths():
-            for rec in read_records(path):
-                done.setdefault(str(rec["key"]), rec)
+        for path in self.shard_paths():  # whole batches only: a torn batch is computed again, whole
+            for rec in _parse_lines(batches.committed_bytes(path, path.read_bytes()), path)[0]:
+                key = str(rec["key"])
+                if key not in done or (is_provisional(done[key]) and not is_provisional(rec)):
+                    done[key] = rec
         return done
 
     # -- writing -------------------------------------------------------------------------------
@@ -224,9 +236,12 @@ class PredictionStore:
         try:
             lock_fd(fd, self.shard_path, f"{self.shard_path} is being written by another process (same output "
                                          "folder, config and rank); wait for it to finish or use another --out/--tag")
-            # Cut a torn tail from an earlier crash so the next record starts on a fresh line.
+            # Cut a torn tail from an earlier crash so the next record starts on a fresh line; with a
+            # batch log, the whole torn batch (flexeval/results/batches.py): the rerun computes it whole.
+            if created:
+                batches.reset(self.shard_path)
             data = self.shard_path.read_bytes()
-            _, good_end = _parse_lines(data, self.shard_path)
+            _, good_end = _parse_lines(batches.committed_bytes(self.shard_path, data), self.shard_path)
             if good_end < len(data):
                 os.ftruncate(fd, good_end)
                 os.fsync(fd)
@@ -252,6 +267,7 @@ class PredictionStore:
             n = os.write(fd, view)
             view = view[n:]
         os.fsync(fd)
+        batches.note_batch(self.shard_path, fd)  # this batch is whole
 
     def close(self) -> None:
         if self._fd is not None:
