@@ -166,7 +166,7 @@ def test_two_torchrun_agents_give_the_one_process_files(env):
     assert sum(r["items"] for r in run["distributed"]["ranks"]) == 12
     assert all(r["startup_s"] > 0 and r["batches"] >= 1 for r in run["distributed"]["ranks"])
     shown = sorted(p.name for p in bench_dir.iterdir() if not p.name.startswith("."))  # the run lock is hidden
-    assert shown == ["accuracy.csv", "predictions.jsonl", "run.json", "shards"]  # no status files on --out
+    assert shown == ["accuracy.csv", "predictions.jsonl", "run.json", "shards", "target_coverage.csv"]  # no status files
 
 
 def test_a_lost_node_ends_the_job_and_one_node_at_three_ranks_then_one_process_continue(env):
