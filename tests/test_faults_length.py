@@ -60,7 +60,7 @@ def test_overlong_questions_and_options_are_counted_skipped_rows(release_dir, da
 
 
 def test_the_limit_is_the_checkpoints_and_a_short_item_passes(release_dir):
-    from flexeval.benchmarks.conversation import llava_v1_prompt
+    from flexeval.model.conversation import llava_v1_prompt
     from flexeval.model import load_pretrained
     from flexeval.model.length import length_problem, max_positions
     from flexeval.requests import Generate
@@ -69,11 +69,11 @@ def test_the_limit_is_the_checkpoints_and_a_short_item_passes(release_dir):
     limit = max_positions(model)
     assert limit == json.loads((Path(release_dir) / "config.json").read_text())["max_position_embeddings"]
     q = "What is the colour of the bag?"
-    assert length_problem(model, Generate(prompt=llava_v1_prompt(q), question=q, max_new_tokens=16), limit) is None
+    assert length_problem(model, Generate(question=q, max_new_tokens=16), limit) is None
     n_prompt = len(model.tokenizer.encode_prompt(llava_v1_prompt(q))) - 1 + 576
-    fits = Generate(prompt=llava_v1_prompt(q), question=q, max_new_tokens=limit - n_prompt)
+    fits = Generate(question=q, max_new_tokens=limit - n_prompt)
     assert length_problem(model, fits, limit) is None  # exactly at the limit: runs
-    over = Generate(prompt=llava_v1_prompt(q), question=q, max_new_tokens=limit - n_prompt + 1)
+    over = Generate(question=q, max_new_tokens=limit - n_prompt + 1)
     assert f"needs {limit + 1} positions" in length_problem(model, over, limit)
 
 
