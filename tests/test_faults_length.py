@@ -60,8 +60,8 @@ def test_overlong_questions_and_options_are_counted_skipped_rows(release_dir, da
 
 
 def test_the_limit_is_the_checkpoints_and_a_short_item_passes(release_dir):
-    from flexeval.model.conversation import llava_v1_prompt
     from flexeval.model import load_pretrained
+    from flexeval.model.conversation import llava_v1_prompt
     from flexeval.model.length import length_problem, max_positions
     from flexeval.requests import Generate
 

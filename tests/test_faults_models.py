@@ -113,8 +113,8 @@ def test_the_transformers_path_has_flexllavas_checkpoint_checks(hf_dirs, data, t
 
 
 def test_flexllava_and_transformers_word_a_truncated_file_alike(release_dir, hf_dirs, tmp_path):
-    from flexeval.model.hf_checks import hf_file_problems
     from flexeval.model.checks import header_problems
+    from flexeval.model.hf_checks import hf_file_problems
 
     for src in (release_dir, hf_dirs["qwen2-vl"]):
         folder = shutil.copytree(src, tmp_path / Path(src).name)

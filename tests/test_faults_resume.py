@@ -31,7 +31,7 @@ def calls(monkeypatch):
     real, seen, stop = FlexLlava.choose, [], {"at": None}
 
     def recording(self, batch, *a, **k):
-        seen.append([(req.prompt, tuple(req.options)) for req, _ in batch])
+        seen.append([(req.question, tuple(req.options)) for req, _ in batch])
         if stop["at"] == len(seen):
             raise KeyboardInterrupt
         return real(self, batch, *a, **k)
