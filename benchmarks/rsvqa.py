@@ -29,6 +29,7 @@ from typing import Any
 from flexeval.errors import FlexEvalError
 from flexeval.requests import Generate
 
+from .asking import ask_short
 from .base import (
     Benchmark,
     Sample,
@@ -38,7 +39,6 @@ from .base import (
     require_field,
     subset_item_scores,
 )
-from .wording import SHORT_ANSWER_SUFFIX
 
 ZENODO_RECORD = "6344367"
 SPLITS = ("train", "val", "test", "test_phili")
@@ -136,8 +136,7 @@ class RSVQAHRBEN(Benchmark):
 
     def request(self, sample: Sample, protocol: str) -> Generate:
         self.check_protocol(protocol)
-        question = sample.question + SHORT_ANSWER_SUFFIX
-        return Generate(question=question, max_new_tokens=MAX_NEW_TOKENS)
+        return ask_short(sample.question, MAX_NEW_TOKENS)
 
     def score(self, record: dict, protocol: str) -> dict:
         protocol = self.check_protocol(protocol)

@@ -25,9 +25,9 @@ from typing import Any
 from flexeval.errors import FlexEvalError
 from flexeval.requests import Generate
 
+from .asking import ask_short
 from .base import Benchmark, ImageRef, Sample, read_json, read_parquet_text, require_field
 from .vqa_eval import vqa_accuracy
-from .wording import SHORT_ANSWER_SUFFIX
 
 # lmms-lab/textvqa is a plain parquet repo (facebook/textvqa started as a loading script), and a
 # filtered snapshot of it fetches only the validation shards (~0.9 GB of ~8 GB).
@@ -63,8 +63,7 @@ class TextVQA(Benchmark):
     def request(self, sample: Sample, protocol: str) -> Generate:
         self.check_protocol(protocol)
         # The question goes in verbatim; OCR tokens are never added (OCR-free protocol).
-        question = sample.question + SHORT_ANSWER_SUFFIX
-        return Generate(question=question, max_new_tokens=MAX_NEW_TOKENS)
+        return ask_short(sample.question, MAX_NEW_TOKENS)
 
     def score(self, record: dict, protocol: str) -> dict:
         self.check_protocol(protocol)
