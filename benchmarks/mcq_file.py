@@ -26,7 +26,6 @@ import base64
 import binascii
 import csv
 import hashlib
-import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +33,7 @@ from typing import Any
 
 from flexeval.errors import FlexEvalError
 
+from . import vstar_letter
 from .asking import ask, choose
 from .base import Sample
 from .file_bench import FileBenchmark, file_bench_name  # noqa: F401  (file_bench_name: its old home)
@@ -226,22 +226,9 @@ def letter_prompt(sample: Sample) -> str:
     return full_question(sample) + "\n" + "\n".join(lines) + LETTER_POST_PROMPT
 
 
-def _parse_steps(last: str) -> tuple[re.Pattern, ...]:
-    c = f"[A-{last}]"
-    return (re.compile(rf"^({c})\s*[\.)\]]*"), re.compile(rf"(?:THE\s+)?(?:ANSWER|CHOICE|OPTION)(?:\s+IS)?[\s:]+({c})"),
-            re.compile(rf"\(({c})\)"), re.compile(rf"({c})\s*(?:\.|\)|])"), re.compile(rf"(?:^|\s)({c})(?:\s|$)"))
-
-
 def parse_letter(reply: str, n_options: int) -> str | None:
     """lmms-eval's `extract_answer_letter` (benchmarks/vstar_letter.py) over the letters A.. of n options."""
-    text = (reply or "").strip().upper()
-    last = LETTERS[n_options - 1]
-    for step in _parse_steps(last):
-        m = step.search(text)
-        if m:
-            return m.group(1)
-    found = re.findall(f"[A-{last}]", text)
-    return found[0] if len(found) == 1 else None
+    return vstar_letter.parse_letter(reply, LETTERS[n_options - 1])
 
 
 def score_choice(record: dict, protocol: str) -> dict:
