@@ -1,5 +1,5 @@
 """The checkpoint checks of the transformers path (issue 24): the same files are checked, with the same
-messages, as for FlexLlava (model/validate.py): safetensors headers (zero-length, truncated, corrupt),
+messages, as for FlexLlava (model/checks.py): safetensors headers (zero-length, truncated, corrupt),
 the tokenizer's and the image processor's files, and NaN/inf in the weights as held in the run's
 dtype. `flexeval run --check` lists them all (`hf_folder_problems`); the loader raises them before
 transformers reads a byte (`check_hf_files`) and after the weights are on the device
@@ -13,7 +13,7 @@ from pathlib import Path
 
 from flexeval.errors import FlexEvalError
 
-from .validate import REFETCH, header_problems, non_finite_problems, raise_problems
+from .checks import REFETCH, header_problems, non_finite_problems, raise_problems
 
 # One of these holds the vocabulary (fast tokenizer, sentencepiece, BPE, tiktoken).
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "qwen.tiktoken", "tokenizer.tiktoken")
