@@ -22,6 +22,7 @@ import random
 from pathlib import Path
 from typing import Any
 
+from flexeval.checks import repeated_ids
 from flexeval.errors import FlexEvalError
 from flexeval.requests import Generate
 
@@ -146,13 +147,7 @@ def _load_parquet(files: list[Path]) -> list[Sample]:
 
 def _refuse_duplicate_ids(samples: list[Sample], where: str) -> None:
     """question_id identifies an item (results, resume); a repeat would be counted twice or overwrite."""
-    first: dict[str, int] = {}
-    repeats = []
-    for k, s in enumerate(samples):
-        if s.id in first:
-            repeats.append(f"question_id {s.id} (items {first[s.id]} and {k})")
-        else:
-            first[s.id] = k
+    repeats = [f"question_id {i} (items {a} and {b})" for i, a, b in repeated_ids(samples)]
     if repeats:
         raise FlexEvalError(f"{where}: {len(repeats)} repeated question_id(s): {'; '.join(repeats[:10])}"
                             f"{' ...' if len(repeats) > 10 else ''}; each question must appear once - remove the "

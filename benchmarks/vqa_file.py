@@ -13,14 +13,13 @@ Prompt: `{question}\\nAnswer the question using a single word or phrase.`, greed
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from flexeval.errors import FlexEvalError
 
 from .asking import ask_short
-from .base import Sample
+from .base import Sample, json_lines
 from .file_bench import FileBenchmark
 from .mcq_file import NO_CATEGORY
 from .vqa_eval import normalize_answer, vqa_accuracy
@@ -62,16 +61,10 @@ def load_jsonl(path: Path) -> list[Sample]:
         raise FlexEvalError(f"{path}: no such file; give the path of a JSONL file (question, image, answers/answer)")
     samples, kinds = [], {}
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
         raise FlexEvalError(f"cannot read {path} as UTF-8 text ({e})") from e
-    for k, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise FlexEvalError(f"{path}: line {k} is not valid JSON ({e}); fix the line") from e
+    for k, row in json_lines(text, path, "fix the line"):
         s = _line_sample(path, k, row)
         kinds.setdefault(metric_of(s.target), k)
         samples.append(s)

@@ -37,7 +37,7 @@ from pathlib import Path
 
 from flexeval.errors import FlexEvalError
 
-from .base import Sample, read_utf8
+from .base import Sample, json_lines, read_utf8
 
 LETTERED_FILE = "test_questions.jsonl"
 LETTER_POST_PROMPT = "\nAnswer with the option's letter from the given choices directly."
@@ -96,13 +96,7 @@ def read_lettered(data_dir: Path, samples: list[Sample]) -> list[Sample]:
             f"letters lmms-eval scores). It is in a full snapshot of craigwu/vstar_bench "
             f"(`flexeval data fetch --bench vstar --out {data_dir}`); copy it there")
     by_id: dict[str, dict] = {}
-    for k, line in enumerate(read_utf8(path).splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise FlexEvalError(f"{path}: line {k} is not valid JSON ({e}); re-download the file") from e
+    for k, row in json_lines(read_utf8(path), path, "re-download the file"):
         for key in ("image", "text", "label"):
             if not isinstance(row, dict) or key not in row:
                 raise FlexEvalError(f"{path}: line {k} lacks field '{key}'; the file is not the release's "
