@@ -22,6 +22,17 @@ def ask_short(question: str, max_new_tokens: int) -> Generate:
     return ask(question + SHORT_ANSWER_SUFFIX, max_new_tokens)
 
 
+class ShortAnswer:
+    """A benchmark (mixin, before Benchmark) whose request is its question verbatim with the short-answer
+    instruction, answered greedily in at most `max_new_tokens` tokens."""
+
+    max_new_tokens: int
+
+    def request(self, sample, protocol: str) -> Generate:
+        self.check_protocol(protocol)
+        return ask_short(sample.question, self.max_new_tokens)
+
+
 def choose(question: str, options: tuple[str, ...] | list[str]) -> Choice:
     """The mean-NLL score of each option as the answer to `question` (prediction: the lowest)."""
     return Choice(question=question, options=tuple(options))

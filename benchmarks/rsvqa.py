@@ -27,9 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from flexeval.errors import FlexEvalError
-from flexeval.requests import Generate
 
-from .asking import ask_short
+from .asking import ShortAnswer
 from .base import (
     Benchmark,
     Sample,
@@ -64,10 +63,11 @@ def resolve_split(split: str | None) -> str:
     return split
 
 
-class RSVQAHRBEN(Benchmark):
+class RSVQAHRBEN(ShortAnswer, Benchmark):
     name = "rsvqa_hrben"
     aliases = ("rsvqa", "rsvqa_hr", "hrben", "rsvqahrben", "rsvqa_hr_ben")
     protocols = ("paper", "lenient")
+    max_new_tokens = MAX_NEW_TOKENS
     splits = (DEFAULT_SPLIT, *(s for s in SPLITS if s != DEFAULT_SPLIT))
 
     def check_split(self, split: str | None) -> str:
@@ -133,10 +133,6 @@ class RSVQAHRBEN(Benchmark):
         split = samples[0].meta.get("split", DEFAULT_SPLIT) if samples else DEFAULT_SPLIT
         expected = {"overall": EXPECTED_BY_SPLIT[split]} if split in EXPECTED_BY_SPLIT else {}
         return {**count_against(samples, expected), "split": split}
-
-    def request(self, sample: Sample, protocol: str) -> Generate:
-        self.check_protocol(protocol)
-        return ask_short(sample.question, MAX_NEW_TOKENS)
 
     def score(self, record: dict, protocol: str) -> dict:
         protocol = self.check_protocol(protocol)

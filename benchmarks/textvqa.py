@@ -24,9 +24,8 @@ from typing import Any
 
 from flexeval.checks import repeated_ids
 from flexeval.errors import FlexEvalError
-from flexeval.requests import Generate
 
-from .asking import ask_short
+from .asking import ShortAnswer
 from .base import Benchmark, ImageRef, Sample, read_json, read_parquet_text, require_field
 from .vqa_eval import vqa_accuracy
 
@@ -40,10 +39,11 @@ SUBSET = "val"
 MAX_NEW_TOKENS = 64
 
 
-class TextVQA(Benchmark):
+class TextVQA(ShortAnswer, Benchmark):
     name = "textvqa"
     aliases = ("textvqa_val", "text_vqa")
     protocols = ("paper",)
+    max_new_tokens = MAX_NEW_TOKENS  # the question verbatim; OCR tokens are never added (OCR-free protocol)
     subsets = (SUBSET,)
     expected_counts = {SUBSET: 5000, "overall": 5000}
 
@@ -60,11 +60,6 @@ class TextVQA(Benchmark):
             f"dataset {HUB_REPO}). Run `flexeval data fetch --bench textvqa --out {data_dir}` where a "
             f"network exists, or copy one of these layouts there."
         )
-
-    def request(self, sample: Sample, protocol: str) -> Generate:
-        self.check_protocol(protocol)
-        # The question goes in verbatim; OCR tokens are never added (OCR-free protocol).
-        return ask_short(sample.question, MAX_NEW_TOKENS)
 
     def score(self, record: dict, protocol: str) -> dict:
         self.check_protocol(protocol)

@@ -18,7 +18,7 @@ from typing import Any
 
 from flexeval.errors import FlexEvalError
 
-from .asking import ask_short
+from .asking import ShortAnswer
 from .base import Sample, json_lines
 from .file_bench import FileBenchmark
 from .mcq_file import NO_CATEGORY
@@ -87,11 +87,12 @@ def score_answer(prediction: str | None, target: Any) -> float:
     return float(normalize_answer(reply) == normalize_answer(str(target)))
 
 
-class VqaFile(FileBenchmark):
+class VqaFile(ShortAnswer, FileBenchmark):
     """`--bench path/to/file.jsonl`: results under <out>/<tag>/<file stem>/."""
 
     protocols = ("paper",)
     kind = "vqa_file"
+    max_new_tokens = MAX_NEW_TOKENS
 
     def __init__(self, path: Path | str, name: str | None = None):
         super().__init__(path, name)
@@ -101,10 +102,6 @@ class VqaFile(FileBenchmark):
         samples = load_jsonl(self.path)
         self.metric = metric_of(samples[0].target) if samples else None
         return samples
-
-    def request(self, sample: Sample, protocol: str):
-        self.check_protocol(protocol)
-        return ask_short(sample.question, MAX_NEW_TOKENS)
 
     def score(self, record: dict, protocol: str) -> dict:
         self.check_protocol(protocol)
