@@ -142,6 +142,14 @@ def open_image(image: ImageSource, where: str = "", max_pixels: int = DEFAULT_MA
     return img
 
 
+def note_missing(seen: dict, missing: list[str], key: Any, image: Path) -> None:
+    """Look each image (by key) up on disk once; list those not there in `missing`, in first-use order."""
+    if key not in seen:
+        seen[key] = image.is_file()
+        if not seen[key]:
+            missing.append(str(image))
+
+
 def read_utf8(path: Path) -> str:
     """A release text file's text; a non-UTF-8 file is an error naming the file, the byte and the fix."""
     try:

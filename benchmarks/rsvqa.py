@@ -34,6 +34,7 @@ from .base import (
     Sample,
     accuracy_rows,
     count_against,
+    note_missing,
     read_json,
     require_field,
     subset_item_scores,
@@ -102,10 +103,7 @@ class RSVQAHRBEN(ShortAnswer, Benchmark):
             answer = self._answer_for(q, qid, answer_by_id, where, a_path)
             img_id = require_field(q, "img_id", where)
             image = data_dir / "Data" / f"{img_id}.tif"
-            if img_id not in image_ok:
-                image_ok[img_id] = image.is_file()
-                if not image_ok[img_id]:
-                    missing_images.append(str(image))
+            note_missing(image_ok, missing_images, img_id, image)
             samples.append(Sample(id=str(qid), subset=subset, question=require_field(q, "question", where),
                                   image=str(image), target=str(answer),
                                   meta={"type": q["type"], "img_id": img_id, "split": split}))

@@ -26,7 +26,7 @@ from flexeval.checks import repeated_ids
 from flexeval.errors import FlexEvalError
 
 from .asking import ShortAnswer
-from .base import Benchmark, ImageRef, Sample, read_json, read_parquet_text, require_field
+from .base import Benchmark, ImageRef, Sample, note_missing, read_json, read_parquet_text, require_field
 from .vqa_eval import vqa_accuracy
 
 # lmms-lab/textvqa is a plain parquet repo (facebook/textvqa started as a loading script), and a
@@ -106,10 +106,7 @@ def _load_json(data_dir: Path) -> list[Sample]:
         where = f"{path} entry {k}"
         image_id = str(require_field(entry, "image_id", where))
         image = data_dir / IMAGE_DIR / f"{image_id}.jpg"
-        if image_id not in seen:
-            seen[image_id] = image.is_file()
-            if not seen[image_id]:
-                missing.append(str(image))
+        note_missing(seen, missing, image_id, image)
         samples.append(_sample(entry, str(image), where))
     _refuse_duplicate_ids(samples, f"{path} field 'data'")
     if missing:
