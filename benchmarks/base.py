@@ -11,6 +11,7 @@ import base64
 import hashlib
 import io
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
@@ -141,6 +142,14 @@ def open_image(image: ImageSource, where: str = "", max_pixels: int = DEFAULT_MA
     return img
 
 
+def note_missing(seen: dict, missing: list[str], key: Any, image: Path) -> None:
+    """Look each image (by key) up on disk once; list those not there in `missing`, in first-use order."""
+    if key not in seen:
+        seen[key] = image.is_file()
+        if not seen[key]:
+            missing.append(str(image))
+
+
 def read_utf8(path: Path) -> str:
     """A release text file's text; a non-UTF-8 file is an error naming the file, the byte and the fix."""
     try:
@@ -158,6 +167,19 @@ def read_json(path: Path) -> Any:
         raise FlexEvalError(f"missing file {path}") from e
     except json.JSONDecodeError as e:
         raise FlexEvalError(f"{path} is not valid JSON ({e}); re-download it") from e
+
+
+def json_lines(text: str, path: Path, fix: str) -> Iterator[tuple[int, Any]]:
+    """(line number from 1, parsed value) of each non-blank line of a JSONL file's text; a line that is
+    not JSON is an error naming the file, the line and `fix`."""
+    for k, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise FlexEvalError(f"{path}: line {k} is not valid JSON ({e}); {fix}") from e
+        yield k, row
 
 
 def read_parquet_text(path: Path, image_column: str, skip: tuple[str, ...] = ()) -> list[dict]:

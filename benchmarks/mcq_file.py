@@ -26,7 +26,6 @@ import base64
 import binascii
 import csv
 import hashlib
-import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,8 +33,10 @@ from typing import Any
 
 from flexeval.errors import FlexEvalError
 
+from . import vstar_letter
 from .asking import ask, choose
-from .base import Benchmark, Sample
+from .base import Sample
+from .file_bench import FileBenchmark, file_bench_name  # noqa: F401  (file_bench_name: its old home)
 from .wording import SHORT_ANSWER_SUFFIX
 
 LETTERS = "ABCDEFGH"
@@ -225,22 +226,9 @@ def letter_prompt(sample: Sample) -> str:
     return full_question(sample) + "\n" + "\n".join(lines) + LETTER_POST_PROMPT
 
 
-def _parse_steps(last: str) -> tuple[re.Pattern, ...]:
-    c = f"[A-{last}]"
-    return (re.compile(rf"^({c})\s*[\.)\]]*"), re.compile(rf"(?:THE\s+)?(?:ANSWER|CHOICE|OPTION)(?:\s+IS)?[\s:]+({c})"),
-            re.compile(rf"\(({c})\)"), re.compile(rf"({c})\s*(?:\.|\)|])"), re.compile(rf"(?:^|\s)({c})(?:\s|$)"))
-
-
 def parse_letter(reply: str, n_options: int) -> str | None:
     """lmms-eval's `extract_answer_letter` (benchmarks/vstar_letter.py) over the letters A.. of n options."""
-    text = (reply or "").strip().upper()
-    last = LETTERS[n_options - 1]
-    for step in _parse_steps(last):
-        m = step.search(text)
-        if m:
-            return m.group(1)
-    found = re.findall(f"[A-{last}]", text)
-    return found[0] if len(found) == 1 else None
+    return vstar_letter.parse_letter(reply, LETTERS[n_options - 1])
 
 
 def score_choice(record: dict, protocol: str) -> dict:
@@ -256,16 +244,11 @@ def score_choice(record: dict, protocol: str) -> dict:
     return {"score": float(letter == target), "parsed": letter}
 
 
-class McqFile(Benchmark):
+class McqFile(FileBenchmark):
     """`--bench path/to/file.tsv`: results under <out>/<tag>/<file stem>/."""
 
     protocols = ("likelihood", "letter")
     kind = "mcq_file"
-    reads_own_file = True  # --data-dir plays no part: the benchmark is the file
-
-    def __init__(self, path: Path | str, name: str | None = None):
-        self.path = Path(path)
-        self.name = name or file_bench_name(self.path)
 
     def load(self, data_dir: Path | None = None, **options: Any) -> list[Sample]:
         return load_tsv(self.path)
@@ -278,24 +261,6 @@ class McqFile(Benchmark):
     def score(self, record: dict, protocol: str) -> dict:
         return score_choice(record, self.check_protocol(protocol))
 
-    @property
-    def cli_name(self) -> str:
-        """What `--bench` takes to run it again (run.json `command`): the file's path."""
-        return str(self.path.resolve())
-
     def run_info(self) -> dict:
         """run.json fields: the file (so rescore/compare find this benchmark again) and the metric."""
         return {"benchmark_file": str(self.path.resolve()), "benchmark_kind": self.kind, "metric": "accuracy"}
-
-    def fetch(self, out_dir: Path) -> Path:
-        raise FlexEvalError(f"{self.path} is a local file benchmark: nothing to fetch")
-
-    def make_sample(self, out_dir: Path, n: int = 6, seed: int = 0) -> Path:
-        raise FlexEvalError(f"{self.path} is a local file benchmark: it is its own data (make-sample writes the "
-                            f"named benchmarks' layouts, e.g. --bench hrbench_4k)")
-
-
-def file_bench_name(path: Path) -> str:
-    """The results folder of a file benchmark: the file's stem as a plain folder name."""
-    name = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(path).stem).strip(".-") or "file"
-    return name

@@ -27,18 +27,18 @@ from pathlib import Path
 from typing import Any
 
 from flexeval.errors import FlexEvalError
-from flexeval.requests import Generate
 
+from .asking import ShortAnswer
 from .base import (
     Benchmark,
     Sample,
     accuracy_rows,
     count_against,
+    note_missing,
     read_json,
     require_field,
     subset_item_scores,
 )
-from .wording import SHORT_ANSWER_SUFFIX
 
 ZENODO_RECORD = "6344367"
 SPLITS = ("train", "val", "test", "test_phili")
@@ -64,10 +64,11 @@ def resolve_split(split: str | None) -> str:
     return split
 
 
-class RSVQAHRBEN(Benchmark):
+class RSVQAHRBEN(ShortAnswer, Benchmark):
     name = "rsvqa_hrben"
     aliases = ("rsvqa", "rsvqa_hr", "hrben", "rsvqahrben", "rsvqa_hr_ben")
     protocols = ("paper", "lenient")
+    max_new_tokens = MAX_NEW_TOKENS
     splits = (DEFAULT_SPLIT, *(s for s in SPLITS if s != DEFAULT_SPLIT))
 
     def check_split(self, split: str | None) -> str:
@@ -102,10 +103,7 @@ class RSVQAHRBEN(Benchmark):
             answer = self._answer_for(q, qid, answer_by_id, where, a_path)
             img_id = require_field(q, "img_id", where)
             image = data_dir / "Data" / f"{img_id}.tif"
-            if img_id not in image_ok:
-                image_ok[img_id] = image.is_file()
-                if not image_ok[img_id]:
-                    missing_images.append(str(image))
+            note_missing(image_ok, missing_images, img_id, image)
             samples.append(Sample(id=str(qid), subset=subset, question=require_field(q, "question", where),
                                   image=str(image), target=str(answer),
                                   meta={"type": q["type"], "img_id": img_id, "split": split}))
@@ -133,11 +131,6 @@ class RSVQAHRBEN(Benchmark):
         split = samples[0].meta.get("split", DEFAULT_SPLIT) if samples else DEFAULT_SPLIT
         expected = {"overall": EXPECTED_BY_SPLIT[split]} if split in EXPECTED_BY_SPLIT else {}
         return {**count_against(samples, expected), "split": split}
-
-    def request(self, sample: Sample, protocol: str) -> Generate:
-        self.check_protocol(protocol)
-        question = sample.question + SHORT_ANSWER_SUFFIX
-        return Generate(question=question, max_new_tokens=MAX_NEW_TOKENS)
 
     def score(self, record: dict, protocol: str) -> dict:
         protocol = self.check_protocol(protocol)

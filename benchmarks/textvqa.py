@@ -22,12 +22,12 @@ import random
 from pathlib import Path
 from typing import Any
 
+from flexeval.checks import repeated_ids
 from flexeval.errors import FlexEvalError
-from flexeval.requests import Generate
 
-from .base import Benchmark, ImageRef, Sample, read_json, read_parquet_text, require_field
+from .asking import ShortAnswer
+from .base import Benchmark, ImageRef, Sample, note_missing, read_json, read_parquet_text, require_field
 from .vqa_eval import vqa_accuracy
-from .wording import SHORT_ANSWER_SUFFIX
 
 # lmms-lab/textvqa is a plain parquet repo (facebook/textvqa started as a loading script), and a
 # filtered snapshot of it fetches only the validation shards (~0.9 GB of ~8 GB).
@@ -39,10 +39,11 @@ SUBSET = "val"
 MAX_NEW_TOKENS = 64
 
 
-class TextVQA(Benchmark):
+class TextVQA(ShortAnswer, Benchmark):
     name = "textvqa"
     aliases = ("textvqa_val", "text_vqa")
     protocols = ("paper",)
+    max_new_tokens = MAX_NEW_TOKENS  # the question verbatim; OCR tokens are never added (OCR-free protocol)
     subsets = (SUBSET,)
     expected_counts = {SUBSET: 5000, "overall": 5000}
 
@@ -59,12 +60,6 @@ class TextVQA(Benchmark):
             f"dataset {HUB_REPO}). Run `flexeval data fetch --bench textvqa --out {data_dir}` where a "
             f"network exists, or copy one of these layouts there."
         )
-
-    def request(self, sample: Sample, protocol: str) -> Generate:
-        self.check_protocol(protocol)
-        # The question goes in verbatim; OCR tokens are never added (OCR-free protocol).
-        question = sample.question + SHORT_ANSWER_SUFFIX
-        return Generate(question=question, max_new_tokens=MAX_NEW_TOKENS)
 
     def score(self, record: dict, protocol: str) -> dict:
         self.check_protocol(protocol)
@@ -111,10 +106,7 @@ def _load_json(data_dir: Path) -> list[Sample]:
         where = f"{path} entry {k}"
         image_id = str(require_field(entry, "image_id", where))
         image = data_dir / IMAGE_DIR / f"{image_id}.jpg"
-        if image_id not in seen:
-            seen[image_id] = image.is_file()
-            if not seen[image_id]:
-                missing.append(str(image))
+        note_missing(seen, missing, image_id, image)
         samples.append(_sample(entry, str(image), where))
     _refuse_duplicate_ids(samples, f"{path} field 'data'")
     if missing:
@@ -147,13 +139,7 @@ def _load_parquet(files: list[Path]) -> list[Sample]:
 
 def _refuse_duplicate_ids(samples: list[Sample], where: str) -> None:
     """question_id identifies an item (results, resume); a repeat would be counted twice or overwrite."""
-    first: dict[str, int] = {}
-    repeats = []
-    for k, s in enumerate(samples):
-        if s.id in first:
-            repeats.append(f"question_id {s.id} (items {first[s.id]} and {k})")
-        else:
-            first[s.id] = k
+    repeats = [f"question_id {i} (items {a} and {b})" for i, a, b in repeated_ids(samples)]
     if repeats:
         raise FlexEvalError(f"{where}: {len(repeats)} repeated question_id(s): {'; '.join(repeats[:10])}"
                             f"{' ...' if len(repeats) > 10 else ''}; each question must appear once - remove the "

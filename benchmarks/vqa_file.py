@@ -13,17 +13,16 @@ Prompt: `{question}\\nAnswer the question using a single word or phrase.`, greed
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from flexeval.errors import FlexEvalError
 
-from .asking import ask
-from .base import Benchmark, Sample
-from .mcq_file import NO_CATEGORY, file_bench_name
+from .asking import ShortAnswer
+from .base import Sample, json_lines
+from .file_bench import FileBenchmark
+from .mcq_file import NO_CATEGORY
 from .vqa_eval import normalize_answer, vqa_accuracy
-from .wording import SHORT_ANSWER_SUFFIX
 
 MAX_NEW_TOKENS = 64
 VQA_ACCURACY = "vqa_accuracy"
@@ -62,16 +61,10 @@ def load_jsonl(path: Path) -> list[Sample]:
         raise FlexEvalError(f"{path}: no such file; give the path of a JSONL file (question, image, answers/answer)")
     samples, kinds = [], {}
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
         raise FlexEvalError(f"cannot read {path} as UTF-8 text ({e})") from e
-    for k, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise FlexEvalError(f"{path}: line {k} is not valid JSON ({e}); fix the line") from e
+    for k, row in json_lines(text, path, "fix the line"):
         s = _line_sample(path, k, row)
         kinds.setdefault(metric_of(s.target), k)
         samples.append(s)
@@ -94,16 +87,15 @@ def score_answer(prediction: str | None, target: Any) -> float:
     return float(normalize_answer(reply) == normalize_answer(str(target)))
 
 
-class VqaFile(Benchmark):
+class VqaFile(ShortAnswer, FileBenchmark):
     """`--bench path/to/file.jsonl`: results under <out>/<tag>/<file stem>/."""
 
     protocols = ("paper",)
     kind = "vqa_file"
-    reads_own_file = True  # --data-dir plays no part: the benchmark is the file
+    max_new_tokens = MAX_NEW_TOKENS
 
     def __init__(self, path: Path | str, name: str | None = None):
-        self.path = Path(path)
-        self.name = name or file_bench_name(self.path)
+        super().__init__(path, name)
         self.metric: str | None = None  # known once loaded
 
     def load(self, data_dir: Path | None = None, **options: Any) -> list[Sample]:
@@ -111,26 +103,10 @@ class VqaFile(Benchmark):
         self.metric = metric_of(samples[0].target) if samples else None
         return samples
 
-    def request(self, sample: Sample, protocol: str):
-        self.check_protocol(protocol)
-        return ask(sample.question + SHORT_ANSWER_SUFFIX, MAX_NEW_TOKENS)
-
     def score(self, record: dict, protocol: str) -> dict:
         self.check_protocol(protocol)
         return {"score": score_answer(record.get("prediction"), record["target"])}
 
-    @property
-    def cli_name(self) -> str:
-        """What `--bench` takes to run it again (run.json `command`): the file's path."""
-        return str(self.path.resolve())
-
     def run_info(self) -> dict:
         return {"benchmark_file": str(self.path.resolve()), "benchmark_kind": self.kind,
                 "metric": self.metric or metric_of(load_jsonl(self.path)[0].target)}
-
-    def fetch(self, out_dir: Path) -> Path:
-        raise FlexEvalError(f"{self.path} is a local file benchmark: nothing to fetch")
-
-    def make_sample(self, out_dir: Path, n: int = 6, seed: int = 0) -> Path:
-        raise FlexEvalError(f"{self.path} is a local file benchmark: it is its own data (make-sample writes the "
-                            f"named benchmarks' layouts, e.g. --bench hrbench_4k)")

@@ -28,6 +28,7 @@ the real `test_questions.jsonl` here (no network): check its field names on the 
 
 from __future__ import annotations
 
+import functools
 import json
 import random
 import re
@@ -36,7 +37,7 @@ from pathlib import Path
 
 from flexeval.errors import FlexEvalError
 
-from .base import Sample, read_utf8
+from .base import Sample, json_lines, read_utf8
 
 LETTERED_FILE = "test_questions.jsonl"
 LETTER_POST_PROMPT = "\nAnswer with the option's letter from the given choices directly."
@@ -44,13 +45,14 @@ LETTER_MAX_NEW_TOKENS = 16
 LETTERS = ("A", "B", "C", "D")
 
 _OPTION = re.compile(r"\(([A-D])\)\s*([^()]+?)(?=\s*\([A-D]\)|$)")
-_PARSE_STEPS = (
-    re.compile(r"^([A-D])\s*[\.)\]]*"),
-    re.compile(r"(?:THE\s+)?(?:ANSWER|CHOICE|OPTION)(?:\s+IS)?[\s:]+([A-D])"),
-    re.compile(r"\(([A-D])\)"),
-    re.compile(r"([A-D])\s*(?:\.|\)|])"),
-    re.compile(r"(?:^|\s)([A-D])(?:\s|$)"),
-)
+
+
+@functools.lru_cache(maxsize=None)
+def _parse_steps(last: str) -> tuple[re.Pattern, ...]:
+    """lmms-eval's steps, in order, over the letters A..last (its own: A-D)."""
+    c = f"[A-{last}]"
+    return (re.compile(rf"^({c})\s*[\.)\]]*"), re.compile(rf"(?:THE\s+)?(?:ANSWER|CHOICE|OPTION)(?:\s+IS)?[\s:]+({c})"),
+            re.compile(rf"\(({c})\)"), re.compile(rf"({c})\s*(?:\.|\)|])"), re.compile(rf"(?:^|\s)({c})(?:\s|$)"))
 
 
 def lettered_question(text: str) -> str:
@@ -66,14 +68,14 @@ def letter_prompt(sample: Sample) -> str:
     return lettered_question(sample.meta["letter_text"])
 
 
-def parse_letter(reply: str) -> str | None:
-    """lmms-eval's `extract_answer_letter`: a letter A-D or None."""
+def parse_letter(reply: str, last: str = "D") -> str | None:
+    """lmms-eval's `extract_answer_letter`: a letter A-D (A..last) or None."""
     text = (reply or "").strip().upper()
-    for step in _PARSE_STEPS:
+    for step in _parse_steps(last):
         m = step.search(text)
         if m:
             return m.group(1)
-    letters = re.findall(r"[A-D]", text)
+    letters = re.findall(f"[A-{last}]", text)
     if len(letters) == 1:
         return letters[0]
     return None  # lmms-eval's last step (the first character, if A-D) is covered by step 1
@@ -94,13 +96,7 @@ def read_lettered(data_dir: Path, samples: list[Sample]) -> list[Sample]:
             f"letters lmms-eval scores). It is in a full snapshot of craigwu/vstar_bench "
             f"(`flexeval data fetch --bench vstar --out {data_dir}`); copy it there")
     by_id: dict[str, dict] = {}
-    for k, line in enumerate(read_utf8(path).splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise FlexEvalError(f"{path}: line {k} is not valid JSON ({e}); re-download the file") from e
+    for k, row in json_lines(read_utf8(path), path, "re-download the file"):
         for key in ("image", "text", "label"):
             if not isinstance(row, dict) or key not in row:
                 raise FlexEvalError(f"{path}: line {k} lacks field '{key}'; the file is not the release's "

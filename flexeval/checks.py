@@ -26,17 +26,23 @@ def check_tag(tag: str) -> str:
     return tag
 
 
+def repeated_ids(samples: list) -> list[tuple[str, int, int]]:
+    """(id, its first item, a later item) for every item whose id an earlier item has, in item order."""
+    first: dict[str, int] = {}
+    repeats = []
+    for k, s in enumerate(samples):
+        if s.id in first:
+            repeats.append((s.id, first[s.id], k))
+        first.setdefault(s.id, k)
+    return repeats
+
+
 def check_samples(bench_name: str, samples: list, data_dir: Path) -> None:
     """Refuse what would be scored wrongly or crash the store: no items, or an id used twice."""
     if not samples:
         raise FlexEvalError(f"{bench_name}: 0 items found in {data_dir}; the folder holds no items in the release "
                             f"layout: check --data-dir (`flexeval list` shows what each benchmark expects)")
-    first: dict[str, int] = {}
-    repeats = []
-    for k, s in enumerate(samples):
-        if s.id in first:
-            repeats.append(f"{s.id!r} (items {first[s.id]} and {k})")
-        first.setdefault(s.id, k)
+    repeats = [f"{i!r} (items {a} and {b})" for i, a, b in repeated_ids(samples)]
     if repeats:
         raise FlexEvalError(f"{bench_name} data in {data_dir}: {len(repeats)} item id(s) appear twice: "
                             f"{', '.join(repeats[:10])}{' ...' if len(repeats) > 10 else ''}; every item must be "

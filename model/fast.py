@@ -17,7 +17,8 @@ import torch
 import torch.nn.functional as F
 
 from .config import ResolvedOptions
-from .rope import apply_rope, repeat_kv
+from .hires_cache import project_tokens
+from .rope import repeat_kv
 from .selection import all_selection, attention_selection, center_selection, random_selection
 
 
@@ -217,10 +218,5 @@ def project_selected(attn, images: HiResImages, sel: torch.Tensor, n_rep: int):
     order = torch.argsort((~union).to(torch.int32), dim=1, stable=True)[:, :m]  # [B, M] selected first, in index order
     valid = torch.arange(m, device=sel.device)[None] < counts[:, None]
     row_mask = sel.gather(2, order[:, None, :].expand(b, r, m)) & valid[:, None]
-    feats = images.feats.gather(1, order[..., None].expand(b, m, images.feats.shape[-1]))  # [B, M, D]
-    cos = images.cos.gather(1, order[..., None].expand(b, m, images.cos.shape[-1]))[:, None]
-    sin = images.sin.gather(1, order[..., None].expand(b, m, images.sin.shape[-1]))[:, None]
-    k = attn.k_proj_hd(feats).view(b, m, attn.num_kv_heads, attn.head_dim).transpose(1, 2)
-    v = attn.v_proj_hd(feats).view(b, m, attn.num_kv_heads, attn.head_dim).transpose(1, 2)
-    k = apply_rope(k, cos, sin)
+    k, v = project_tokens(attn, images, order)
     return repeat_kv(k, n_rep), repeat_kv(v, n_rep), row_mask

@@ -88,7 +88,7 @@ class HiResKVCache:
             make = center_selection if self.mode == "center" else all_selection
             fixed = make(1, 1, self.hd_grid, "cpu")[0, 0]  # on the host: its size needs no sync
             order = torch.nonzero(fixed).flatten().to(sel.device)[None].expand(sel.shape[0], -1)
-            k, v = self._project(attn, images, order)
+            k, v = project_tokens(attn, images, order)
             entry = self.layers[attn.layer] = {"k": k, "v": v, "order": order}
         order = entry["order"]
         row_mask = sel.gather(2, order[:, None, :].expand(sel.shape[0], sel.shape[1], order.shape[1]))
@@ -138,7 +138,7 @@ class HiResKVCache:
         slot = torch.where(ok, entry["used"][:, None] + torch.arange(cap, device=dev)[None], self.slots)
         tok = tokens[blocks].reshape(b, cap * width)  # [B, cap * T]
         tok_ok = (tvalid[blocks] & ok[..., None]).reshape(b, cap * width)
-        k, v = self._project(attn, images, tok)
+        k, v = project_tokens(attn, images, tok)
         dest = (slot[..., None] * width + torch.arange(width, device=dev)).reshape(b, cap * width)
         idx = dest[:, None, :, None].expand_as(k)
         entry["k"].scatter_(2, idx, k)
@@ -148,12 +148,13 @@ class HiResKVCache:
         entry["slot_of"].scatter_(1, torch.where(ok, blocks, self.n_blocks), slot)
         entry["used"] += n_new
 
-    def _project(self, attn, images, order: torch.Tensor):
-        """k (RoPE'd), v [B, Hkv, M, d] of the tokens order [B, M] of each sample."""
-        b, m = order.shape
-        feats = images.feats.gather(1, order[..., None].expand(b, m, images.feats.shape[-1]))
-        cos = images.cos.gather(1, order[..., None].expand(b, m, images.cos.shape[-1]))[:, None]
-        sin = images.sin.gather(1, order[..., None].expand(b, m, images.sin.shape[-1]))[:, None]
-        k = attn.k_proj_hd(feats).view(b, m, attn.num_kv_heads, attn.head_dim).transpose(1, 2)
-        v = attn.v_proj_hd(feats).view(b, m, attn.num_kv_heads, attn.head_dim).transpose(1, 2)
-        return apply_rope(k, cos, sin), v
+
+def project_tokens(attn, images, order: torch.Tensor):
+    """k (RoPE'd), v [B, Hkv, M, d] of the high-res tokens order [B, M] of each sample."""
+    b, m = order.shape
+    feats = images.feats.gather(1, order[..., None].expand(b, m, images.feats.shape[-1]))
+    cos = images.cos.gather(1, order[..., None].expand(b, m, images.cos.shape[-1]))[:, None]
+    sin = images.sin.gather(1, order[..., None].expand(b, m, images.sin.shape[-1]))[:, None]
+    k = attn.k_proj_hd(feats).view(b, m, attn.num_kv_heads, attn.head_dim).transpose(1, 2)
+    v = attn.v_proj_hd(feats).view(b, m, attn.num_kv_heads, attn.head_dim).transpose(1, 2)
+    return apply_rope(k, cos, sin), v

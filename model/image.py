@@ -79,12 +79,13 @@ def _grey_to_uint8(img: Image.Image) -> np.ndarray:
     return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
 
 
-def pad_to_square(img: Image.Image) -> Image.Image:
+def pad_to_square(img: Image.Image, color: tuple[int, ...] = PAD_COLOR) -> Image.Image:
+    """The release's expand2square: the image centred on a square of `color` (default the CLIP mean)."""
     w, h = img.size
     if w == h:
         return img
     side = max(w, h)
-    out = Image.new(img.mode, (side, side), PAD_COLOR)
+    out = Image.new(img.mode, (side, side), color)
     out.paste(img, (0, (w - h) // 2) if w > h else ((h - w) // 2, 0))
     return out
 

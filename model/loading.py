@@ -254,10 +254,7 @@ def load_clip(cfg: FlexConfig, folder: Path, embedded: dict | None, raw: dict):
     hf_logging.disable_progress_bar()
     if embedded is not None:
         clip = CLIPVisionModel(CLIPVisionConfig(**(raw.get("vision_config") or {})))
-        missing, unexpected = clip.load_state_dict(_fit_clip_keys(clip, embedded), strict=False)
-        if missing:
-            raise FlexEvalError(f"{folder}: vision tower weights missing: {missing[:5]}")
-        return clip
+        return _fill_clip(clip, embedded, f"{folder}: vision tower weights")
     name = cfg.vision_tower
     path = local_clip_folder(folder, name)
     if path is not None:
@@ -289,9 +286,14 @@ def _load_clip_folder(model_cls, config_cls, path: Path):
         if k.startswith("text_model.") or k in ("logit_scale",) or k.startswith(("visual_projection", "text_projection")):
             continue
         sd[k] = v
+    return _fill_clip(clip, sd, f"{path}: CLIP weights", "; is mm_vision_tower a CLIP ViT checkpoint?")
+
+
+def _fill_clip(clip, sd: dict, what: str, hint: str = ""):
+    """clip with the weights of sd (keys fitted to it); a weight it lacks is an error naming `what`."""
     missing, _ = clip.load_state_dict(_fit_clip_keys(clip, sd), strict=False)
     if missing:
-        raise FlexEvalError(f"{path}: CLIP weights missing: {missing[:5]}; is mm_vision_tower a CLIP ViT checkpoint?")
+        raise FlexEvalError(f"{what} missing: {missing[:5]}{hint}")
     return clip
 
 

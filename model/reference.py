@@ -161,17 +161,30 @@ def _prepare(model: FlexLlava, ids: list[int], image: ProcessedImage):
     return embeds, hd, hd_cos, hd_sin, p0
 
 
-@torch.no_grad()
-def generate(model: FlexLlava, prompt: str, image: ProcessedImage, max_new_tokens: int,
-             calls: list | None = None):
-    """Greedy decoding; the last row of each forward call uses high-res. Returns (ids, prefill RefOutput);
-    `calls`, if given, receives every forward call's RefOutput (prefill first)."""
+def _decoder(model: FlexLlava, prompt: str, image: ProcessedImage, maps: bool = False):
+    """The prefill call of the prompt (its last row high-res, with its maps if `maps`) and
+    decode(token, step, maps=False): the next call on the same cache, one row, high-res."""
     ids = model.tokenizer.encode_prompt(prompt)
     embeds, hd, hd_cos, hd_sin, p0 = _prepare(model, ids, image)
     cache = [None] * model.cfg.num_layers
     t = embeds.shape[0]
     prefill = _forward(model, embeds, torch.arange(t, device=model.device), cache, [t - 1], hd, hd_cos, hd_sin,
-                       p0, image)
+                       p0, image, map_rows=[t - 1] if maps else ())
+
+    def decode(token: int, step: int, maps: bool = False) -> RefOutput:
+        e = model.lm.model.embed_tokens(torch.tensor([token], device=model.device))
+        return _forward(model, e, torch.tensor([t + step], device=model.device), cache, [0], hd, hd_cos, hd_sin,
+                        p0, image, map_rows=[0] if maps else ())
+
+    return prefill, decode
+
+
+@torch.no_grad()
+def generate(model: FlexLlava, prompt: str, image: ProcessedImage, max_new_tokens: int,
+             calls: list | None = None):
+    """Greedy decoding; the last row of each forward call uses high-res. Returns (ids, prefill RefOutput);
+    `calls`, if given, receives every forward call's RefOutput (prefill first)."""
+    prefill, decode = _decoder(model, prompt, image)
     calls = [] if calls is None else calls
     calls.append(prefill)
     logits, out = prefill.logits[-1], []
@@ -180,9 +193,7 @@ def generate(model: FlexLlava, prompt: str, image: ProcessedImage, max_new_token
         out.append(nxt)
         if nxt == model.tokenizer.eos_id or step == max_new_tokens - 1:
             break
-        e = model.lm.model.embed_tokens(torch.tensor([nxt], device=model.device))
-        calls.append(_forward(model, e, torch.tensor([t + step], device=model.device), cache, [0], hd, hd_cos,
-                              hd_sin, p0, image))
+        calls.append(decode(nxt, step))
         logits = calls[-1].logits[-1]
     return out, prefill
 
@@ -191,16 +202,9 @@ def generate(model: FlexLlava, prompt: str, image: ProcessedImage, max_new_token
 def attention_maps(model: FlexLlava, prompt: str, image: ProcessedImage, continuation: list[int]) -> RefOutput:
     """Generation's calls literally (prefill, then one call per token, each of its last row high-res),
     fed `continuation` instead of argmax; the last call's output, with the maps of its (only) last row."""
-    ids = model.tokenizer.encode_prompt(prompt)
-    embeds, hd, hd_cos, hd_sin, p0 = _prepare(model, ids, image)
-    cache = [None] * model.cfg.num_layers
-    t = embeds.shape[0]
-    out = _forward(model, embeds, torch.arange(t, device=model.device), cache, [t - 1], hd, hd_cos, hd_sin, p0,
-                   image, map_rows=[t - 1])
+    out, decode = _decoder(model, prompt, image, maps=True)
     for step, tok in enumerate(continuation):
-        e = model.lm.model.embed_tokens(torch.tensor([tok], device=model.device))
-        out = _forward(model, e, torch.tensor([t + step], device=model.device), cache, [0], hd, hd_cos, hd_sin, p0,
-                       image, map_rows=[0])
+        out = decode(tok, step, maps=True)
     return out
 
 

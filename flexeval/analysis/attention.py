@@ -136,9 +136,8 @@ def display_size(orig_size: tuple[int, int]) -> tuple[int, int]:
     return max(1, round(w * scale)), max(1, round(h * scale))
 
 
-def render(image, result: MapResult, question: str, layers: list[int], out: Path, title_extra: str = "") -> Path:
-    """One panel per layer: the original image, the map over it (bilinear, colour bar), the high-res
-    tokens selected at that layer outlined; question, answer, layer and selected ratio in the titles."""
+def start_figure(image):
+    """pyplot (Agg backend) and the image as the panels show it: (plt, original size, (h, w) shown, pixels)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -146,7 +145,24 @@ def render(image, result: MapResult, question: str, layers: list[int], out: Path
 
     orig = image.size
     dw, dh = display_size(orig)
-    shown = np.asarray(image.convert("RGB").resize((dw, dh)))
+    return plt, orig, (dh, dw), np.asarray(image.convert("RGB").resize((dw, dh)))
+
+
+def draw_map(ax, shown, flat_map, mask, orig, hw: tuple[int, int], linewidth: float):
+    """One panel: the image, the map over it, the selected high-res blocks outlined; -> the map's artist."""
+    ax.imshow(shown)
+    im = ax.imshow(square_to_frame(lowres_grid(flat_map), orig, hw), cmap="jet", alpha=0.45, interpolation="nearest")
+    if mask is not None:
+        sel = square_to_frame(lowres_grid(mask.float()), orig, hw, mode="nearest")
+        if sel.max() > 0.5 and sel.min() < 0.5:
+            ax.contour(sel, levels=[0.5], colors="white", linewidths=linewidth)
+    return im
+
+
+def render(image, result: MapResult, question: str, layers: list[int], out: Path, title_extra: str = "") -> Path:
+    """One panel per layer: the original image, the map over it (bilinear, colour bar), the high-res
+    tokens selected at that layer outlined; question, answer, layer and selected ratio in the titles."""
+    plt, orig, (dh, dw), shown = start_figure(image)
     n = len(layers)
     cols = min(4, n)
     rows = math.ceil(n / cols)
@@ -156,16 +172,11 @@ def render(image, result: MapResult, question: str, layers: list[int], out: Path
     for ax in axes.flat[n:]:
         ax.axis("off")
     for ax, layer in zip(axes.flat, layers):
-        heat = square_to_frame(lowres_grid(result.maps.maps[layer]), orig, (dh, dw))
-        ax.imshow(shown)
-        im = ax.imshow(heat, cmap="jet", alpha=0.45, interpolation="nearest")
+        mask = result.maps.masks.get(layer)
+        im = draw_map(ax, shown, result.maps.maps[layer], mask, orig, (dh, dw), linewidth=1.6)
         cb = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
         cb.ax.tick_params(labelsize=7)
-        mask = result.maps.masks.get(layer)
         if mask is not None:
-            sel = square_to_frame(lowres_grid(mask.float()), orig, (dh, dw), mode="nearest")
-            if sel.max() > 0.5 and sel.min() < 0.5:
-                ax.contour(sel, levels=[0.5], colors="white", linewidths=1.6)
             ratio = f"selected {float(mask.float().mean()):.1%} of high-res"
         else:
             ratio = "no selection at this layer"

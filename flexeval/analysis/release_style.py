@@ -59,16 +59,9 @@ def overlay_mean(mask: torch.Tensor, side: int) -> float:
 
 def pad_square_black(image):
     """The release's expand2square(image, (0, 0, 0)): the image centred on a black square."""
-    from PIL import Image
+    from flexeval.model.image import pad_to_square
 
-    img = image.convert("RGB")
-    w, h = img.size
-    if w == h:
-        return img
-    side = max(w, h)
-    out = Image.new("RGB", (side, side), (0, 0, 0))
-    out.paste(img, (0, (side - h) // 2) if w > h else ((side - w) // 2, 0))
-    return out
+    return pad_to_square(image.convert("RGB"), (0, 0, 0))
 
 
 def render_release(image, maps: dict, layers: list[int], out: Path, heading: str = "") -> Path:

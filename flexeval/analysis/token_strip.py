@@ -14,8 +14,6 @@ import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 PANELS_PER_ROW = 8
 
 
@@ -38,16 +36,9 @@ def strip_maps(model, prompt: str, image, layer: int, max_new_tokens: int) -> St
 
 def render_strip(image, result: StripResult, layer: int, question: str, out: Path) -> Path:
     """Panels in rows of PANELS_PER_ROW, each titled with the token it produces."""
-    import matplotlib
+    from flexeval.analysis.attention import draw_map, save_figure, start_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from flexeval.analysis.attention import display_size, lowres_grid, save_figure, square_to_frame
-
-    orig = image.size
-    dw, dh = display_size(orig)
-    shown = np.asarray(image.convert("RGB").resize((dw, dh)))
+    plt, orig, (dh, dw), shown = start_figure(image)
     n = max(1, len(result.maps))
     cols = min(PANELS_PER_ROW, n)
     rows = math.ceil(n / cols)
@@ -57,14 +48,7 @@ def render_strip(image, result: StripResult, layer: int, question: str, out: Pat
     for ax in axes.flat:
         ax.axis("off")
     for k, (ax, m) in enumerate(zip(axes.flat, result.maps)):
-        heat = square_to_frame(lowres_grid(m.maps[layer]), orig, (dh, dw))
-        ax.imshow(shown)
-        ax.imshow(heat, cmap="jet", alpha=0.45, interpolation="nearest")
-        mask = m.masks.get(layer)
-        if mask is not None:
-            sel = square_to_frame(lowres_grid(mask.float()), orig, (dh, dw), mode="nearest")
-            if sel.max() > 0.5 and sel.min() < 0.5:
-                ax.contour(sel, levels=[0.5], colors="white", linewidths=1.2)
+        draw_map(ax, shown, m.maps[layer], m.masks.get(layer), orig, (dh, dw), linewidth=1.2)
         piece = "".join(c if c.isprintable() else "?" for c in result.pieces[k]).replace("\u2581", " ")
         ax.set_title(f"{k}: -> {piece.strip() or repr(piece)}", fontsize=8)
     q = textwrap.shorten(question.replace("\n", " "), 120)
