@@ -53,6 +53,7 @@ def run_grounding(cfg: GroundingConfig) -> dict | None:
                         workers=cfg.workers, tag=cfg.tag, quiet=cfg.quiet,
                         **({"max_image_pixels": cfg.max_image_pixels} if cfg.max_image_pixels else {}))
     about_cfg = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()}
+    samples = GQA().load(Path(cfg.data_dir))  # the data's errors before the model loads (minutes for a 7B)
 
     def body(run_cfg: RunConfig, cluster) -> dict | None:
         if cluster.is_main:
@@ -64,7 +65,7 @@ def run_grounding(cfg: GroundingConfig) -> dict | None:
                  "token": cfg.token, "config": about_cfg}
         work = GroundingWork(parse_layers(cfg.layers, model.cfg.num_layers), token, cfg.map_size, cfg.data_dir,
                              cfg.out, about)
-        run_benchmark(GQA(), model, run_cfg, Path(cfg.data_dir), "paper", cluster=cluster, work=work)
+        run_benchmark(GQA(), model, run_cfg, Path(cfg.data_dir), "paper", samples, cluster=cluster, work=work)
         return work.summary
 
     summary, _ = on_cluster(run_cfg, body)
