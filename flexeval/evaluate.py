@@ -15,7 +15,6 @@ theirs (flexeval/analysis/maps_work.py) and get the same plan, shares, store, lo
 
 from __future__ import annotations
 
-import re
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -48,7 +47,7 @@ from flexeval.interrupt import note_progress
 from flexeval.items import IdList, check_unprefixed_ids_found, items_to_run, read_id_file
 from flexeval.plugins import load_plugin_model, model_plugin
 from flexeval.results.accuracy import format_rows, write_accuracy_csv
-from flexeval.results.identity import checkpoint_content, files_to_read, local_model_name
+from flexeval.results.identity import files_to_read, model_identity, model_tag
 from flexeval.results.intervals import METHOD as INTERVAL_METHOD
 from flexeval.results.layout import items_part, results_dir, variant_name
 from flexeval.results.lock import hold_run_lock
@@ -97,43 +96,6 @@ class RunConfig:
 
 
 # ---------------------------------------------------------------- model identity
-
-def model_tag(cfg: RunConfig, model) -> str:
-    """Results folder name: the checkpoint's name plus every non-default knob."""
-    if cfg.tag:
-        return cfg.tag
-    name = local_model_name(cfg.model) or Path(str(cfg.model).rstrip("/")).name or "model"
-    parts = [re.sub(r"[^A-Za-z0-9._-]+", "-", name)]
-    if model.cfg.has_hd:
-        r = model.options
-        if r.selection != "attention":  # a random selection's seed is part of its folder (issue 24)
-            parts.append(f"sel-{r.selection}" + (f"-seed{r.seed}" if r.selection == "random" and r.seed else ""))
-        if r.threshold != model.cfg.threshold:
-            parts.append(f"thr{r.threshold:g}")
-        if r.select_layer != model.cfg.first_select_layer:
-            parts.append(f"first{r.select_layer + 1}")
-        if r.zoom != model.cfg.zoom_ratio:
-            parts.append(f"zoom{r.zoom}")
-    parts.extend(model.tag_parts() if hasattr(model, "tag_parts") else [])  # hf_vlm: recipe, pixel budget
-    if cfg.dtype not in ("auto", None):
-        parts.append(str(cfg.dtype))
-    if cfg.question_style not in (None, "release"):  # other prompts, other folder
-        parts.append(f"qs-{cfg.question_style}")
-    return "-".join(parts)
-
-
-def model_identity(model) -> dict:
-    """What makes two runs' predictions comparable: the checkpoint's content (not its place or the
-    spelling of --model: flexeval/results/identity.py), config, knobs, dtype."""
-    if hasattr(model, "identity"):  # a model plugin (flexeval/plugins.py) says what identifies it
-        return model.identity()
-    folder = Path(model.folder)
-    config_text = (folder / "config.json").read_text()
-    return {"files": checkpoint_content(folder), "config_sha": fingerprint(config_text), "format": model.cfg.format,
-            "options": model.options.to_dict() if hasattr(model, "options") else model.resolved,
-            "dtype": str(model.dtype).replace("torch.", "")}
-
-
 
 def results_folder(cfg: RunConfig, model, bench: Benchmark) -> Path:
     """<out>/<model tag>/<benchmark>/"""

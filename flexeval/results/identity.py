@@ -16,7 +16,7 @@ import os
 import re
 from pathlib import Path
 
-from flexeval.results.store import file_sha256
+from flexeval.results.store import file_sha256, fingerprint
 
 CHECKPOINT_SUFFIXES = (".safetensors", ".bin", ".model", ".json", ".jinja")  # .jinja: chat templates
 _OBJECT_ID = re.compile(r"^[0-9a-f]{40}$|^[0-9a-f]{64}$")
@@ -56,3 +56,41 @@ def local_model_name(spelling: str) -> str | None:
     """The folder name a local --model points at however it is spelled ('.', './x/', ...); None for a hub id."""
     p = Path(str(spelling)).expanduser()
     return p.resolve().name if p.is_dir() else None
+
+
+# ---------------------------------------------------------------- a loaded model's tag and identity
+
+def model_tag(cfg, model) -> str:
+    """Results folder name (cfg: a flexeval.evaluate.RunConfig): the checkpoint's name plus every non-default knob."""
+    if cfg.tag:
+        return cfg.tag
+    name = local_model_name(cfg.model) or Path(str(cfg.model).rstrip("/")).name or "model"
+    parts = [re.sub(r"[^A-Za-z0-9._-]+", "-", name)]
+    if model.cfg.has_hd:
+        r = model.options
+        if r.selection != "attention":  # a random selection's seed is part of its folder (issue 24)
+            parts.append(f"sel-{r.selection}" + (f"-seed{r.seed}" if r.selection == "random" and r.seed else ""))
+        if r.threshold != model.cfg.threshold:
+            parts.append(f"thr{r.threshold:g}")
+        if r.select_layer != model.cfg.first_select_layer:
+            parts.append(f"first{r.select_layer + 1}")
+        if r.zoom != model.cfg.zoom_ratio:
+            parts.append(f"zoom{r.zoom}")
+    parts.extend(model.tag_parts() if hasattr(model, "tag_parts") else [])  # hf_vlm: recipe, pixel budget
+    if cfg.dtype not in ("auto", None):
+        parts.append(str(cfg.dtype))
+    if cfg.question_style not in (None, "release"):  # other prompts, other folder
+        parts.append(f"qs-{cfg.question_style}")
+    return "-".join(parts)
+
+
+def model_identity(model) -> dict:
+    """What makes two runs' predictions comparable: the checkpoint's content (not its place or the
+    spelling of --model: flexeval/results/identity.py), config, knobs, dtype."""
+    if hasattr(model, "identity"):  # a model plugin (flexeval/plugins.py) says what identifies it
+        return model.identity()
+    folder = Path(model.folder)
+    config_text = (folder / "config.json").read_text()
+    return {"files": checkpoint_content(folder), "config_sha": fingerprint(config_text), "format": model.cfg.format,
+            "options": model.options.to_dict() if hasattr(model, "options") else model.resolved,
+            "dtype": str(model.dtype).replace("torch.", "")}
