@@ -171,6 +171,8 @@ def run_benchmark(bench: Benchmark, model, cfg: RunConfig, data_dir: Path, proto
     t0 = time.time()
     cluster = cluster or Cluster.from_environ(cfg.device)
     work = work or Answers()
+    if hasattr(model, "folder"):  # rank 0 reads the checkpoint (and the given samples' images) once, for every work
+        share_digests(cluster, files_to_read(model.folder), [samples] if samples else [])
     plan = plan_benchmark(bench, model, cfg, data_dir, protocol, samples, ids, say=cluster.is_main, work=work)
     lock = hold_run_lock(plan.bench_dir, log) if cluster.is_main else None  # a second run on the folder refuses
     if cluster.is_main and (note := replaced_results_note(plan.out_dir, plan.config_fp, plan.identity)):
@@ -349,7 +351,6 @@ def run_benchmarks(cfg: RunConfig) -> list[dict]:
                            max_pixels=cfg.max_pixels, image_options=cfg.image_options)
         if cluster.is_main:
             log(f"model: {model_kind(model)} ({model.cfg.format}), recipe {model.recipe}")
-        share_digests(cluster, files_to_read(model.folder), samples.values())  # rank 0 reads files once
         return [run_benchmark(b, model, cfg, data_dir, protocol, samples[b.name], ids, cluster)
                 for b, data_dir, protocol in plan]
 
