@@ -85,17 +85,12 @@ def run(
 ) -> None:
     """Evaluate a model on a benchmark; writes predictions.jsonl, accuracy.csv and run.json."""
     from flexeval.evaluate import RunConfig, run_benchmarks
-    from flexeval.items import parse_gen_kwargs, parse_limit
+    from flexeval.items import new_token_limit, parse_limit
 
     knobs = apply_model_args(ctx, model_args)
-    generation = parse_gen_kwargs(gen_kwargs)
-    if "max_new_tokens" in generation:  # lm-eval's spelling of --max-new-tokens
-        if max_new_tokens not in (None, generation["max_new_tokens"]):
-            raise FlexEvalError(f"--max-new-tokens {max_new_tokens} and --gen-kwargs "
-                                f"max_new_tokens={generation['max_new_tokens']} disagree; give one")
-        max_new_tokens = generation["max_new_tokens"]
     cfg = RunConfig(bench=bench, data_dir=data_dir, out=out, limit=parse_limit(limit), protocol=protocol,
-                    split=split, workers=workers, tag=tag, quiet=quiet, max_new_tokens=max_new_tokens,
+                    split=split, workers=workers, tag=tag, quiet=quiet,
+                    max_new_tokens=new_token_limit(max_new_tokens, gen_kwargs),
                     max_image_pixels=max_image_pixels, max_non_finite=max_non_finite, offset=offset, ids_file=ids,
                     question_style=question_style, image_options=tuple(image_option or ()), peer_timeout=peer_timeout,
                     **{k: knobs[k] for k in MODEL_KNOBS})

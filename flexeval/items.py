@@ -156,6 +156,17 @@ def parse_key_values(spec: str, option: str, example: str) -> dict[str, str]:
     return out
 
 
+def new_token_limit(max_new_tokens: int | None, gen_kwargs: str | None) -> int | None:
+    """--max-new-tokens, or --gen-kwargs max_new_tokens=N (lm-eval's spelling of the same); both must agree."""
+    generation = parse_gen_kwargs(gen_kwargs)
+    if "max_new_tokens" not in generation:
+        return max_new_tokens
+    if max_new_tokens not in (None, generation["max_new_tokens"]):
+        raise FlexEvalError(f"--max-new-tokens {max_new_tokens} and --gen-kwargs "
+                            f"max_new_tokens={generation['max_new_tokens']} disagree; give one")
+    return generation["max_new_tokens"]
+
+
 def parse_gen_kwargs(spec: str | None) -> dict:
     """`max_new_tokens=64,temperature=0` -> {"max_new_tokens": 64}. Greedy-only: a sampling setting
     is an error that says so; settings that mean greedy anyway are accepted and dropped."""
