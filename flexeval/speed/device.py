@@ -8,8 +8,6 @@ import time
 
 import torch
 
-from flexeval.execute import is_oom  # noqa: F401  (the speed rows' OOM test is the runner's)
-
 
 def mark(device: torch.device):
     """A point on the device's timeline: a recorded CUDA event, or perf_counter on the CPU."""

@@ -23,7 +23,8 @@ from pathlib import Path
 import torch
 
 from flexeval.errors import FlexEvalError
-from flexeval.speed.device import Timer, device_ceilings, free, is_oom, profile_table
+from flexeval.execute import is_oom
+from flexeval.speed.device import Timer, device_ceilings, free, profile_table
 from flexeval.speed.flops import (
     RequestShape,
     choice_flops,
